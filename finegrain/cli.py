@@ -11,6 +11,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("finegrain.data.cli", "check, count and convert feedback files"),
     "models": ("finegrain.models_cli", "load, cache and try the embedded models"),
+    "annotate": ("finegrain.annotate.cli", "the feedback-collection web app: serve, tokens, import, export, agreement"),
+    "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
 }
 
 

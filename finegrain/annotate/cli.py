@@ -1,0 +1,156 @@
+"""`finegrain annotate serve|token|assign|import|export|agreement|users`."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_DB = "sqlite:///annotations.db"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="annotate_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("serve", help="run the annotation web app")
+    _db(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--trusted-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin POSTs may also come from, e.g. https://annotate.example.org when a proxy serves the app "
+        "under another host name (repeatable)",
+    )
+    p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (the app is reached over HTTPS)")
+    p.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="create or revoke an annotator's token").add_subparsers(
+        dest="token_command", metavar="ACTION"
+    )
+    p = token.add_parser("create", help="create a user and print their token (shown once, stored hashed)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    _db(p)
+    p.set_defaults(func=_token_create)
+    p = token.add_parser("revoke", help="revoke a user's token and end their sessions (their work stays)")
+    p.add_argument("name")
+    _db(p)
+    p.set_defaults(func=_token_revoke)
+
+    p = sub.add_parser("users", help="list users, their roles and progress")
+    _db(p)
+    p.set_defaults(func=_users)
+
+    p = sub.add_parser("import", help="import a feedback file as tasks (finegrain JSONL or QA-Feedback JSON)")
+    p.add_argument("file")
+    _db(p)
+    p.add_argument(
+        "--annotate",
+        choices=["first", "all", "none"],
+        default="first",
+        help="which responses get a span-annotation task (default: the first, as in QA-Feedback)",
+    )
+    p.add_argument("--no-compare", action="store_true", help="do not make a pairwise-comparison task per example")
+    p.add_argument("--no-assign", action="store_true", help="do not assign the new tasks to every annotator")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("assign", help="assign tasks to annotators (default: every task to every annotator)")
+    _db(p)
+    p.add_argument("--annotators", help="comma-separated names (default: every active annotator)")
+    p.add_argument("--per-task", type=int, help="give each example's tasks to this many annotators, least loaded first")
+    p.set_defaults(func=_assign)
+
+    p = sub.add_parser("export", help="export annotations as finegrain JSONL")
+    _db(p)
+    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--all-versions", action="store_true", help="every submitted version, not only the latest")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("agreement", help="inter-annotator agreement per category (kappa, span F1, pairwise kappa)")
+    _db(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_agreement)
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy database URL (default: {DEFAULT_DB})")
+
+
+def _engine(args: argparse.Namespace):
+    from finegrain.annotate.db import make_engine
+
+    return make_engine(args.db)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from finegrain.annotate.server import ServerConfig, create_app
+
+    config = ServerConfig(db_url=args.db, trusted_origins=tuple(args.trusted_origin), secure_cookies=args.secure_cookies)
+    app = create_app(config)
+    print(f"finegrain annotate: serving {args.db} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from finegrain.annotate.auth import create_token
+
+    token = create_token(_engine(args), args.name, args.role)
+    print(token)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from finegrain.annotate.auth import revoke_token
+
+    revoke_token(_engine(args), args.name)
+    print(f"revoked {args.name}")
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from finegrain.annotate.store import progress
+
+    for u in progress(_engine(args))["annotators"]:
+        state = " (revoked)" if u["revoked"] else ""
+        print(f"{u['name']}\t{u['role']}{state}\t{u['done']}/{u['total']} tasks done")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from finegrain.annotate.importer import import_file
+
+    added, tasks, made = import_file(
+        _engine(args), args.file, annotate=args.annotate, compare=not args.no_compare, assign_all=not args.no_assign
+    )
+    print(f"imported {added} examples as {tasks} tasks; {made} new assignments")
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from finegrain.annotate.store import assign
+
+    names = [n.strip() for n in args.annotators.split(",") if n.strip()] if args.annotators else None
+    print(f"{assign(_engine(args), names, args.per_task)} new assignments")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from finegrain.annotate.export import export
+
+    n = export(_engine(args), args.out, all_versions=args.all_versions)
+    print(f"wrote {n} records to {args.out}")
+    return 0
+
+
+def _agreement(args: argparse.Namespace) -> int:
+    import json
+
+    from finegrain.annotate.agreement import agreement, format_report
+
+    report = agreement(_engine(args))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
