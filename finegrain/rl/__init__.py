@@ -1,0 +1,1 @@
+"""PPO on dense, weighted, multi-source rewards: maths, rollout, trainer, checkpoints, `finegrain train`."""

@@ -1,0 +1,261 @@
+"""Rollout: sample responses with the KV cache, score them with the reward sources, run one forward
+pass per model (policy + values, frozen reference), and turn the rewards into advantages.
+
+Each phase is one function; `Rollout` is the typed container the PPO update reads.
+Shape legend: B responses (prompts x samples per prompt), P prompt tokens (left-padded),
+T response tokens (right-padded), V vocabulary, K reward sources, S segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+
+from finegrain.rl import maths
+from finegrain.rl.policy import ActorCritic, reference_logits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finegrain.data.records import Example
+    from finegrain.rewards.base import SegmentScores
+    from finegrain.rewards.compose import WeightedSource
+    from finegrain.rl.config import PPOConfig, SamplingConfig
+
+
+@dataclass
+class Samples:
+    """What generation produced."""
+
+    query_ids: torch.Tensor  # (B, P) long: prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, P) bool: True on real prompt tokens
+    response_ids: torch.Tensor  # (B, T) long: sampled tokens, right-padded with the pad token
+    response_mask: torch.Tensor  # (B, T) bool: True up to and including the first end-of-sequence token
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
+
+
+@dataclass
+class Scores:
+    """What the reward sources said, before and after placing it on the policy's tokens."""
+
+    texts: list[str]  # (B,) decoded responses, as the sources scored them
+    names: tuple[str, ...]  # (K,) source names
+    raw: list["SegmentScores"]  # (K,) raw segment scores of each source: scores (B, S_k)
+    per_source: torch.Tensor  # (K, B, T) float32: mapped, unweighted reward of source k on token t
+    total: torch.Tensor  # (B, T) float32: weighted sum over sources (before the KL penalty)
+
+
+@dataclass
+class Rollout:
+    """One batch of experience, everything PPO's epochs need, computed once."""
+
+    query_ids: torch.Tensor  # (B, P) long: prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, P) bool
+    response_ids: torch.Tensor  # (B, T) long: sampled tokens, right-padded
+    response_mask: torch.Tensor  # (B, T) bool: real response tokens (EOS included)
+    logprobs: torch.Tensor  # (B, T) float32: log pi_old(y_t | x, y_<t), the sampling policy
+    ref_logprobs: torch.Tensor  # (B, T) float32: log pi_ref(y_t | x, y_<t), the frozen reference
+    values: torch.Tensor  # (B, T) float32: V_old(x, y_<t), the value before token t
+    entropy: torch.Tensor  # (B, T) float32: entropy of pi_old at token t (for logging)
+    scores: torch.Tensor  # (B, T) float32: weighted reward-source total on token t (no KL)
+    kl: torch.Tensor  # (B, T) float32: per-token KL(pi_old || pi_ref) estimate
+    rewards: torch.Tensor  # (B, T) float32: scores - kl_coef * kl, 0 on padding
+    advantages: torch.Tensor  # (B, T) float32: GAE advantages (whitened when configured)
+    returns: torch.Tensor  # (B, T) float32: value targets, advantages (before whitening) + values
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The responses at `index`, trimmed to their longest response (fewer tokens to forward).
+
+        Shape: index (b,) long -> Rollout of b responses.
+        """
+        width = int(self.response_mask[index].sum(-1).max().clamp(min=1))
+        out = {}
+        for f in fields(self):
+            x = getattr(self, f.name)[index]
+            out[f.name] = x if f.name.startswith("query") else x[:, :width]
+        return Rollout(**out)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
+
+
+# --- 1. generation --------------------------------------------------------------------------------
+
+
+def tokenize_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt tokens; a prompt longer than `max_tokens` keeps its end (what the response continues).
+
+    Shape: -> ids (B, P) long, mask (B, P) bool.
+    """
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_tokens, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"].bool()
+
+
+def eos_token_ids(policy: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS and any the generation config adds."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(policy, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids.update([extra] if isinstance(extra, int) else (extra or []))
+    return sorted(ids)
+
+
+def response_mask(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """True up to and including the first EOS: stopping is an action the policy took.
+
+    Shape: response_ids (B, T) -> (B, T) bool.
+    """
+    is_eos = torch.isin(response_ids, torch.tensor(list(eos_ids), dtype=response_ids.dtype))
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before t
+    return eos_before == 0
+
+
+@torch.no_grad()
+def sample(
+    policy: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    sampling: "SamplingConfig",
+) -> Samples:
+    """`samples_per_prompt` responses to each prompt, with the KV cache (`generate`).
+    Responses to prompt i are rows i * n .. i * n + n - 1.
+
+    Shape: query_ids (N, P), query_mask (N, P) -> Samples with B = N * samples_per_prompt.
+    """
+    n = sampling.samples_per_prompt
+    ids = query_ids.repeat_interleave(n, dim=0)
+    mask = query_mask.repeat_interleave(n, dim=0)
+    eos = eos_token_ids(policy, tokenizer)
+    out = policy.generate(
+        input_ids=ids,
+        attention_mask=mask.long(),
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k if sampling.top_k > 0 else None,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        min_new_tokens=sampling.min_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    responses = out[:, ids.shape[1] :]  # (B, T)
+    rmask = response_mask(responses, eos)
+    width = int(rmask.sum(-1).max().clamp(min=1))
+    responses, rmask = responses[:, :width], rmask[:, :width]
+    responses = torch.where(rmask, responses, torch.full_like(responses, tokenizer.pad_token_id))
+    return Samples(ids, mask, responses, rmask)
+
+
+# --- 2. scoring ---------------------------------------------------------------------------------
+
+
+def score(
+    sources: Sequence["WeightedSource"],
+    examples: Sequence["Example"],
+    tokenizer: "PreTrainedTokenizerBase",
+    samples: Samples,
+) -> Scores:
+    """Decode the responses, ask every source for its segment scores, place them on the tokens.
+    `examples[b]` is the prompt response b answers.
+
+    Shape: -> Scores with per_source (K, B, T), total (B, T).
+    """
+    from finegrain.rewards.compose import compose, decode_with_offsets
+
+    texts, offsets = decode_with_offsets(tokenizer, samples.response_ids, samples.response_mask)
+    raw = [ws.source.score(examples, texts) for ws in sources]
+    T = samples.response_ids.shape[1]
+    composed = compose([ws.term for ws in sources], raw, texts, offsets, T, samples.response_mask)
+    return Scores(texts, composed.names, raw, composed.per_source.float(), composed.total.float())
+
+
+# --- 3. one forward pass per model ------------------------------------------------------------
+
+
+@dataclass
+class Forward:
+    logprobs: torch.Tensor  # (B, T) float32 log pi(y_t)
+    ref_logprobs: torch.Tensor  # (B, T) float32 log pi_ref(y_t)
+    values: torch.Tensor  # (B, T) float32
+    entropy: torch.Tensor  # (B, T) float32
+
+
+@torch.no_grad()
+def forward(model: ActorCritic, ref: "PreTrainedModel", samples: Samples, batch_size: int) -> Forward:
+    """The sampling policy's log-probs, values and entropy, and the reference's log-probs, of the
+    sampled tokens: computed once per rollout, in chunks of `batch_size` to bound the logits' memory.
+
+    Shape: -> Forward of (B, T) tensors.
+    """
+    ids, attn, tokens, T = samples.input_ids, samples.attention_mask, samples.response_ids, samples.response_ids.shape[1]
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for i in range(0, ids.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        out = model(ids[sl], attn[sl], T)
+        ref_logits = reference_logits(ref, ids[sl], attn[sl], T)
+        parts.append(
+            (
+                maths.token_logprobs(out.logits, tokens[sl]),
+                maths.token_logprobs(ref_logits, tokens[sl]),
+                out.values,
+                maths.entropy(out.logits),
+            )
+        )
+    cat = [torch.cat(p) for p in zip(*parts)]
+    return Forward(*cat)
+
+
+# --- 4. advantages ------------------------------------------------------------------------------
+
+
+def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float, ppo: "PPOConfig") -> Rollout:
+    """Per-token rewards with the KL penalty, then GAE, then (optionally) whitened advantages.
+
+    Shape: everything (B, T) -> Rollout.
+    """
+    mask = samples.response_mask
+    kl = maths.kl_penalty(fwd.logprobs, fwd.ref_logprobs, ppo.kl_estimator) * mask
+    rewards = maths.penalised_rewards(scores.total, kl, kl_coef, mask)
+    values = fwd.values * mask
+    adv = maths.gae(rewards, values, mask, ppo.gamma, ppo.lam)
+    advantages = maths.whiten(adv.advantages, mask) if ppo.whiten_advantages else adv.advantages
+    return Rollout(
+        query_ids=samples.query_ids,
+        query_mask=samples.query_mask,
+        response_ids=samples.response_ids,
+        response_mask=mask,
+        logprobs=fwd.logprobs,
+        ref_logprobs=fwd.ref_logprobs,
+        values=values,
+        entropy=fwd.entropy,
+        scores=scores.total,
+        kl=kl,
+        rewards=rewards,
+        advantages=advantages,
+        returns=adv.returns,
+    )
