@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     parser.add_argument("--limit", type=int, help="use only the first N prompts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, not the tokenizer's chat template")
     parser.set_defaults(func=_sample)
 
 
@@ -36,6 +37,7 @@ def _sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         batch_size=args.batch_size,
         seed=args.seed,
+        chat_template=not args.no_chat_template,
     )
     prompts = read_prompts(args.prompts, limit=args.limit)
     n = sample_file(prompts, args.out, args.policy, cfg)

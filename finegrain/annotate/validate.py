@@ -132,8 +132,6 @@ def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
             raise Invalid(f"{w}passage: no passage {passage} (this task has {len(task.passages)}, numbered from 1)")
         n = len(task.passages[passage - 1][1])
         sents = _list(m, "sentences", w)
-        if not sents:
-            raise Invalid(f"{w}sentences: point at least one sentence of passage {passage}")
         for j, s in enumerate(sents):
             if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= n:
                 raise Invalid(f"{w}sentences[{j}]: no sentence {_show(s)} in passage {passage} (0 = title, 1..{n})")
