@@ -92,8 +92,9 @@ def test_char_ends_land_on_the_last_visible_character_token():
 def test_char_ends_errors_are_clear():
     with pytest.raises(ValueError, match=r"response 0: segment 1 is \[13, 40\)"):
         char_ends_to_token_index(torch.tensor([[13, 40]]), torch.tensor([[True, True]]), [TEXT], [BPE])
-    with pytest.raises(ValueError, match="no token covers character 24"):
-        char_ends_to_token_index(torch.tensor([[25]]), torch.tensor([[True]]), [TEXT], [BPE[:-1]])
+    with pytest.raises(ValueError, match=r"response 0: segment 1 \[3, 4\) has no token left"):
+        three = torch.tensor([[3, 4, 5]])
+        char_ends_to_token_index(three, torch.ones(1, 3, dtype=torch.bool), [TEXT], [BPE[:1] + [(5, 5)]])
 
 
 # --- token_char_offsets ------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ Shape legend: B responses, S segments (padded), T response tokens, K reward sour
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -122,14 +121,16 @@ def _first(flags: "torch.Tensor") -> tuple[int, int]:
 def char_ends_to_token_index(
     char_ends: "torch.Tensor", mask: "torch.Tensor", texts: Sequence[str], offsets: Sequence[Offsets]
 ) -> "torch.Tensor":
-    """The index of the token (in `offsets[b]`) holding the last non-space character of each segment.
-
-    Segments tile the text, so segment j spans [char_ends[b, j-1], char_ends[b, j]); trailing
-    whitespace belongs to the segment but, in a BPE vocabulary, usually to the *next* token
-    (" How"), so the reward goes on the token of the last visible character instead.
+    """The index of the token (in `offsets[b]`) ending each segment, by
+    `finegrain.segment.char_ends_to_token_indices`: the token holding the segment's last non-space
+    character (trailing whitespace belongs to the segment but, in a BPE vocabulary, usually to the
+    *next* token, " How"); a token already taken by an earlier segment passes the reward to the
+    next one. A segment end outside the text, or more segments than tokens, is a ValueError.
     Shape: char_ends (B, S) long, mask (B, S) bool -> (B, S) long (0 where mask is False).
     """
     import torch
+
+    from finegrain.segment import char_ends_to_token_indices
 
     B, S = char_ends.shape
     if len(texts) != B or len(offsets) != B:
@@ -139,32 +140,19 @@ def char_ends_to_token_index(
         ends = [int(e) for e, m in zip(char_ends[b].tolist(), mask[b].tolist()) if m]
         if not ends:
             continue
-        text = texts[b]
-        out[b, : len(ends)] = torch.tensor(_token_indices_of_ends(text, ends, offsets[b], b), dtype=torch.long)
+        start = 0
+        for j, end in enumerate(ends):
+            if not start < end <= len(texts[b]):
+                raise ValueError(
+                    f"response {b}: segment {j} is [{start}, {end}), not a non-empty span of its {len(texts[b])}-character text"
+                )
+            start = end
+        try:
+            found = char_ends_to_token_indices(list(offsets[b]), ends, texts[b])
+        except ValueError as err:
+            raise ValueError(f"response {b}: {err}") from None
+        out[b, : len(ends)] = torch.tensor(found, dtype=torch.long)
     return out
-
-
-def _token_indices_of_ends(text: str, ends: list[int], offsets: Offsets, b: int) -> list[int]:
-    token_ends = [e for _, e in offsets]
-    if any(x > y for x, y in zip(token_ends, token_ends[1:])):
-        raise ValueError(f"response {b}: token character offsets must be in order, got {list(offsets)}")
-    found, start = [], 0
-    for j, end in enumerate(ends):
-        if not start < end <= len(text):
-            raise ValueError(
-                f"response {b}: segment {j} is [{start}, {end}), not a non-empty span of the {len(text)}-character text"
-            )
-        last = end - 1
-        while last > start and text[last].isspace():
-            last -= 1
-        # the token holding character `last`: the first whose end lies past it (empty spans of
-        # special tokens or of half a multi-byte character never qualify)
-        t = bisect.bisect_right(token_ends, last)
-        if t == len(offsets) or offsets[t][0] > last:
-            raise ValueError(f"response {b}: no token covers character {last} (segment {j} ending at {end}) in {list(offsets)}")
-        found.append(t)
-        start = end
-    return found
 
 
 def token_char_offsets(tokenizer: "PreTrainedTokenizerBase", token_ids: Sequence[int]) -> list[tuple[int, int]]:
