@@ -35,6 +35,9 @@ class Samples:
     response_ids: torch.Tensor  # (B, T) long: sampled tokens, right-padded with the pad token
     response_mask: torch.Tensor  # (B, T) bool: True up to and including the first end-of-sequence token
 
+    def to(self, device: str | torch.device) -> "Samples":
+        return Samples(*(getattr(self, f.name).to(device) for f in fields(self)))
+
     @property
     def input_ids(self) -> torch.Tensor:
         """Shape: (B, P + T)."""

@@ -1,0 +1,137 @@
+"""The PPO update over one rollout: epochs x minibatches x micro-batches, with gradient accumulation,
+clipping, an optional PPO-ptx LM loss, and an early stop when the policy has moved too far.
+
+Shape legend: b responses in a minibatch, T response tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from finegrain.errors import TrainingError
+from finegrain.rl import maths
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from finegrain.rl.config import PPOConfig
+    from finegrain.rl.policy import ActorCritic
+    from finegrain.rl.rollout import Rollout
+
+
+@dataclass
+class Losses:
+    total: torch.Tensor  # () what is back-propagated
+    policy: torch.Tensor  # ()
+    value: torch.Tensor  # ()
+    entropy: torch.Tensor  # () mean entropy of the current policy (0 when not computed)
+    approx_kl: torch.Tensor  # () KL(pi_old || pi) estimate on these tokens
+    clip_frac: torch.Tensor  # ()
+    value_clip_frac: torch.Tensor  # ()
+
+
+def ppo_losses(model: "ActorCritic", batch: "Rollout", ppo: "PPOConfig") -> Losses:
+    """One forward of the trained module on a minibatch, and PPO's losses on it."""
+    mask = batch.response_mask
+    out = model(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
+    logprobs = maths.token_logprobs(out.logits, batch.response_ids)  # (b, T)
+    pg = maths.policy_loss(logprobs, batch.logprobs, batch.advantages, mask, ppo.clip)
+    vf = maths.value_loss(out.values, batch.values, batch.returns, mask, ppo.value_clip)
+    total = pg.loss + ppo.vf_coef * vf.loss
+    ent = torch.zeros(())
+    if ppo.entropy_coef > 0:
+        ent = maths.masked_mean(maths.entropy(out.logits), mask)
+        total = total - ppo.entropy_coef * ent
+    kl = maths.approx_kl(logprobs.detach(), batch.logprobs, mask)
+    return Losses(total, pg.loss.detach(), vf.loss.detach(), ent.detach(), kl, pg.clip_frac, vf.clip_frac)
+
+
+@dataclass
+class PtxBatch:
+    input_ids: torch.Tensor  # (b, L) long, right-padded
+    attention_mask: torch.Tensor  # (b, L) long
+
+
+def ptx_loss(model: "ActorCritic", batch: PtxBatch) -> torch.Tensor:
+    """The policy's LM loss on pretraining/SFT text (PPO-ptx, InstructGPT)."""
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    return model.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels, use_cache=False).loss
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    ptx_loss: float
+    entropy: float
+    approx_kl: float  # KL(pi_old || pi) estimate, mean over minibatches (measured before each one's step)
+    clip_frac: float
+    value_clip_frac: float
+    grad_norm: float
+    epochs: float  # epochs run, fractional when stopped early
+    early_stopped: bool
+
+
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise TrainingError(f"the {name} loss is {float(value)}: stopping (look for NaN/inf rewards or a too-high learning rate)")
+
+
+def ppo_update(
+    accelerator: "Accelerator",
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollout: "Rollout",
+    ppo: "PPOConfig",
+    ptx_batches: Iterator[PtxBatch] | None = None,
+) -> UpdateStats:
+    """PPO epochs over `rollout`. The minibatch order comes from torch's global RNG, which the
+    checkpoints save, so a resumed run draws the same orders."""
+    B, mb = len(rollout), ppo.minibatch_size
+    n_mb = B // mb  # a last partial minibatch is dropped: every optimiser step sees mb responses
+    sums = torch.zeros(7, dtype=torch.float64)
+    count, grad_norm, stopped, done = 0, 0.0, False, 0.0
+    unwrapped = accelerator.unwrap_model(model)
+    for epoch in range(ppo.epochs):
+        perm = torch.randperm(B)
+        for i in range(n_mb):
+            micro = perm[i * mb : (i + 1) * mb].chunk(ppo.grad_accum)
+            ptx_value = torch.zeros(())
+            if ptx_batches is not None and ppo.ptx_coef > 0:
+                with accelerator.no_sync(model), accelerator.autocast():
+                    ptx_value = ptx_loss(unwrapped, next(ptx_batches))
+                    _check_finite("PPO-ptx", ptx_value)
+                    accelerator.backward(ppo.ptx_coef * ptx_value)
+            for j, idx in enumerate(micro):
+                last = j == len(micro) - 1
+                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                    losses = ppo_losses(model, rollout.select(idx), ppo)
+                    if j == 0 and ppo.early_stop_kl is not None:
+                        kl_now = accelerator.reduce(losses.approx_kl.to(accelerator.device), reduction="mean")
+                        if float(kl_now) > ppo.early_stop_kl:
+                            stopped = True
+                            break
+                    _check_finite("PPO", losses.total)
+                    accelerator.backward(losses.total / len(micro))
+                sums += torch.tensor(
+                    [losses.policy, losses.value, float(ptx_value), losses.entropy, losses.approx_kl, losses.clip_frac, losses.value_clip_frac],
+                    dtype=torch.float64,
+                ) / len(micro)
+            if stopped:
+                optimizer.zero_grad(set_to_none=True)
+                break
+            if ppo.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), ppo.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            count += 1
+            done = epoch + (i + 1) / n_mb
+        if stopped:
+            break
+    means = (sums / max(count, 1)).tolist()
+    return UpdateStats(*means, grad_norm=grad_norm, epochs=done, early_stopped=stopped)  # type: ignore[misc]
