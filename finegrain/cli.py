@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("finegrain.models_cli", "load, cache and try the embedded models"),
     "annotate": ("finegrain.annotate.cli", "the feedback-collection web app: serve, tokens, import, export, agreement"),
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
+    "train": ("finegrain.rl.cli", "PPO on dense, weighted, multi-source rewards (fine-grained or holistic)"),
 }
 
 
