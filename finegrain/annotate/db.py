@@ -7,6 +7,7 @@ so two writers queue on the busy timeout instead of deadlocking on a read-to-wri
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,13 +159,34 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# SQLite has one writer at a time. Inside one server process, writers queue on this lock, which
+# wakes the next one the moment the last commits; the busy timeout (which polls with sleeps of up
+# to 100 ms) then only arbitrates between processes, e.g. a CLI import while the server runs.
+_SQLITE_WRITE_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.Lock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    with _LOCKS_GUARD:
+        return _SQLITE_WRITE_LOCKS.setdefault(id(engine), threading.Lock())
+
+
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """One write transaction: committed as a whole when the block ends, rolled back on any error."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(fg_write=True)
-        with conn.begin():
-            yield conn
+    lock = _write_lock(engine)
+    if lock is not None:
+        lock.acquire()
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(fg_write=True)
+            with conn.begin():
+                yield conn
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @contextmanager
