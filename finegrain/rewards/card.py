@@ -1,0 +1,107 @@
+"""The reward-model card, `finegrain_rm.json`, saved beside every trained RM's HF files, and
+`load_reward_model(path)`, which reads it and builds the matching RewardSource.
+
+The card says what the model is (kind, categories, level, label map, input template, backbone,
+tokenizer), what it learnt from (data file hashes, sizes, what was dropped), how (training
+settings and time), how its scores are spread over the training data (calibration: the trainer
+standardises a sequence RM with them) and how well it does on held-out data (metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finegrain.config import ConfigError
+from finegrain.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from finegrain.rewards.base import RewardSource
+
+CARD_FILE = "finegrain_rm.json"
+CARD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Mean and std of the RM's score over the training data (span RMs: P(error) per segment;
+    pairwise RMs: the raw score per response)."""
+
+    mean: float
+    std: float
+    count: int
+
+
+@dataclass
+class RMCard:
+    kind: str  # "span" or "pairwise"
+    name: str  # the RM category: relevance, factuality, completeness, preference, ...
+    level: str  # density of its scores: subsentence, sentence or sequence
+    categories: list[str]  # span: annotation categories counted as errors; pairwise: []
+    label_map: dict[str, str]  # span: {"0": "no error", "1": "error"}; pairwise: {"score": ...}
+    score: str  # what `score()` returns: "p_error" (span) or "raw" (pairwise; standardise with calibration)
+    input_template: str
+    passages: bool  # whether the input holds the source passages
+    truncation: str  # what happens when an input is longer than the backbone allows
+    marker: str | None  # span: the token after every segment
+    max_length: int
+    backbone: str  # what it was fine-tuned from (embedded name, path or hub id)
+    tokenizer: str  # tokenizer class; the tokenizer files are saved beside the model
+    data: dict[str, Any]  # train/eval files, their sha256, item counts, what was dropped and why
+    training: dict[str, Any]  # every setting of RMTrainConfig, plus seconds, steps, device, final loss
+    calibration: Calibration
+    metrics: dict[str, Any] = field(default_factory=dict)  # held-out evaluation, see `finegrain rm eval`
+    version: int = CARD_VERSION
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CARD_FILE
+        atomic_write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RMCard":
+        path = Path(folder) / CARD_FILE
+        if not path.is_file():
+            raise ConfigError(f"{folder} is not a finegrain reward model: {CARD_FILE} is missing (train one with `finegrain rm train`)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        if raw.get("version") != CARD_VERSION:
+            raise ConfigError(f"{path}: card version {raw.get('version')!r} is not supported (expected {CARD_VERSION})")
+        if raw.get("kind") not in ("span", "pairwise"):
+            raise ConfigError(f"{path}: field kind: {raw.get('kind')!r} is not 'span' or 'pairwise'")
+        try:
+            raw["calibration"] = Calibration(**raw["calibration"])
+            return cls(**raw)
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: malformed card: {err}") from None
+
+
+def calibration_of(values: list[float]) -> Calibration:
+    """Mean and (population) std; std 1.0 when there are fewer than two values or no spread,
+    so standardising never divides by zero."""
+    n = len(values)
+    if n == 0:
+        return Calibration(0.0, 1.0, 0)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / n
+    std = math.sqrt(var)
+    return Calibration(mean, std if std > 1e-8 else 1.0, n)
+
+
+def load_reward_model(path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool = True) -> "RewardSource":
+    """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card."""
+    card = RMCard.load(path)
+    if card.kind == "span":
+        from finegrain.rewards.span_rm import SpanRewardModel
+
+        return SpanRewardModel.from_pretrained(path, card, device=device, batch_size=batch_size, bf16=bf16)
+    from finegrain.rewards.pairwise_rm import PairwiseRewardModel
+
+    return PairwiseRewardModel.from_pretrained(path, card, device=device, batch_size=batch_size, bf16=bf16)

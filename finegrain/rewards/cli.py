@@ -1,0 +1,160 @@
+"""`finegrain rm train|eval|split`: train, evaluate and split data for reward models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="rm_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a span-classifier or pairwise (Bradley-Terry) reward model",
+        description="Train a reward model and save it (HF files + finegrain_rm.json) in --out. "
+        "Settings come from the defaults, then --config, then --kind/--category, then key=value overrides "
+        "(e.g. epochs=3 backbone=/path/to/model).",
+    )
+    p.add_argument("--train-file", required=True, help="QA-Feedback .json or finegrain .jsonl with span annotations / preferences")
+    p.add_argument("--eval-file", help="held-out file: its metrics go into the card")
+    p.add_argument("--out", required=True, help="folder to save the model and its card in")
+    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
+    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
+    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
+    p.add_argument("--categories-file", help="YAML/JSON taxonomy mapping annotation categories to RM categories")
+    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="score a held-out file with a trained RM and print its metrics")
+    p.add_argument("model", help="folder of a trained RM (has finegrain_rm.json)")
+    p.add_argument("file", help="QA-Feedback .json or finegrain .jsonl")
+    p.add_argument("--threshold", type=float, help="span RMs: P(error) threshold (default: the card's)")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass")
+    p.add_argument("--device", help="torch device")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--update-card", action="store_true", help="store the metrics in the model's card")
+    p.add_argument("--categories-file", help="YAML/JSON taxonomy")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "split",
+        help="split a feedback file into train and held-out files (fixed by --seed)",
+        description="Shuffle the records with random.Random(SEED) and write the first N to TRAIN_OUT, "
+        "the rest to EVAL_OUT, unchanged and in the input's format.",
+    )
+    p.add_argument("file")
+    p.add_argument("--train", type=int, required=True, help="records in the training part")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-out", required=True)
+    p.add_argument("--eval-out", required=True)
+    p.set_defaults(func=_split)
+
+
+def _taxonomy(path: str | None):
+    from finegrain.data.categories import DEFAULT_TAXONOMY
+    from finegrain.data.taxonomy_file import load_taxonomy
+
+    return load_taxonomy(path) if path else DEFAULT_TAXONOMY
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the "newly initialised head" load report is expected here
+
+
+def _train(args: argparse.Namespace) -> int:
+    from finegrain.config import load_config
+    from finegrain.data.load import load_examples
+    from finegrain.rewards.rm_config import RMTrainConfig
+
+    overrides = list(args.overrides)
+    if args.kind:
+        overrides.append(f"kind={args.kind}")
+    if args.category:
+        overrides.append(f"category={args.category}")
+    cfg = load_config(RMTrainConfig, args.config, overrides)
+    taxonomy = _taxonomy(args.categories_file)
+    train = load_examples(args.train_file, taxonomy)
+    held = load_examples(args.eval_file, taxonomy) if args.eval_file else None
+    _quiet_transformers()
+    common = dict(eval_examples=held, train_file=args.train_file, eval_file=args.eval_file, device=args.device)
+    if cfg.kind == "span":
+        from finegrain.rewards.span_rm import train_span_rm
+
+        card = train_span_rm(cfg, train, args.out, taxonomy=taxonomy, **common)
+    else:
+        from finegrain.rewards.pairwise_rm import train_pairwise_rm
+
+        card = train_pairwise_rm(cfg, train, args.out, **common)
+    print(f"saved {card.kind} RM {card.name!r} to {args.out} (training {card.training['seconds']} s)")
+    if card.metrics:
+        print(_format_metrics(card.metrics))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from finegrain.data.load import load_examples
+    from finegrain.io import atomic_write_json
+    from finegrain.rewards.card import RMCard, load_reward_model
+
+    card = RMCard.load(args.model)
+    examples = load_examples(args.file, _taxonomy(args.categories_file))
+    _quiet_transformers()
+    rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)
+    if card.kind == "span":
+        from finegrain.errors import TrainingError
+        from finegrain.rewards.rm_data import build_span_data
+        from finegrain.rewards.span_rm import evaluate_span
+
+        data = build_span_data(examples, card.categories, card.level)
+        if not data.items:
+            raise TrainingError(f"{args.file} has no annotated, non-empty responses to evaluate on")
+        metrics = evaluate_span(rm, data, args.threshold)
+    else:
+        from finegrain.errors import TrainingError
+        from finegrain.rewards.pairwise_rm import evaluate_pairwise
+        from finegrain.rewards.rm_config import RMTrainConfig
+
+        cfg = RMTrainConfig(
+            kind="pairwise", category=card.name, coverage=card.training.get("coverage", "rouge2"),
+            margin=card.training.get("margin", 0.05),
+        )
+        from finegrain.rewards.pairwise_rm import pair_data
+
+        data = pair_data(cfg, examples)
+        if not data.groups:
+            raise TrainingError(f"{args.file} has no pairs for the {card.name} RM")
+        metrics = evaluate_pairwise(rm, data)
+    result = dataclasses.asdict(metrics)
+    print(f"{card.kind} RM {card.name!r} on {args.file}:")
+    print(_format_metrics(result))
+    if args.json:
+        atomic_write_json(args.json, result)
+    if args.update_card:
+        card.metrics = result
+        card.data["eval_file"] = str(args.file)
+        card.save(args.model)
+    return 0
+
+
+def _format_metrics(metrics: dict) -> str:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def _split(args: argparse.Namespace) -> int:
+    from finegrain.rewards.rm_data import split_file
+
+    n_train, n_eval = split_file(args.file, args.train, args.seed, args.train_out, args.eval_out)
+    print(f"wrote {n_train} records to {args.train_out} and {n_eval} to {args.eval_out} (seed {args.seed})")
+    return 0

@@ -1,0 +1,320 @@
+"""Pairwise sequence reward models, trained with the Bradley-Terry loss.
+
+- `preference`: the holistic RM, from the annotators' pairwise judgements (ties dropped);
+- `completeness`: pairs of responses ranked by how much of the corrected response each covers.
+
+A sequence classifier with one output reads (prompt, response) and gives a scalar score; the loss
+-log sigmoid(r_better - r_worse) is averaged over a batch's pairs. Each step reads every response
+of its prompts once, whatever the number of pairs it is in. As a RewardSource it returns the raw
+score, one segment per response (density "sequence"); the card's calibration holds the score's
+mean and std over the training responses, for the trainer to standardise with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from finegrain.data.records import Example
+from finegrain.rewards.base import SegmentScores, pack_segment_scores
+from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.rm_data import (
+    INPUT_TEMPLATE,
+    PairData,
+    SequenceInput,
+    completeness_data,
+    encode_sequence,
+    preference_data,
+    prompt_text,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finegrain.rewards.rm_config import RMTrainConfig
+
+TRUNCATION = (
+    "the prompt is cut from its end (passages first, then the question, which keeps at least 64 tokens); "
+    "a response that alone exceeds the rest of the window keeps its beginning (counted as response_cut)"
+)
+
+
+# --- pure maths -------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(better: "torch.Tensor", worse: "torch.Tensor") -> "torch.Tensor":
+    """Mean of -log sigmoid(r_better - r_worse) over pairs.
+    Shape: better (P,), worse (P,) -> scalar."""
+    import torch
+
+    return -torch.nn.functional.logsigmoid(better.float() - worse.float()).mean()
+
+
+def pairwise_accuracy(scores: Sequence[Sequence[float]], pairs: Sequence[Sequence[tuple[int, int]]]) -> tuple[int, int]:
+    """(pairs whose better response scores strictly higher, pairs) over all prompts."""
+    right = sum(1 for s, ps in zip(scores, pairs) for b, w in ps if s[b] > s[w])
+    return right, sum(len(ps) for ps in pairs)
+
+
+def pair_data(cfg: "RMTrainConfig", examples: Sequence[Example]) -> PairData:
+    if cfg.category == "completeness":
+        return completeness_data(examples, cfg.coverage, cfg.margin)
+    return preference_data(examples)
+
+
+# --- the reward source ------------------------------------------------------------------------
+
+
+class PairwiseRewardModel:
+    """A trained sequence RM as a RewardSource: one raw score per non-empty response."""
+
+    def __init__(
+        self,
+        model: "PreTrainedModel",
+        tokenizer: "PreTrainedTokenizerBase",
+        card: RMCard,
+        *,
+        device: str | None = None,
+        batch_size: int = 16,
+        bf16: bool = True,
+    ):
+        from finegrain.rewards.rm_common import pick_device
+
+        self.card = card
+        self.name = card.name
+        self.density = "sequence"
+        self.tokenizer = tokenizer
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.mean = card.calibration.mean  # standardise with (score - mean) / std
+        self.std = card.calibration.std
+        self.responses_cut = 0  # responses longer than the window, scored on their beginning
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "PairwiseRewardModel":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        card = card or RMCard.load(path)
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        return cls(model, tok, card, **kwargs)
+
+    def raw_scores(self, examples: Sequence[Example], responses: Sequence[str]) -> list[float]:
+        """The model's score of every (prompt, response); empty responses are scored too."""
+        import torch
+
+        from finegrain.rewards.rm_common import autocast
+
+        if len(examples) != len(responses):
+            raise ValueError(f"{len(examples)} examples for {len(responses)} responses")
+        inputs = [
+            encode_sequence(self.tokenizer, prompt_text(ex, self.card.passages), r, self.card.max_length)
+            for ex, r in zip(examples, responses)
+        ]
+        self.responses_cut += sum(x.response_cut for x in inputs)
+        out = [0.0] * len(inputs)
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].input_ids))
+        pad = self.tokenizer.pad_token_id or 0
+        for k in range(0, len(order), self.batch_size):
+            idx = order[k : k + self.batch_size]
+            batch = {key: v.to(self.device) for key, v in _pad([inputs[i] for i in idx], pad).items()}
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                scores = self.model(**batch).logits[:, 0].float().cpu()  # (N,)
+            for row, i in enumerate(idx):
+                out[i] = float(scores[row])
+        return out
+
+    def score(self, examples: Sequence[Example], responses: Sequence[str]) -> SegmentScores:
+        """Shape: scores (B, 1) raw score; char_ends (B, 1) = len(response); mask (B, 1) False for empty responses."""
+        raw = self.raw_scores(examples, responses)
+        scores = [[s] if r.strip() else [] for s, r in zip(raw, responses)]
+        ends = [[len(r)] if r.strip() else [] for r in responses]
+        return pack_segment_scores(scores, ends)
+
+
+def _pad(inputs: Sequence[SequenceInput], pad_id: int) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    n, length = len(inputs), max(len(x.input_ids) for x in inputs)
+    ids = torch.full((n, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    types = torch.zeros((n, length), dtype=torch.long)
+    for r, x in enumerate(inputs):
+        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
+        mask[r, : len(x.input_ids)] = 1
+        if x.token_type_ids is not None:
+            types[r, : len(x.token_type_ids)] = torch.tensor(x.token_type_ids)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if inputs[0].token_type_ids is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+@dataclass
+class GroupCollator:
+    """Batches prompts: all their responses become rows; `labels` holds each pair's
+    (better row, worse row), which the Bradley-Terry loss reads."""
+
+    pad_id: int
+
+    def __call__(self, groups: list[dict[str, Any]]) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        rows: list[SequenceInput] = []
+        pairs: list[tuple[int, int]] = []
+        for g in groups:
+            base = len(rows)
+            rows.extend(g["inputs"])
+            pairs.extend((base + b, base + w) for b, w in g["pairs"])
+        batch = _pad(rows, self.pad_id)
+        batch["labels"] = torch.tensor(pairs, dtype=torch.long)  # (P, 2)
+        return batch
+
+
+def bt_loss_from_outputs(outputs: Any, labels: "torch.Tensor", num_items_in_batch: Any = None) -> "torch.Tensor":
+    """The Trainer's loss hook. Shape: outputs.logits (N, 1), labels (P, 2) row indices -> scalar."""
+    scores = outputs.logits[:, 0]  # (N,)
+    return bradley_terry_loss(scores[labels[:, 0]], scores[labels[:, 1]])
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairwiseMetrics:
+    prompts: int
+    pairs: int
+    accuracy: float  # share of pairs whose better response scores higher
+    dropped: int  # ties (preference) or pairs closer than the margin (completeness)
+    responses_per_second: float  # scoring throughput (encode + forward)
+
+
+def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData) -> PairwiseMetrics:
+    examples = [g.example for g in data.groups for _ in g.responses]
+    responses = [r for g in data.groups for r in g.responses]
+    start = time.perf_counter()
+    flat = rm.raw_scores(examples, responses)
+    seconds = time.perf_counter() - start
+    scores, k = [], 0
+    for g in data.groups:
+        scores.append(flat[k : k + len(g.responses)])
+        k += len(g.responses)
+    right, total = pairwise_accuracy(scores, [g.pairs for g in data.groups])
+    return PairwiseMetrics(
+        prompts=len(data.groups),
+        pairs=total,
+        accuracy=right / total if total else 0.0,
+        dropped=data.ties_dropped,
+        responses_per_second=len(responses) / seconds if seconds > 0 else 0.0,
+    )
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def train_pairwise_rm(
+    cfg: "RMTrainConfig",
+    train_examples: Sequence[Example],
+    out_dir: str | Path,
+    *,
+    eval_examples: Sequence[Example] | None = None,
+    train_file: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> RMCard:
+    """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, Trainer
+
+    from finegrain.config import to_dict
+    from finegrain.errors import TrainingError
+    from finegrain.models import load_tokenizer, resolve_model
+    from finegrain.rewards import rm_common
+
+    # 1. data: (better, worse) pairs per prompt
+    data = pair_data(cfg, train_examples)
+    n_pairs = sum(len(g.pairs) for g in data.groups)
+    if not n_pairs:
+        raise TrainingError(f"no pairs to train the {cfg.category} RM on (need pairwise judgements"
+                            + (" or corrected responses" if cfg.category == "completeness" else "") + ")")
+    log(f"{cfg.category}: {len(data.groups)} prompts, {n_pairs} pairs ({data.ties_dropped} "
+        f"{'ties' if cfg.category == 'preference' else 'near-ties'} and {data.empty_dropped} pairs with an empty response dropped)")
+
+    # 2. backbone and inputs
+    torch.manual_seed(cfg.seed)
+    dev = rm_common.pick_device(device)
+    tok = load_tokenizer(cfg.backbone, padding_side="right")
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.backbone), num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
+    feats, cut = [], 0
+    for g in data.groups:
+        prompt = prompt_text(g.example, cfg.with_passages)
+        inputs = [encode_sequence(tok, prompt, r, max_length) for r in g.responses]
+        cut += sum(x.response_cut for x in inputs)
+        feats.append({"inputs": inputs, "pairs": list(g.pairs)})
+    log(f"{sum(len(f['inputs']) for f in feats)} responses read per epoch (limit {max_length} tokens, {cut} responses cut)")
+
+    # 3. train with the HF Trainer and the Bradley-Terry loss
+    with rm_common.scratch_dir() as scratch:
+        trainer = Trainer(
+            model=model,
+            args=rm_common.training_arguments(cfg, scratch, dev),
+            train_dataset=feats,
+            data_collator=GroupCollator(tok.pad_token_id or 0),
+            processing_class=tok,
+            compute_loss_func=bt_loss_from_outputs,
+        )
+        result = rm_common.run_trainer(trainer)
+    if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
+        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
+    log(f"trained in {result.seconds:.1f} s ({result.steps} steps), loss per epoch: "
+        + ", ".join(f"{x:.3f}" for x in result.losses))
+
+    # 4. save, calibrate on the training responses, evaluate on held-out prompts
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    card = RMCard(
+        kind="pairwise",
+        name=cfg.category,
+        level="sequence",
+        categories=[],
+        label_map={"score": "higher is better (Bradley-Terry logit)"},
+        score="raw",
+        input_template=INPUT_TEMPLATE[cfg.with_passages],
+        passages=cfg.with_passages,
+        truncation=TRUNCATION,
+        marker=None,
+        max_length=max_length,
+        backbone=cfg.backbone,
+        tokenizer=type(tok).__name__,
+        data=rm_common.data_section(
+            train_file, eval_file, train_prompts=len(data.groups), train_pairs=n_pairs,
+            dropped_ties_or_close=data.ties_dropped, dropped_empty=data.empty_dropped, responses_cut=cut,
+            pairs_from=("annotator judgements, ties dropped" if cfg.category == "preference" else
+                        f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
+        ),
+        training={**to_dict(cfg), "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
+                  "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
+                  "threads": torch.get_num_threads()},
+        calibration=calibration_of([]),
+    )
+    rm = PairwiseRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+    seen = [(g.example, r) for g in data.groups for r in g.responses if r.strip()]
+    card.calibration = calibration_of(rm.raw_scores([e for e, _ in seen], [r for _, r in seen]))
+    if eval_examples is not None:
+        eval_data = pair_data(cfg, eval_examples)
+        if eval_data.groups:
+            card.metrics = dataclasses.asdict(evaluate_pairwise(rm, eval_data))
+    card.save(out_dir)
+    return card

@@ -1,0 +1,104 @@
+"""Settings of one reward-model training run (`finegrain rm train`), loaded from YAML + overrides.
+
+Two kinds of RM:
+- `span`: a token-classification model that reads the prompt and the response with a marker after
+  every segment and says, at each marker, whether that segment has an error of the RM's category;
+- `pairwise`: a sequence model with one scalar output, trained with the Bradley-Terry loss on
+  pairs of responses to the same prompt (`preference`: the annotators' judgements;
+  `completeness`: pairs ranked by how much of the corrected response each response covers).
+
+Nothing here imports torch: the CLI loads this to validate a config before anything heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
+
+KINDS = ("span", "pairwise")
+PAIRWISE_CATEGORIES = ("preference", "completeness")
+SPAN_LEVELS = ("subsentence", "sentence")
+COVERAGE_MEASURES = ("rouge1", "rouge2", "rougeL")
+
+# The paper's levels: relevance errors are marked per sub-sentence, factuality errors per sentence.
+DEFAULT_LEVEL = {"relevance": "subsentence", "factuality": "sentence"}
+# Whether a category needs the source passages to be judged: factuality (is it supported?) does,
+# relevance (is it on the question?) does not; completeness and preference compare against them.
+DEFAULT_PASSAGES = {"relevance": False, "factuality": True, "preference": True, "completeness": True}
+
+
+@dataclass
+class RMTrainConfig(ConfigBase):
+    kind: str = field(default="span", metadata={"help": "span (per-segment error classifier) or pairwise (Bradley-Terry)"})
+    category: str = field(
+        default="relevance",
+        metadata={"help": "span: an RM category of the taxonomy (relevance, factuality); pairwise: preference or completeness"},
+    )
+    categories: list[str] | None = field(
+        default=None,
+        metadata={"help": "span: the annotation categories counted as errors (default: all that feed `category`)"},
+    )
+    level: str | None = field(
+        default=None, metadata={"help": "span: segment level, subsentence or sentence (default: relevance subsentence, factuality sentence)"}
+    )
+    passages: bool | None = field(
+        default=None, metadata={"help": "put the source passages in the input (default: yes except for relevance)"}
+    )
+    backbone: str = field(default="minilm-l6", metadata={"help": "embedded name, local HF folder or hub id of the encoder"})
+    max_length: int = field(
+        default=512, metadata={"help": "input length in tokens (capped by the backbone's); passages are cut first"}
+    )
+    marker: str | None = field(
+        default=None, metadata={"help": "span: token placed after every segment (default: the tokenizer's separator token)"}
+    )
+    epochs: float = field(default=10.0, metadata={"help": "passes over the training data"})
+    batch_size: int = field(default=8, metadata={"help": "span: inputs per step; pairwise: prompts per step (all their responses)"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, linear decay)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent warming the learning rate up"})
+    error_weight: float = field(
+        default=1.0, metadata={"help": "span: loss weight of the error class relative to no-error (>1 favours recall)"}
+    )
+    threshold: float = field(default=0.5, metadata={"help": "span: P(error) at or above which a segment counts as an error"})
+    coverage: str = field(
+        default="rouge2", metadata={"help": "completeness: how a response's coverage of the corrected response is measured (recall)"}
+    )
+    margin: float = field(
+        default=0.05, metadata={"help": "completeness: coverage difference below which two responses are not paired"}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (on CPU too, where it is several times faster)"})
+    seed: int = field(default=0, metadata={"help": "random seed (head init, data order)"})
+    score_batch_size: int = field(default=16, metadata={"help": "inputs per forward pass when scoring"})
+
+    def __post_init__(self) -> None:
+        check_choice(self, "kind", KINDS)
+        if self.kind == "pairwise":
+            check_choice(self, "category", PAIRWISE_CATEGORIES)
+        elif self.category in PAIRWISE_CATEGORIES:
+            raise ConfigError(f"{self._name('category')}: {self.category!r} is a pairwise RM; use kind=pairwise")
+        if self.level is not None:
+            check_choice(self, "level", SPAN_LEVELS)
+        check_choice(self, "coverage", COVERAGE_MEASURES)
+        check_range(self, "max_length", 16, None)
+        check_range(self, "epochs", 0.0, None, low_open=True)
+        check_range(self, "batch_size", 1, None)
+        check_range(self, "score_batch_size", 1, None)
+        check_range(self, "lr", 0.0, None, low_open=True)
+        check_range(self, "weight_decay", 0.0, None)
+        check_range(self, "warmup_ratio", 0.0, 1.0)
+        check_range(self, "error_weight", 0.0, None, low_open=True)
+        check_range(self, "threshold", 0.0, 1.0)
+        check_range(self, "margin", 0.0, 1.0)
+
+    def _name(self, attr: str) -> str:
+        return f"{self._path}.{attr}" if self._path else attr
+
+    @property
+    def span_level(self) -> str:
+        """The segment level a span RM works at."""
+        return self.level or DEFAULT_LEVEL.get(self.category, "sentence")
+
+    @property
+    def with_passages(self) -> bool:
+        return self.passages if self.passages is not None else DEFAULT_PASSAGES.get(self.category, True)

@@ -1,0 +1,392 @@
+"""Span-classifier reward models: per-segment error / no-error, trained from span annotations.
+
+The model is a token classifier (any HF encoder; default the embedded MiniLM) whose input is the
+prompt and the response with a marker token after each segment; only marker positions carry a
+label, so it learns to say at the end of each segment whether that segment holds an error of the
+RM's categories. As a RewardSource it returns P(error) per segment (density = its level); the
+composer turns that into a reward (the paper: +/-0.3 relevance, +/-0.5 factuality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
+from finegrain.data.records import Example
+from finegrain.rewards.base import SegmentScores, pack_segment_scores
+from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.rm_data import (
+    INPUT_TEMPLATE,
+    SpanData,
+    SpanInput,
+    build_span_data,
+    encode_span,
+    prompt_text,
+    span_categories,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finegrain.rewards.rm_config import RMTrainConfig
+
+IGNORE = -100  # label of every non-marker position (torch's cross-entropy ignore_index)
+LABEL_MAP = {"0": "no error", "1": "error"}
+TRUNCATION = (
+    "the prompt is cut from its end (passages first, then the question, which keeps at least 64 tokens); "
+    "the response is never cut: one too long for the window is read in several windows of whole segments, "
+    "each with the prompt; a single segment longer than a window keeps its end"
+)
+
+
+def marker_id(tok: "PreTrainedTokenizerBase", model: "PreTrainedModel | None", marker: str | None) -> tuple[str, int]:
+    """The marker token and its id: `marker`, else the tokenizer's separator. A marker the
+    vocabulary lacks is added as a special token (the model's embeddings grow by one row)."""
+    name = marker or tok.sep_token or tok.eos_token
+    if name is None:
+        name = "<seg>"
+    if name not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [name]})
+        if model is not None:
+            model.resize_token_embeddings(len(tok))
+    return name, tok.convert_tokens_to_ids(name)
+
+
+# --- pure maths -------------------------------------------------------------------------------
+
+
+def weighted_marker_loss(logits: "torch.Tensor", labels: "torch.Tensor", error_weight: float) -> "torch.Tensor":
+    """Cross-entropy over marker positions, the error class weighted by `error_weight`
+    (a weighted mean, as torch's weighted cross-entropy defines it).
+    Shape: logits (N, L, 2), labels (N, L) with IGNORE off the markers -> scalar."""
+    import torch
+
+    weight = torch.tensor([1.0, error_weight], device=logits.device)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=weight, ignore_index=IGNORE
+    )
+
+
+@dataclass(frozen=True)
+class BinaryCounts:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def accuracy(self) -> float:
+        total = self.tp + self.fp + self.fn + self.tn
+        return (self.tp + self.tn) / total if total else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def count_binary(predicted: Sequence[int], gold: Sequence[int]) -> BinaryCounts:
+    """Confusion counts with 1 = error as the positive class."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(predicted)} predictions for {len(gold)} labels")
+    pairs = list(zip(predicted, gold))
+    return BinaryCounts(
+        tp=sum(1 for p, g in pairs if p and g),
+        fp=sum(1 for p, g in pairs if p and not g),
+        fn=sum(1 for p, g in pairs if not p and g),
+        tn=sum(1 for p, g in pairs if not p and not g),
+    )
+
+
+# --- the reward source ------------------------------------------------------------------------
+
+
+class SpanRewardModel:
+    """A trained span RM as a RewardSource: `score()` gives P(error) for every segment."""
+
+    def __init__(
+        self,
+        model: "PreTrainedModel",
+        tokenizer: "PreTrainedTokenizerBase",
+        card: RMCard,
+        *,
+        device: str | None = None,
+        batch_size: int = 16,
+        bf16: bool = True,
+    ):
+        from finegrain.rewards.rm_common import pick_device
+
+        self.card = card
+        self.name = card.name
+        self.density = card.level
+        self.level = card.level
+        self.tokenizer = tokenizer
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.marker, self.marker_id = marker_id(tokenizer, None, card.marker)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "SpanRewardModel":
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        card = card or RMCard.load(path)
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForTokenClassification.from_pretrained(str(path))
+        return cls(model, tok, card, **kwargs)
+
+    def _inputs(self, example: Example, response: str, segments: Sequence[Any]) -> list[SpanInput]:
+        prompt = prompt_text(example, self.card.passages)
+        return encode_span(self.tokenizer, prompt, response, segments, self.card.max_length, self.marker_id)
+
+    def probabilities(self, examples: Sequence[Example], responses: Sequence[str]) -> tuple[list[list[float]], list[list[int]]]:
+        """P(error) of every segment of every response, and the segments' character ends."""
+        from finegrain.segment import segment_text
+
+        if len(examples) != len(responses):
+            raise ValueError(f"{len(examples)} examples for {len(responses)} responses")
+        owners, flat = [], []
+        ends: list[list[int]] = []
+        probs: list[list[float]] = []
+        for b, (ex, text) in enumerate(zip(examples, responses)):
+            segments = segment_text(text, self.level)
+            ends.append([s.end for s in segments])
+            probs.append([0.0] * len(segments))
+            for inp in self._inputs(ex, text, segments):
+                owners.append(b)
+                flat.append(inp)
+        for b, inp, p in zip(owners, flat, self._marker_probabilities(flat)):
+            for j, pj in zip(inp.segment_indices, p):
+                probs[b][j] = pj
+        return probs, ends
+
+    def score(self, examples: Sequence[Example], responses: Sequence[str]) -> SegmentScores:
+        """Shape: scores (B, S) = P(error) of segment j; char_ends (B, S); mask (B, S)."""
+        probs, ends = self.probabilities(examples, responses)
+        return pack_segment_scores(probs, ends)
+
+    def _marker_probabilities(self, inputs: list[SpanInput]) -> list[list[float]]:
+        import torch
+
+        from finegrain.rewards.rm_common import autocast
+
+        out: list[list[float]] = [[] for _ in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].input_ids))  # little padding per batch
+        pad = self.tokenizer.pad_token_id or 0
+        for k in range(0, len(order), self.batch_size):
+            idx = order[k : k + self.batch_size]
+            batch = _pad([inputs[i] for i in idx], pad, self.device)
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                logits = self.model(**batch).logits  # (N, L, 2)
+            p_error = logits.float().softmax(-1)[..., 1].cpu()  # (N, L)
+            for row, i in enumerate(idx):
+                out[i] = p_error[row, inputs[i].marker_positions].tolist()
+        return out
+
+
+def _pad(inputs: list[SpanInput], pad_id: int, device: "torch.device") -> dict[str, "torch.Tensor"]:
+    import torch
+
+    n, length = len(inputs), max(len(x.input_ids) for x in inputs)
+    ids = torch.full((n, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    types = torch.zeros((n, length), dtype=torch.long)
+    for r, x in enumerate(inputs):
+        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
+        mask[r, : len(x.input_ids)] = 1
+        if x.token_type_ids is not None:
+            types[r, : len(x.token_type_ids)] = torch.tensor(x.token_type_ids)
+    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if inputs[0].token_type_ids is not None:
+        batch["token_type_ids"] = types.to(device)
+    return batch
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpanMetrics:
+    responses: int
+    segments: int
+    error_rate: float  # share of gold segments with an error
+    accuracy: float
+    precision: float  # of the error class
+    recall: float
+    f1: float
+    threshold: float
+    recall_by_category: dict[str, float]  # share of segments hit by each annotation category flagged
+    responses_per_second: float  # scoring throughput (encode + forward), batch as configured
+
+
+def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None = None) -> SpanMetrics:
+    import time
+
+    from finegrain.segment import label_segments
+
+    threshold = rm.card.training.get("threshold", 0.5) if threshold is None else threshold
+    start = time.perf_counter()
+    probs, _ = rm.probabilities([it.example for it in data.items], [it.response for it in data.items])
+    seconds = time.perf_counter() - start
+    gold = [label for it in data.items for label in it.labels]
+    pred = [int(p >= threshold) for ps in probs for p in ps]
+    counts = count_binary(pred, gold)
+    by_cat: dict[str, float] = {}
+    for cat in rm.card.categories:
+        hit, found = 0, 0
+        for it, ps in zip(data.items, probs):
+            for lab, p in zip(label_segments(list(it.segments), list(it.spans), [cat], it.response), ps):
+                if lab:
+                    hit += 1
+                    found += int(p >= threshold)
+        if hit:
+            by_cat[cat] = found / hit
+    return SpanMetrics(
+        responses=len(data.items),
+        segments=len(gold),
+        error_rate=sum(gold) / len(gold) if gold else 0.0,
+        accuracy=counts.accuracy,
+        precision=counts.precision,
+        recall=counts.recall,
+        f1=counts.f1,
+        threshold=threshold,
+        recall_by_category=by_cat,
+        responses_per_second=len(data.items) / seconds if seconds > 0 else 0.0,
+    )
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _features(items: Sequence[Any], tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", max_length: int, mid: int) -> list[dict[str, list[int]]]:
+    """The Trainer's examples: token-classification inputs whose labels sit on the markers only."""
+    feats = []
+    for it in items:
+        prompt = prompt_text(it.example, cfg.with_passages)
+        for inp in encode_span(tok, prompt, it.response, it.segments, max_length, mid):
+            labels = [IGNORE] * len(inp.input_ids)
+            for pos, j in zip(inp.marker_positions, inp.segment_indices):
+                labels[pos] = it.labels[j]
+            feat = {"input_ids": inp.input_ids, "attention_mask": [1] * len(inp.input_ids), "labels": labels}
+            if inp.token_type_ids is not None:
+                feat["token_type_ids"] = inp.token_type_ids
+            feats.append(feat)
+    return feats
+
+
+def train_span_rm(
+    cfg: "RMTrainConfig",
+    train_examples: Sequence[Example],
+    out_dir: str | Path,
+    *,
+    eval_examples: Sequence[Example] | None = None,
+    train_file: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> RMCard:
+    """Fine-tune a token classifier on segment labels, save it with its card in `out_dir`."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+
+    from finegrain.config import to_dict
+    from finegrain.errors import TrainingError
+    from finegrain.models import load_tokenizer, resolve_model
+    from finegrain.rewards import rm_common
+
+    # 1. data: segment and label every annotated response
+    categories = span_categories(cfg.category, cfg.categories, taxonomy)
+    level = cfg.span_level
+    data = build_span_data(train_examples, categories, level)
+    if not data.items:
+        raise TrainingError(f"no annotated, non-empty responses to train the {cfg.category} RM on")
+    n_seg = sum(len(it.labels) for it in data.items)
+    n_err = sum(sum(it.labels) for it in data.items)
+    log(f"{cfg.category}: {len(data.items)} responses, {n_seg} {level} segments, {n_err} with an error "
+        f"({data.empty_skipped} empty responses skipped)")
+
+    # 2. backbone, tokenizer, marker
+    torch.manual_seed(cfg.seed)
+    dev = rm_common.pick_device(device)
+    tok = load_tokenizer(cfg.backbone, padding_side="right")
+    model = AutoModelForTokenClassification.from_pretrained(
+        resolve_model(cfg.backbone), num_labels=2, id2label={0: "no error", 1: "error"}, label2id={"no error": 0, "error": 1}
+    )
+    marker, mid = marker_id(tok, model, cfg.marker)
+    max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
+    feats = _features(data.items, tok, cfg, max_length, mid)
+    log(f"{len(feats)} model inputs (max {max(len(f['input_ids']) for f in feats)} tokens, limit {max_length})")
+
+    # 3. train with the HF Trainer
+    loss_func = None
+    if cfg.error_weight != 1.0:
+        def loss_func(outputs: Any, labels: "torch.Tensor", num_items_in_batch: Any = None) -> "torch.Tensor":
+            return weighted_marker_loss(outputs.logits, labels, cfg.error_weight)
+    with rm_common.scratch_dir() as scratch:
+        trainer = Trainer(
+            model=model,
+            args=rm_common.training_arguments(cfg, scratch, dev),
+            train_dataset=feats,
+            data_collator=DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE),
+            processing_class=tok,
+            compute_loss_func=loss_func,
+        )
+        result = rm_common.run_trainer(trainer)
+    if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
+        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
+    log(f"trained in {result.seconds:.1f} s ({result.steps} steps), loss per epoch: "
+        + ", ".join(f"{x:.3f}" for x in result.losses))
+
+    # 4. save the model, then calibrate and evaluate it as the RewardSource it will be
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    card = RMCard(
+        kind="span",
+        name=cfg.category,
+        level=level,
+        categories=list(categories),
+        label_map=dict(LABEL_MAP),
+        score="p_error",
+        input_template=INPUT_TEMPLATE[cfg.with_passages].replace("{response}", "{segment 1} " + marker + " {segment 2} " + marker + " ..."),
+        passages=cfg.with_passages,
+        truncation=TRUNCATION,
+        marker=marker,
+        max_length=max_length,
+        backbone=cfg.backbone,
+        tokenizer=type(tok).__name__,
+        data=rm_common.data_section(
+            train_file, eval_file, train_responses=len(data.items), train_segments=n_seg, train_error_segments=n_err,
+            train_inputs=len(feats), empty_skipped=data.empty_skipped,
+        ),
+        training={**to_dict(cfg), "level": level, "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
+                  "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
+                  "threads": torch.get_num_threads()},
+        calibration=calibration_of([]),
+    )
+    rm = SpanRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+    probs, _ = rm.probabilities([it.example for it in data.items], [it.response for it in data.items])
+    card.calibration = calibration_of([p for ps in probs for p in ps])
+    if eval_examples is not None:
+        eval_data = build_span_data(eval_examples, categories, level)
+        if eval_data.items:
+            card.metrics = dataclasses.asdict(evaluate_span(rm, eval_data, cfg.threshold))
+            card.data["eval_responses"] = len(eval_data.items)
+    card.save(out_dir)
+    return card
