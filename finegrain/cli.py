@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("finegrain.annotate.cli", "the feedback-collection web app: serve, tokens, import, export, agreement"),
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
     "train": ("finegrain.rl.cli", "PPO on dense, weighted, multi-source rewards (fine-grained or holistic)"),
+    "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
 }
 
 
