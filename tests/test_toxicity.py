@@ -262,6 +262,8 @@ def test_hf_classifier_scorer_on_a_tiny_random_bert(tmp_path):
     scorer = HFClassifierScorer(str(tmp_path), toxic_label="toxic", batch_size=2)
     assert isinstance(scorer, ToxicityScorer) and scorer.name == f"hf:{tmp_path}"
     assert torch.allclose(torch.tensor(scorer(texts)), expected, atol=1e-5)
+    fast_scores = HFClassifierScorer(str(tmp_path), toxic_label="toxic", bf16=True)(texts)
+    assert torch.allclose(torch.tensor(fast_scores), expected, atol=0.02)
     assert HFClassifierScorer(str(tmp_path), toxic_label=1)(texts[:1]) == pytest.approx(expected[:1].tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="'rude' is not one of its labels: clean, toxic, insult"):
         HFClassifierScorer(str(tmp_path), toxic_label="rude")

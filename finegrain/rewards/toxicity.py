@@ -119,7 +119,8 @@ class HFClassifierScorer:
     `toxic_label` picks the output that means "toxic": a label name from the model's `id2label`
     or an index. Left as None, a one-output model's sigmoid is used, or index 1 of a two-label one.
     Multi-label models (`problem_type == "multi_label_classification"`) get a sigmoid per label,
-    others a softmax over labels.
+    others a softmax over labels. `bf16` runs the forward under bf16 autocast (several times faster
+    on CPUs with bf16 matmuls; scores move by about 1e-2).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class HFClassifierScorer:
         batch_size: int = 32,
         max_length: int = 512,
         device: str = "cpu",
+        bf16: bool = False,
         cache_size: int = 100_000,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -140,7 +142,7 @@ class HFClassifierScorer:
         self.name = f"hf:{model}"
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path), padding_side="right")
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
+        self.device, self.batch_size, self.max_length, self.bf16 = device, batch_size, max_length, bf16
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.index = self._toxic_index(toxic_label)
         self.cache = TextCache(cache_size)
@@ -166,11 +168,15 @@ class HFClassifierScorer:
     def _score(self, texts: list[str]) -> list[float]:
         import torch
 
-        out: list[float] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
+        # batches of similar lengths waste little compute on padding
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [0.0] * len(texts)
+        autocast = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
+            for i in range(0, len(order), self.batch_size):
+                rows = order[i : i + self.batch_size]
                 batch = self.tokenizer(
-                    texts[i : i + self.batch_size], padding=True, truncation=True,
+                    [texts[r] for r in rows], padding=True, truncation=True,
                     max_length=self.max_length, return_tensors="pt",
                 ).to(self.device)
                 logits = self.model(**batch).logits.float()  # (b, num_labels)
@@ -178,7 +184,8 @@ class HFClassifierScorer:
                     probs = torch.sigmoid(logits[:, self.index])
                 else:
                     probs = torch.softmax(logits, dim=-1)[:, self.index]
-                out.extend(probs.tolist())
+                for r, p in zip(rows, probs.tolist()):
+                    out[r] = p
         return out
 
     def __call__(self, texts: list[str]) -> list[float]:
