@@ -111,7 +111,8 @@ def agreement(engine: Engine, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> dict:
             }
             for u, v in itertools.combinations(sorted(spans), 2):
                 su, sv = spans[u], spans[v]
-                labels.extend(zip(label_segments(segments, su, list(cats)), label_segments(segments, sv, list(cats))))
+                text = t["text"]
+                labels.extend(zip(label_segments(segments, su, cats, text), label_segments(segments, sv, cats, text)))
                 exact_hits += len({(s.start, s.end, s.category) for s in su} & {(s.start, s.end, s.category) for s in sv})
                 n_spans += len(su) + len(sv)
                 hits_u += sum(_overlaps(s, [o for o in sv if o.category == s.category]) for s in su)
