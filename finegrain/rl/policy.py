@@ -86,6 +86,13 @@ class ActorCritic(nn.Module):
         return PolicyOutput(logits, values)
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for every forward of the step (generation included), or nothing for fp32.
+    Done here rather than by accelerate's `mixed_precision`, which is fixed once per process:
+    two runs with different precisions can then share a process (a notebook, the demo)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def build_actor_critic(policy_path: str, value_model: str, dtype: torch.dtype = torch.float32) -> ActorCritic:
     """Load the policy (and, for `separate`, a second copy of its backbone as the critic)."""
     from transformers import AutoModel, AutoModelForCausalLM

@@ -69,7 +69,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     out = Path(cfg.run.out)
     # 1. Check config, data files, reward sources and the run folder before anything heavy.
     inputs = check_inputs(cfg, out, resume)
-    # 2. Accelerator (devices, processes, bf16 autocast), seeds, run folder.
+    # 2. Accelerator (devices, processes), seeds, run folder.
     accelerator = make_accelerator(cfg, out)
     # 3. Models: the trained policy + value model, the frozen reference, the reward sources.
     run = build_run(cfg, out, accelerator, inputs)
@@ -135,11 +135,13 @@ def check_inputs(cfg: TrainConfig, out: Path, resume: bool) -> Inputs:
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> "Accelerator":
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.model.precision == "bf16" else "no",
         log_with=cfg.run.log_with or None,
         project_dir=str(out),
         step_scheduler_with_optimizer=False,  # the schedule counts PPO steps, once per rollout
@@ -239,7 +241,7 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
 
     t0 = time.perf_counter()
     run.model.train(False)  # dropout stays off during the update too
-    stats = ppo_update(acc, run.model, run.optimizer, rollout, cfg.ppo, ptx_iterator(run, state.step))
+    stats = ppo_update(acc, run.model, run.optimizer, rollout, cfg.ppo, ptx_iterator(run, state.step), cfg.model.precision)
     run.scheduler.step()
     times["time/update"] = time.perf_counter() - t0
     times["time/step"] = time.perf_counter() - t_start
@@ -268,6 +270,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     """Generation, scoring and the no-grad forward passes, timed. Returns (Samples, Scores, Forward)."""
     from dataclasses import replace
 
+    from finegrain.rl.policy import autocast
     from finegrain.rl.rollout import forward, sample, score, tokenize_prompts
 
     cfg, acc = run.cfg, run.accelerator
@@ -276,13 +279,13 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     prompts = [format_prompt(cfg.data.template, e) for e in examples]
     ids, mask = tokenize_prompts(run.tokenizer, prompts, cfg.data.max_prompt_tokens)
     sampling = replace(cfg.sampling, samples_per_prompt=samples_per_prompt)
-    with acc.autocast():
+    with autocast(acc.device, cfg.model.precision):
         samples = sample(actor.policy, run.tokenizer, ids.to(acc.device), mask.to(acc.device), sampling)
     t1 = time.perf_counter()
     per_response = [e for e in examples for _ in range(samples_per_prompt)]
     scores = score(run.sources, per_response, run.tokenizer, samples.to("cpu"))
     t2 = time.perf_counter()
-    with acc.autocast():
+    with autocast(acc.device, cfg.model.precision):
         fwd = forward(actor, run.ref, samples, cfg.ppo.forward_batch_size)
     t3 = time.perf_counter()
     times.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2})

@@ -15,6 +15,7 @@ import torch
 
 from finegrain.errors import TrainingError
 from finegrain.rl import maths
+from finegrain.rl.policy import autocast
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -89,6 +90,7 @@ def ppo_update(
     rollout: "Rollout",
     ppo: "PPOConfig",
     ptx_batches: Iterator[PtxBatch] | None = None,
+    precision: str = "fp32",
 ) -> UpdateStats:
     """PPO epochs over `rollout`. The minibatch order comes from torch's global RNG, which the
     checkpoints save, so a resumed run draws the same orders."""
@@ -103,14 +105,15 @@ def ppo_update(
             micro = perm[i * mb : (i + 1) * mb].chunk(ppo.grad_accum)
             ptx_value = torch.zeros(())
             if ptx_batches is not None and ppo.ptx_coef > 0:
-                with accelerator.no_sync(model), accelerator.autocast():
+                with accelerator.no_sync(model), autocast(accelerator.device, precision):
                     ptx_value = ptx_loss(unwrapped, next(ptx_batches))
                     _check_finite("PPO-ptx", ptx_value)
                     accelerator.backward(ppo.ptx_coef * ptx_value)
             for j, idx in enumerate(micro):
                 last = j == len(micro) - 1
                 with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                    losses = ppo_losses(model, rollout.select(idx), ppo)
+                    with autocast(accelerator.device, precision):
+                        losses = ppo_losses(model, rollout.select(idx), ppo)
                     if j == 0 and ppo.early_stop_kl is not None:
                         kl_now = accelerator.reduce(losses.approx_kl.to(accelerator.device), reduction="mean")
                         if float(kl_now) > ppo.early_stop_kl:
@@ -119,7 +122,7 @@ def ppo_update(
                     _check_finite("PPO", losses.total)
                     accelerator.backward(losses.total / len(micro))
                 sums += torch.tensor(
-                    [losses.policy, losses.value, float(ptx_value), losses.entropy, losses.approx_kl, losses.clip_frac, losses.value_clip_frac],
+                    [losses.policy, losses.value, float(ptx_value.detach()), losses.entropy, losses.approx_kl, losses.clip_frac, losses.value_clip_frac],
                     dtype=torch.float64,
                 ) / len(micro)
             if stopped:
