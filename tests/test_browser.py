@@ -1,0 +1,407 @@
+"""The annotation app in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+The server is the real one: `finegrain annotate serve` in a subprocess on a free port with a
+temporary SQLite database, tasks imported and tokens created through the CLI. The tests log in
+with a token, mark spans with the mouse and the keyboard, submit, and read the result back from
+`finegrain annotate export`.
+
+`FINEGRAIN_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py` also saves a screenshot of
+every page (the README shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+# The arguments the project uses for the system Chromium: no network of its own, no updates.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Emoji before and inside the spans: UTF-16 offsets and code-point offsets differ here.
+EMOJI_RESPONSE = (
+    "The capital of France 🇫🇷 is Rome, and the Eiffel Tower 🗼 was built from 1887 to 1889. "
+    "Many tourists 😍 love taking photos there."
+)
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+XSS_RESPONSE = XSS + " Tom & Jerry &amp; friends."
+
+QA_EXAMPLE = {
+    "schema": "finegrain.feedback",
+    "version": 1,
+    "id": "qa-eiffel",
+    "prompt": "What is the capital of France, and when was the Eiffel Tower built?",
+    "passages": [
+        {
+            "title": "Paris",
+            "sentences": [
+                "Paris is the capital and most populous city of France.",
+                "It has been a centre of finance, diplomacy, commerce and the arts since the 17th century.",
+            ],
+        },
+        {
+            "title": "Eiffel Tower",
+            "sentences": [
+                "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris.",
+                "It was constructed from 1887 to 1889 as the centrepiece of the 1889 World's Fair.",
+                "It is named after the engineer Gustave Eiffel, whose company designed and built it.",
+            ],
+        },
+    ],
+    "responses": [
+        {"text": EMOJI_RESPONSE, "annotation": None},
+        {"text": "The capital of France is Paris. The Eiffel Tower was built from 1887 to 1889.", "annotation": None},
+        {
+            "text": "Paris is the capital of France; the Eiffel Tower was finished in 1889 for the World's Fair.",
+            "annotation": None,
+        },
+    ],
+}
+XSS_EXAMPLE = {
+    "schema": "finegrain.feedback",
+    "version": 1,
+    "id": "qa-xss",
+    "prompt": "Is <b>this</b> bold? " + XSS,
+    "passages": [{"title": "<i>Markup</i>", "sentences": ["A sentence with " + XSS + " inside."]}],
+    "responses": [
+        {"text": XSS_RESPONSE, "annotation": None},
+        {"text": "</script><script>alert(3)</script> plain text", "annotation": None},
+    ],
+}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip(
+        "no system Chromium: the browser tests need Debian's `chromium` package "
+        "(`make test` installs it with apt-get when it runs as root; otherwise `apt-get install chromium`)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "finegrain.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"finegrain {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class App:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.db = f"sqlite:///{tmp / 'app.db'}"
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def export(self) -> list[dict]:
+        out = self.tmp / "export.jsonl"
+        _cli("annotate", "export", "--db", self.db, "--out", str(out))
+        return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    chromium = _chromium()
+    tmp = tmp_path_factory.mktemp("annotate-browser")
+    a = App(tmp)
+    a.chromium = chromium
+    tasks = tmp / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in (QA_EXAMPLE, XSS_EXAMPLE)), "utf-8")
+    a.token = _cli("annotate", "token", "create", "alice", "--db", a.db).strip()
+    a.admin_token = _cli("annotate", "token", "create", "boss", "--role", "admin", "--db", a.db).strip()
+    _cli("annotate", "import", str(tasks), "--db", a.db)
+    _cli("annotate", "assign", "--db", a.db, "--annotators", "alice")
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finegrain.cli", "annotate", "serve", "--db", a.db, "--port", str(a.port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(a.base + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the server did not start:\n{(tmp / 'server.log').read_text()}")
+                time.sleep(0.2)
+        yield a
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(app):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=app.chromium, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A logged-in tab that fails the test on any script error or dialog."""
+
+    def __init__(self, browser, app, token: str):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+
+        def on_dialog(d):
+            self.dialogs.append(d.message)
+            d.dismiss()
+
+        self.page.on("dialog", on_dialog)
+        self.app = app
+        self.page.goto(app.base + "/login")
+        if token == app.token:
+            shoot(self.page, "login")
+        self.page.fill("#token", token)
+        self.page.click("form button[type=submit]")
+        self.page.wait_for_url(app.base + "/")
+
+    def task_url(self, example_title_part: str, kind: str) -> str:
+        queue = self.page.request.get(self.app.base + "/api/queue").json()
+        (task,) = [t for t in queue["tasks"] if t["kind"] == kind and example_title_part in t["title"]]
+        return self.app.base + task["url"]
+
+    def close(self):
+        assert not self.errors, f"script errors in the page: {self.errors}"
+        assert not self.dialogs, f"dialogs opened: {self.dialogs}"
+        self.context.close()
+
+
+def shoot(page, name: str) -> None:
+    folder = os.environ.get("FINEGRAIN_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+# Screen coordinates of the characters [start, end) (UTF-16 indices) of an element's text.
+_RECT_JS = """([selector, start, end]) => {
+  const box = document.querySelector(selector);
+  const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+  const locate = (i) => {
+    let node;
+    while ((node = walker.nextNode())) {
+      if (i < node.length) return [node, i];
+      i -= node.length;
+    }
+    throw new Error('offset outside the text');
+  };
+  const rect = (i) => {
+    walker.currentNode = box;
+    const [node, off] = locate(i);
+    const r = document.createRange();
+    r.setStart(node, off);
+    r.setEnd(node, off + 1);
+    const b = r.getClientRects()[0];
+    return {left: b.left, right: b.right, mid: (b.left + b.right) / 2, y: (b.top + b.bottom) / 2};
+  };
+  return {first: rect(start), last: rect(end - 1)};
+}"""
+
+
+def utf16(text: str, cp: int) -> int:
+    return len(text[:cp].encode("utf-16-le")) // 2
+
+
+def drag(page, selector: str, text: str, quote: str, *, from_middle: bool = False, shift: bool = False) -> None:
+    """Select `quote` in the element with a mouse drag: press on its first character (near its left
+    edge, or its middle to start inside the word) and release near the right edge of its last one."""
+    start = text.index(quote)
+    rects = page.evaluate(_RECT_JS, [selector, utf16(text, start), utf16(text, start + len(quote))])
+    first, last = rects["first"], rects["last"]
+    # Whole pixels, as a real mouse reports: this Chromium does not extend a selection when a drag
+    # starts at a point whose x and y are both fractional.
+    x0 = round(first["mid"] if from_middle else first["left"] + 2)
+    page.mouse.move(x0, round(first["y"]))
+    page.mouse.down()
+    page.mouse.move(round(last["right"] - 2), round(last["y"]), steps=8)
+    if shift:
+        page.keyboard.down("Shift")
+    page.mouse.up()
+    if shift:
+        page.keyboard.up("Shift")
+
+
+def key_of(page, category: str) -> str:
+    return page.text_content(f'button[data-category="{category}"] kbd').strip()
+
+
+def test_select_span_with_mouse_category_key_submit_and_export(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("Eiffel", "annotate"))
+    assert page.text_content("#response") == EMOJI_RESPONSE
+
+    # 1. "Rome": drag from inside the word to just past the comma; snapping gives exactly "Rome".
+    drag(page, "#response", EMOJI_RESPONSE, "ome,", from_middle=True)
+    assert page.text_content("#response mark.pending") == "Rome"
+    page.keyboard.press(key_of(page, "Wrong-Grounding"))
+    # 2. A span holding an emoji, its trailing full stop trimmed.
+    drag(page, "#response", EMOJI_RESPONSE, "Many tourists 😍 love taking photos there.")
+    page.keyboard.press(key_of(page, "Irrelevant"))
+    # 3. Undo / redo of the last span.
+    drag(page, "#response", EMOJI_RESPONSE, "built")
+    page.keyboard.press(key_of(page, "Redundant"))
+    assert page.locator("#span-list li").count() == 3
+    page.keyboard.press("Control+z")
+    assert page.locator("#span-list li").count() == 2
+    page.keyboard.press("Control+y")
+    assert page.locator("#span-list li").count() == 3
+    page.keyboard.press("Control+z")
+    marks = page.locator("#response mark.span")
+    assert marks.all_text_contents() == ["Rome", "Many tourists 😍 love taking photos there"]
+    # Each category looks different: its own class (pattern, underline style) and label.
+    assert marks.nth(0).get_attribute("class") != marks.nth(1).get_attribute("class")
+    assert marks.nth(0).get_attribute("data-label").endswith("Wrong-Grounding")
+    # 4. Missing information: one click on passage 1, sentence 1 makes a note with that evidence.
+    page.click('.sent[data-p="1"][data-s="1"]')
+    assert "passage 1, sentence 1" in page.text_content("#missing-list")
+    # 5. Correct the response; the draft is saved and says so.
+    corrected = EMOJI_RESPONSE.replace("Rome", "Paris").replace(" Many tourists 😍 love taking photos there.", "")
+    page.fill("#corrected", corrected)
+    page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
+    assert "Draft saved" in page.text_content("#draft-status")
+    shoot(page, "annotate")
+    # 6. Submit with Ctrl+Enter.
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    assert "Submitted (version 1)" in page.text_content("#submit-status")
+    page.wait_for_url(app.base + "/", timeout=10_000)  # back to the queue
+    tab.close()
+
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-eiffel"]
+    annotation = record["responses"][0]["annotation"]
+    rome = EMOJI_RESPONSE.index("Rome")
+    assert utf16(EMOJI_RESPONSE, rome) != rome  # the emoji make the two kinds of offsets differ
+    tourists = EMOJI_RESPONSE.index("Many tourists")
+    assert [(s["start"], s["end"], s["category"], s["text"]) for s in annotation["spans"]] == [
+        (rome, rome + 4, "Wrong-Grounding", "Rome"),
+        (tourists, EMOJI_RESPONSE.index(" there.") + 6, "Irrelevant", "Many tourists 😍 love taking photos there"),
+    ]
+    assert [(m["passage"], m["sentences"]) for m in annotation["missing"]] == [(1, [1])]
+    assert annotation["corrected"] == corrected
+    assert record["meta"]["annotator"] == "alice"
+
+
+def test_compare_pairs_keys_transitivity_and_submit(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("Eiffel", "compare"))
+    pairs = json.loads(page.text_content("#page-data"))["pairs"]
+    assert len(pairs) == 3
+
+    def key_for(pair: dict, winner: int | None) -> str:
+        if winner is None:
+            return "2"
+        return "1" if pair["left"] == winner else "3"
+
+    # A cycle 0 > 1, 1 > 2, 2 > 0 cannot come from one ranking: the page warns.
+    cycle = {(0, 1): 0, (1, 2): 1, (0, 2): 2}
+    for pair in pairs:  # the keys judge the highlighted pair and move on to the next
+        page.keyboard.press(key_for(pair, cycle[(pair["a"], pair["b"])]))
+    assert page.is_visible("#transitivity")
+    shoot(page, "compare")
+    # Re-judge (0, 2) as "0 better": consistent again, ranking 0 > 1 > 2.
+    i = next(k for k, p in enumerate(pairs) if (p["a"], p["b"]) == (0, 2))
+    page.click(f'.pair[data-pair="{i}"] button[data-choice="{"left" if pairs[i]["left"] == 0 else "right"}"]')
+    assert page.is_hidden("#transitivity")
+    assert page.text_content("#ranking").endswith("Response 1  >  Response 2  >  Response 3")
+    page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
+    page.goto(app.base + "/")
+    assert "draft" in page.text_content("#task-rows")
+    shoot(page, "queue")
+    page.goto(tab.task_url("Eiffel", "compare"))  # the draft comes back
+    assert page.locator("button.choice.chosen").count() == 3
+    page.click("#submit")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    tab.close()
+
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-eiffel"]
+    prefs = {(p["a"], p["b"]): p["outcome"] for p in record["preferences"]}
+    assert prefs == {(0, 1): 1, (1, 2): 1, (0, 2): 1}
+
+
+def test_script_in_model_output_is_shown_as_text(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("bold", "annotate"))
+    page.wait_for_timeout(300)  # time for an injected onerror handler to fire, if there were one
+    assert page.text_content("#response") == XSS_RESPONSE
+    assert page.text_content("#prompt") == XSS_EXAMPLE["prompt"]
+    assert XSS in page.text_content("#passages")
+    assert page.locator("main img, main script, main b, main i").count() == 0
+    assert page.locator("#corrected").input_value() == XSS_RESPONSE
+    # Shift keeps a selection exactly as made: the quote, with its < and >, is stored as shown.
+    drag(page, "#response", XSS_RESPONSE, "<img src=x onerror=alert(2)>", shift=True)
+    page.keyboard.press(key_of(page, "Incoherent"))
+    drag(page, "#response", XSS_RESPONSE, "& Jerry &amp;")  # snaps to "Jerry &amp"
+    page.keyboard.press(key_of(page, "Redundant"))
+    page.click("#submit")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+
+    page.goto(tab.task_url("bold", "compare"))
+    page.wait_for_timeout(300)
+    assert [t.strip() for t in page.locator(".response-card p").all_text_contents()] == [
+        r["text"] for r in XSS_EXAMPLE["responses"]
+    ]
+    assert page.locator("main img, main script").count() == 0
+    tab.close()
+
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-xss"]
+    spans = [(s["start"], s["end"], s["text"]) for s in record["responses"][0]["annotation"]["spans"]]
+    img = XSS_RESPONSE.index("<img")
+    jerry = XSS_RESPONSE.index("Jerry")
+    assert spans == [(img, img + len("<img src=x onerror=alert(2)>"), "<img src=x onerror=alert(2)>"),
+                     (jerry, jerry + len("Jerry &amp"), "Jerry &amp")]
+
+
+def test_admin_sees_progress(app, browser):
+    tab = Page(browser, app, app.admin_token)
+    page = tab.page
+    page.goto(app.base + "/admin")
+    rows = page.locator("#annotator-rows tr")
+    alice = rows.filter(has_text="alice")
+    done = {s["task"] for r in app.export() if r["meta"]["annotator"] == "alice" for s in r["meta"]["submissions"]}
+    assert alice.locator("td").nth(1).text_content() == f"{len(done)} / 4"
+    shoot(page, "admin")
+    tab.close()
