@@ -366,3 +366,27 @@ def test_export_is_clean_finegrain_jsonl_with_annotations_and_preferences(env):
     assert ex.responses[3].text == XSS and ex.responses[0].text.startswith(EMOJI[:5])
     line = json.loads(out.read_text().splitlines()[0])
     assert line["meta"]["annotator"] == "alice" and line["meta"]["example_id"] == "ex-emoji"
+
+
+def test_a_submission_that_fails_midway_leaves_nothing_behind(env):
+    """One transaction per submission: the insert is rolled back when a later statement fails."""
+    from sqlalchemy import event
+
+    c = client_for(env, "alice")
+    task = first(c, "annotate", "coffee")
+    assert post(c, f"/api/tasks/{task['id']}/draft", span_body(task, key="d"), task["csrf_token"]).status_code == 200
+
+    def fail_on_draft_delete(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("DELETE FROM DRAFTS"):
+            raise RuntimeError("disk unplugged")
+
+    event.listen(env["engine"], "before_cursor_execute", fail_on_draft_delete)
+    try:
+        with pytest.raises(RuntimeError):
+            store.submit(env["engine"], task["id"], 1, "alice", span_body(task, key="s"))
+    finally:
+        event.remove(env["engine"], "before_cursor_execute", fail_on_draft_delete)
+    with db.read_tx(env["engine"]) as conn:
+        assert conn.execute(select(func.count()).select_from(db.submissions)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(db.drafts)).scalar_one() == 1
+    assert post(c, f"/api/tasks/{task['id']}/submit", span_body(task, key="s"), task["csrf_token"]).json()["version"] == 1
