@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from finegrain.models import load_tokenizer
-from finegrain.segment import LEVELS, segment_text, split_sentences, token_end_indices
+from finegrain.data.categories import DEFAULT_TAXONOMY
+from finegrain.data.load import load_examples
+from finegrain.segment import LEVELS, label_segments, segment_text, split_sentences, token_end_indices
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/qa_feedback/feedback.json"
 
@@ -62,6 +64,7 @@ def main() -> None:
     us = median_us(lambda p: token_end_indices(p[1], segs[p[0]], p[0]), encoded, args.repeat)
     print(f"token_end_indices (subsentence, SmolLM2 offsets) median {us:7.1f} us per response")
 
+    label_agreement(args.data)
     try:
         import pysbd
     except ImportError:
@@ -76,6 +79,50 @@ def main() -> None:
         b = {t[: s.end].rstrip().__len__() for s in seg.segment(t)[:-1]}
         ours, theirs, both = ours + len(a), theirs + len(b), both + len(a & b)
     print(f"sentence boundaries: ours {ours}, pysbd {theirs}, shared {both}")
+    pysbd_fuzz(seg)
+
+
+def label_agreement(path: Path) -> None:
+    """Our overlap rule against the paper's data code (a segment is an error when any of its
+    visible characters lies in an error span) on the annotated responses, at the paper's levels."""
+    examples = load_examples(path)
+    for rm, level in (("relevance", "subsentence"), ("factuality", "sentence")):
+        cats = DEFAULT_TAXONOMY.categories_for(rm)
+        total = ours_pos = any_pos = differ = 0
+        for ex in examples:
+            for _, resp in ex.annotated:
+                text, spans = resp.text, [s for s in resp.annotation.spans if s.category in cats]
+                segments = segment_text(text, level)
+                ours = label_segments(segments, spans, cats, text)
+                touched = [
+                    int(any(not text[c].isspace() for sp in spans for c in range(max(s.start, sp.start), min(s.end, sp.end))))
+                    for s in segments
+                ]
+                total += len(segments)
+                ours_pos += sum(ours)
+                any_pos += sum(touched)
+                differ += sum(a != b for a, b in zip(ours, touched))
+        print(f"labels {rm:10s} at {level:11s}: {total} segments, errors ours {ours_pos}, any-overlap {any_pos}, differ {differ}")
+
+
+def pysbd_fuzz(seg, n: int = 5000) -> None:
+    """How often pysbd's character spans fail to tile odd text (overlap, gap, wrong text)."""
+    import random
+
+    pieces = list("ab cD.,;!?\n\t  \"'()[]-:…。！？é\u0301👋🏽日\u200b\u00a0") + [
+        "Mr.", "U.S.", " e.g. ", "1.5", "...", "?!", "\r\n", "http://x.com/a.b"
+    ]
+    rng = random.Random(1)
+    bad = 0
+    for _ in range(n):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))).lstrip()
+        pos, ok = 0, True
+        for s in seg.segment(text):
+            ok = ok and s.start == pos and text[s.start : s.end] == s.sent
+            pos = s.end
+        if not ok or (text.strip() and pos != len(text)):
+            bad += 1
+    print(f"pysbd char spans that do not tile the text: {bad} of {n} random odd strings (ours: 0 by construction)")
 
 
 if __name__ == "__main__":

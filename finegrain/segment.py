@@ -7,13 +7,14 @@ character belongs to that segment, so "Hi. Bye." is ("Hi. ", "Bye."). Leading wh
 to the first segment. Empty or whitespace-only text has no segment.
 
 The sentence splitter is rule-based (regular expressions, no model, no download). pysbd was the
-first choice but its character spans overlap, skip characters or drop leading whitespace on odd
-input (56 of 5,000 random strings), and it takes 2-3 ms per response; this splitter tiles by
-construction and is about 30x faster (docs/segmentation.md has the figures and the rules).
+first choice, but on odd input its character spans overlap, skip characters or drop leading
+whitespace, and it is ~90x slower on the PPO hot path; this splitter tiles by construction
+(docs/segmentation.md has the rules and the measured figures, bench/bench_segment.py the bench).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -230,46 +231,62 @@ def _as_pairs(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
     return pairs
 
 
+def _raw_ends_sorted(pairs, real, spans) -> list[int]:
+    """`_raw_ends` when the real tokens' starts and ends both never decrease (every tokenizer we
+    know, byte-level BPE included): then the last token starting at or before a character is also
+    the last one that can hold it, so one bisection per segment finds it."""
+    starts = [pairs[i][0] for i in real]
+    ends = [pairs[i][1] for i in real]
+    out = []
+    for start, end, last in spans:
+        k = -1
+        if last is None:
+            k = bisect.bisect_right(ends, end) - 1
+            if k >= 0 and ends[k] <= start:  # no token ends inside the segment
+                k = -1
+            last = end - 1
+        if k < 0:
+            k = bisect.bisect_right(starts, last) - 1
+        out.append(real[k] if k >= 0 else -1)
+    return out
+
+
+def _raw_ends_general(pairs, real, spans) -> list[int]:
+    """`_raw_ends` for offsets in any order: plain scans (rare, so simplicity wins over speed)."""
+    out = []
+    for start, end, last in spans:
+        t = -1
+        if last is None:
+            t = max((i for i in real if start < pairs[i][1] <= end), default=-1)
+            last = end - 1
+        if t < 0:
+            t = max((i for i in real if pairs[i][0] <= last < pairs[i][1]), default=-1)
+        if t < 0:
+            t = max((i for i in real if pairs[i][0] <= last), default=-1)
+        out.append(t)
+    return out
+
+
 def _end_tokens(pairs: list[tuple[int, int]], spans: list[tuple[int, int, int | None]]) -> list[int]:
     """spans: (start, end, last) per segment; `last` the character whose token ends the segment,
-    or None to take the last token ending inside the segment (callers without the text)."""
+    or None to take the last token ending inside the segment (callers without the text).
+
+    The raw end token of a segment is the last token holding `last` (byte-level BPE can give
+    several tokens one multi-byte character; the last of them completes it), else the last token
+    starting at or before it; then ties with earlier segments move to the next token."""
     real = [i for i, (s, e) in enumerate(pairs) if e > s]  # special tokens and empty pieces: (k, k)
     if not real:
         raise ValueError("offsets hold no token with a non-empty character span: nothing to map segments to")
-    width = max(pairs[i][1] for i in real)
-    # holder[c]: the last token whose span holds character c (byte-level BPE can give several
-    # tokens one multi-byte character; the last of them completes it)
-    holder = [-1] * width
-    # started[c]: the last token starting at or before c; ended[c]: the last token ending at or before c
-    started = [-1] * (width + 1)
-    ended = [-1] * (width + 1)
-    for i in real:
-        s, e = pairs[i]
-        for c in range(s, e):
-            holder[c] = i
-        started[s] = max(started[s], i)
-        ended[e] = max(ended[e], i)
-    for c in range(1, width + 1):
-        started[c] = max(started[c], started[c - 1])
-        ended[c] = max(ended[c], ended[c - 1])
+    monotone = all(pairs[a][0] <= pairs[b][0] and pairs[a][1] <= pairs[b][1] for a, b in zip(real, real[1:]))
+    raw = (_raw_ends_sorted if monotone else _raw_ends_general)(pairs, real, spans)
     nxt = dict(zip(real, real[1:]))
-
     out: list[int] = []
     prev = -1
-    for j, (start, end, last) in enumerate(spans):
-        t = -1
-        if last is None:
-            t = ended[min(end, width)]
-            if t >= 0 and pairs[t][1] <= start:  # no token ends inside the segment
-                t = -1
-            last = end - 1
-        if t < 0:
-            t = holder[last] if last < width else -1
-        if t < 0:  # no token holds it (a character the tokenizer dropped): the last one starting before it
-            t = started[min(last, width)]
+    for j, t in enumerate(raw):
         if t <= prev:  # taken by an earlier segment (or none): the next token, never an earlier one
             t = nxt.get(prev, -1) if prev >= 0 else real[0]
             if t < 0:
+                start, end, _ = spans[j]
                 raise ValueError(
                     f"segment {j} [{start}, {end}) has no token left after token {prev}: "
                     f"{len(spans)} segments but only {len(real)} tokens with a character span"
