@@ -405,3 +405,59 @@ def test_admin_sees_progress(app, browser):
     assert alice.locator("td").nth(1).text_content() == f"{len(done)} / 4"
     shoot(page, "admin")
     tab.close()
+
+
+# The page's pure text functions, run in the browser that uses them (no JavaScript toolchain needed).
+_PURE_JS = """async () => {
+  const t = await import('/static/text.js');
+  const r = await import('/static/rank.js');
+  const snap = (text, s, e, precise) => {
+    const cps = t.codePoints(text);
+    const got = t.snapToWords(cps, s, e, precise);
+    return got && cps.slice(got.start, got.end).join('');
+  };
+  const s = '👍🏽 ok 🇫🇷 x';
+  const diff = t.wordDiff('the cat sat  on the mat', 'the dog sat on a mat');
+  return {
+    cp: [0, 2, 4, 5, 6, 7, 8, 12, s.length].map((i) => t.toCodePointOffset(s, i)),
+    cpInsidePair: t.toCodePointOffset('a😀b', 2),
+    badOffset: (() => { try { t.toCodePointOffset('ab', 3); return 'no error'; } catch (e) { return e.name; } })(),
+    nfc: t.normalise('e\\u0301') === '\\u00e9',
+    snaps: [
+      snap('The quick brown fox.', 5, 12),       // "uick br" -> whole words
+      snap('The quick brown fox.', 3, 20),       // " quick brown fox." -> spaces and full stop trimmed
+      snap('The quick brown fox.', 5, 12, true), // Shift: exactly as selected
+      snap('I don\\'t know.', 3, 4),             // inside "don't": the apostrophe joins the word
+      snap('Hi 👍🏽 there', 3, 4),                // half an emoji with its skin tone -> the whole emoji
+      snap('... , ;', 0, 7),                     // punctuation only -> nothing
+    ],
+    diffLeft: diff.left.map((p) => p.text).join(''),
+    diffRight: diff.right.map((p) => p.text).join(''),
+    diffKinds: diff.left.map((p) => [p.kind, p.text.trim()]),
+    cycle: r.intransitiveTriples([{a: 0, b: 1, outcome: 1}, {a: 1, b: 2, outcome: 1}, {a: 0, b: 2, outcome: 2}], [0, 1, 2]).length,
+    tieCycle: r.intransitiveTriples([{a: 0, b: 1, outcome: 0}, {a: 1, b: 2, outcome: 0}, {a: 0, b: 2, outcome: 1}], [0, 1, 2]).length,
+    consistent: r.intransitiveTriples([{a: 0, b: 1, outcome: 0}, {a: 1, b: 2, outcome: 1}, {a: 0, b: 2, outcome: 1}], [0, 1, 2]).length,
+    ranking: r.derivedRanking([{a: 0, b: 1, outcome: 2}, {a: 1, b: 2, outcome: 0}, {a: 0, b: 2, outcome: 2}], [0, 1, 2]),
+    outcomes: [r.outcomeFor({a: 0, b: 1, left: 1, right: 0}, 'left'), r.outcomeFor({a: 0, b: 1, left: 1, right: 0}, 'right'),
+               r.outcomeFor({a: 0, b: 1, left: 0, right: 1}, 'equal'), r.choiceFor({a: 0, b: 1, left: 1, right: 0}, 2)],
+  };
+}"""
+
+
+def test_text_offsets_snapping_diff_and_transitivity_functions(app, browser):
+    page = browser.new_page()
+    page.goto(app.base + "/login")
+    got = page.evaluate(_PURE_JS)
+    page.close()
+    # '👍🏽 ok 🇫🇷 x': 👍 and 🏽 are 2 UTF-16 units each, each flag letter too.
+    assert got["cp"] == [0, 1, 2, 3, 4, 5, 6, 8, 10]
+    assert got["cpInsidePair"] == 2  # an offset inside a surrogate pair counts the whole character
+    assert got["badOffset"] == "RangeError"
+    assert got["nfc"] is True
+    assert got["snaps"] == ["quick brown", "quick brown fox", "uick br", "don't", "👍🏽", None]
+    assert got["diffLeft"] == "the cat sat  on the mat"
+    assert got["diffRight"] == "the dog sat on a mat"
+    assert got["diffKinds"] == [["same", "the"], ["del", "cat"], ["same", "sat  on"], ["del", "the"], ["same", "mat"]]
+    assert (got["cycle"], got["tieCycle"], got["consistent"]) == (1, 1, 0)
+    assert got["ranking"] == [[1, 2], [0]]  # 1 and 2 each beat 0 and tie each other
+    assert got["outcomes"] == [2, 1, 0, "left"]
