@@ -11,6 +11,7 @@ from sqlalchemy import select
 from annotate_helpers import sample_examples, write_examples
 from finegrain.annotate import db, store
 from finegrain.annotate.agreement import agreement, cohen_kappa
+from finegrain.annotate.export import build_examples
 from finegrain.cli import main
 from finegrain.data.load import load_examples
 from finegrain.data.qa_feedback import write_qa_feedback
@@ -137,6 +138,10 @@ def test_export_checks_clean_and_agreement_reports(capsys, dburl, tmp_path):
     assert code == 0 and "Irrelevant" in text and "pairwise choices: 8 shared judgements" in text
     code, text, _ = run(capsys, "annotate", "agreement", "--db", dburl, "--json")
     assert json.loads(text)["pairwise_judgements"] == 8
+    copy = tmp_path / "backup.db"
+    assert run(capsys, "annotate", "backup", "--db", dburl, "--out", str(copy))[0] == 0
+    assert len(build_examples(db.make_engine(f"sqlite:///{copy}"))) == 6
+    assert run(capsys, "annotate", "backup", "--db", dburl, "--out", str(copy))[0] == 2  # never overwrites
 
 
 def test_cohen_kappa_by_hand():

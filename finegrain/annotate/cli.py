@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--all-versions", action="store_true", help="every submitted version, not only the latest")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("backup", help="copy a SQLite database safely while the server runs (WAL included)")
+    _db(p)
+    p.add_argument("--out", required=True, help="the copy, a new SQLite file")
+    p.set_defaults(func=_backup)
+
     p = sub.add_parser("agreement", help="inter-annotator agreement per category (kappa, span F1, pairwise kappa)")
     _db(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -153,4 +158,12 @@ def _agreement(args: argparse.Namespace) -> int:
 
     report = agreement(_engine(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from finegrain.annotate.db import backup_sqlite
+
+    backup_sqlite(args.db, args.out)
+    print(f"backed up {args.db} to {args.out}")
     return 0

@@ -199,3 +199,30 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 
 def now() -> float:
     return time.time()
+
+
+def backup_sqlite(url: str, out: str) -> None:
+    """Copy a SQLite database with SQLite's online backup (a consistent snapshot, even mid-write)."""
+    import sqlite3
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from finegrain.config import ConfigError
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        raise ConfigError(f"--db {url}: backup copies SQLite files; for another database use its own tool (e.g. pg_dump)")
+    if not Path(parsed.database).is_file():
+        raise FileNotFoundError(f"--db {url}: no such database file")
+    if Path(out).exists():
+        raise ConfigError(f"--out {out}: already exists; choose a new file")
+    src = sqlite3.connect(parsed.database, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        dst = sqlite3.connect(out)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
