@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
     "train": ("finegrain.rl.cli", "PPO on dense, weighted, multi-source rewards (fine-grained or holistic)"),
     "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
+    "demo": ("finegrain.rl.demo_cli", "the detoxification demo: holistic vs fine-grained PPO on the embedded models"),
+    "eval": ("finegrain.eval_cli", "evaluate a policy on prompts: toxicity, perplexity, diversity"),
+    "report": ("finegrain.rl.report_cli", "compare runs: report.md table and curves.png"),
 }
 
 

@@ -1,0 +1,76 @@
+"""`finegrain eval POLICY`: sample k continuations per prompt and print the detoxification metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("policy", help="policy to evaluate: a run's final/ or best/ folder, an embedded name or a hub id")
+    parser.add_argument("--prompts", default=None,
+                        help="prompt file, every prompt of which is evaluated (default: the shipped held-out detox prompts)")
+    parser.add_argument("--max-prompts", type=int, default=None, help="evaluate only the first N prompts")
+    parser.add_argument("--reference", default="smollm2-135m", help="LM under which perplexity is measured (default: the initial policy)")
+    parser.add_argument("--scorer", default="profanity-check",
+                        help="toxicity scorer: profanity-check (embedded), perspective, or an HF classifier")
+    parser.add_argument("--samples", "-k", type=int, default=4, help="samples per prompt (default: 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="sample length in tokens (default: 32)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default: 64)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (slower on CPU)")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and samples.jsonl")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.set_defaults(func=_eval)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from finegrain.config import ConfigError
+
+    for name, low in (("samples", 1), ("max_new_tokens", 1), ("batch_size", 1)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)} must be at least {low}")
+    if args.max_prompts is not None and args.max_prompts < 1:
+        raise ConfigError(f"--max-prompts: {args.max_prompts} must be at least 1")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p: {args.top_p} is outside (0, 1]")
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature: {args.temperature} must be positive")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    _check(args)
+    from finegrain.config import ConfigError
+    from finegrain.data.load import load_examples
+    from finegrain.evaluate import SamplingSettings, evaluate_policy, write_eval
+    from finegrain.models import load_policy
+    from finegrain.rewards.toxicity import load_scorer
+    from finegrain.rl.detox import shipped_prompt_files
+
+    prompts_file = Path(args.prompts) if args.prompts else shipped_prompt_files()[1]
+    if not prompts_file.is_file():
+        raise ConfigError(f"--prompts: {prompts_file} does not exist")
+    examples = [e for e in load_examples(prompts_file) if e.prompt.strip()]
+    if args.max_prompts:
+        examples = examples[: args.max_prompts]
+    if not examples:
+        raise ConfigError(f"--prompts: {prompts_file} holds no prompt")
+    policy, tokenizer = load_policy(args.policy)
+    reference = policy if args.reference == args.policy else load_policy(args.reference)[0]
+    settings = SamplingSettings(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, bf16=not args.fp32)
+    result = evaluate_policy(policy, tokenizer, examples, load_scorer(args.scorer), reference=reference, settings=settings)
+    if args.out:
+        write_eval(result, args.out)
+    m = result.metrics
+    if args.json:
+        print(json.dumps(m.to_json(), indent=2))
+    else:
+        print(f"{args.policy} on {m.prompts} prompts x {m.samples_per_prompt} samples ({prompts_file})")
+        for key, value in m.to_json().items():
+            print(f"  {key:18s} {value:.4f}" if isinstance(value, float) else f"  {key:18s} {value}")
+    return 0

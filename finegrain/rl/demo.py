@@ -1,0 +1,241 @@
+"""`finegrain demo detox`: holistic vs fine-grained PPO detoxification on the embedded models.
+
+From the embedded policy and toxicity scorer it
+  1. evaluates the initial policy on the held-out prompts,
+  2. trains a holistic run (reward 1 - toxicity of the whole response) and evaluates it,
+  3. trains a fine-grained run (reward: the drop in toxicity of each sentence), same steps, same
+     seed, every other setting equal, and evaluates it,
+  4. writes `report.md` (the paper's table) and `curves.png` (toxicity and KL against steps).
+The report is rewritten after every phase. Finished phases are kept: run the same command again
+after an interruption and it goes on from the first unfinished phase (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from finegrain.config import ConfigBase, ConfigError, check_range
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finegrain.data.records import Example
+    from finegrain.evaluate import EvalResult, SamplingSettings, TextScorer
+
+INITIAL = "initial"
+LABELS = {INITIAL: "Initial policy", "holistic": "Holistic RLHF", "finegrained": "Fine-grained RLHF"}
+
+
+@dataclass
+class DemoConfig(ConfigBase):
+    out: str = field(default="runs/demo", metadata={"help": "output folder: one sub-folder per policy, report.md, curves.png"})
+    steps: int = field(default=60, metadata={"help": "PPO steps of each run"})
+    seed: int = field(default=0, metadata={"help": "seed of both runs and of the evaluation's sampling"})
+    prompts: str | None = field(default=None, metadata={"help": "prompt file (e.g. RealToxicityPrompts .jsonl); default: the shipped set"})
+    heldout: int = field(default=100, metadata={"help": "with --prompts: prompts held out for evaluation (a fixed, hash-based choice)"})
+    eval_prompts: int | None = field(default=None, metadata={"help": "evaluate on only the first N held-out prompts"})
+    eval_samples: int = field(default=4, metadata={"help": "samples per held-out prompt (k of expected max toxicity)"})
+    eval_max_new_tokens: int = field(default=32, metadata={"help": "length of the evaluation samples in tokens"})
+    eval_batch_size: int = field(default=64, metadata={"help": "sequences per generate call in evaluation"})
+    policy: str = field(default="smollm2-135m", metadata={"help": "initial policy: embedded name, HF folder or hub id"})
+    modes: list[str] = field(default_factory=lambda: ["holistic", "finegrained"], metadata={"help": "runs to train"})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value settings for both training runs"})
+
+    def __post_init__(self) -> None:
+        from finegrain.rl.detox import MODES
+
+        check_range(self, "steps", 1)
+        check_range(self, "heldout", 1)
+        check_range(self, "eval_samples", 1)
+        check_range(self, "eval_max_new_tokens", 1)
+        check_range(self, "eval_batch_size", 1)
+        if self.eval_prompts is not None:
+            check_range(self, "eval_prompts", 1)
+        for m in self.modes:
+            if m not in MODES:
+                raise ConfigError(f"modes: {m!r} is not allowed; choose from {', '.join(map(repr, MODES))}")
+
+    def sampling(self) -> "SamplingSettings":
+        from finegrain.evaluate import SamplingSettings
+
+        return SamplingSettings(samples_per_prompt=self.eval_samples, max_new_tokens=self.eval_max_new_tokens,
+                                batch_size=self.eval_batch_size, seed=self.seed)
+
+
+class Progress:
+    """One line per event, with the time since the demo started: the demo's visible heartbeat."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, message: str) -> None:
+        minutes, seconds = divmod(int(self.elapsed()), 60)
+        print(f"[demo {minutes:02d}:{seconds:02d}] {message}", file=sys.stderr, flush=True)
+
+
+def _settings_file(out: Path) -> Path:
+    return out / "demo.json"
+
+
+def prepare_out(cfg: DemoConfig, fresh: bool) -> Path:
+    """Create the output folder; refuse to mix two different demos' results in one folder."""
+    out = Path(cfg.out)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    settings = asdict(cfg)
+    previous = _settings_file(out)
+    if previous.is_file():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if old != settings:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            raise ConfigError(
+                f"{out} holds a demo with other settings ({', '.join(changed)} differ); "
+                "pass --fresh to start over, or choose another --out"
+            )
+    from finegrain.io import atomic_write_json
+
+    atomic_write_json(previous, settings)
+    return out
+
+
+def evaluate_into(
+    folder: Path,
+    label: str,
+    policy: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    prompts: list["Example"],
+    scorer: "TextScorer",
+    reference: "PreTrainedModel",
+    settings: "SamplingSettings",
+    say: Progress,
+) -> "EvalResult":
+    from finegrain.evaluate import evaluate_policy, write_eval
+
+    n = len(prompts)
+    say(f"{label}: sampling {settings.samples_per_prompt} continuations for each of {n} held-out prompts")
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def on_batch(done: int, total: int) -> None:
+        if time.perf_counter() - last[0] > 20 or done == total:
+            last[0] = time.perf_counter()
+            say(f"{label}: {done}/{total} prompts sampled")
+
+    result = evaluate_policy(policy, tokenizer, prompts, scorer, reference=reference, settings=settings, on_batch=on_batch)
+    write_eval(result, folder / "eval")
+    m = result.metrics
+    say(f"{label}: avg max toxicity {m.avg_max_toxicity:.3f}, toxic prob {m.toxic_probability:.3f}, "
+        f"perplexity {m.perplexity:.2f}, dist-2 {m.dist_2:.3f} ({time.perf_counter() - t0:.0f} s)")
+    return result
+
+
+def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
+    """Run (or finish) the demo; returns the path of report.md."""
+    import torch
+
+    from finegrain.models import load_policy
+    from finegrain.rewards.toxicity import ProfanityCheckScorer
+    from finegrain.rl.detox import detox_config, load_detox_split, shipped_prompt_files, write_prompts
+
+    say = Progress()
+    # 1. Prompts and the output folder; the training prompts as a file for the trainer.
+    split = load_detox_split(cfg.prompts, cfg.heldout)
+    heldout = split.heldout[: cfg.eval_prompts] if cfg.eval_prompts else split.heldout
+    for mode in cfg.modes:  # fail on a bad override before an hour of work, not after
+        detox_config(mode, prompts="x.jsonl", out="x", steps=cfg.steps, seed=cfg.seed, overrides=cfg.overrides)
+    out = prepare_out(cfg, fresh)
+    train_file = shipped_prompt_files()[0] if cfg.prompts is None else write_prompts(split.train, out / "prompts-train.jsonl")
+    say(f"prompts: {len(split.train)} to train on, {len(heldout)} held out ({split.source}); output in {out}")
+    timings: dict[str, float] = {}
+
+    def report() -> Path:
+        return write_demo_report(cfg, out, split.source, len(split.train), len(heldout), timings, argv)
+
+    # 2. The initial policy: the reference for perplexity, and the first row of the table.
+    scorer = ProfanityCheckScorer()
+    reference, tokenizer = load_policy(cfg.policy)
+    settings = cfg.sampling()
+    if not (out / INITIAL / "eval" / "metrics.json").is_file():
+        t0 = time.perf_counter()
+        evaluate_into(out / INITIAL, LABELS[INITIAL], reference, tokenizer, heldout, scorer, reference, settings, say)
+        timings[f"evaluate {INITIAL}"] = time.perf_counter() - t0
+        report()
+    # 3. Each run: train, then evaluate its final policy on the same prompts with the same seed.
+    for mode in cfg.modes:
+        folder = out / mode
+        if (folder / "eval" / "metrics.json").is_file():
+            say(f"{LABELS[mode]}: already trained and evaluated in {folder}, kept")
+            continue
+        run_cfg = detox_config(mode, prompts=train_file, out=folder, steps=cfg.steps, seed=cfg.seed,
+                               overrides=[f"model.policy={cfg.policy}", *cfg.overrides])
+        if not (folder / "final").is_dir():
+            from finegrain.rl.trainer import run_training
+
+            if folder.exists():  # an interrupted run without a checkpoint: start it again
+                shutil.rmtree(folder)
+            say(f"{LABELS[mode]}: training {cfg.steps} PPO steps ({run_cfg.ppo.prompts_per_step} prompts x "
+                f"{run_cfg.sampling.samples_per_prompt} samples x {run_cfg.sampling.max_new_tokens} tokens per step)")
+            t0 = time.perf_counter()
+            run_training(run_cfg)
+            timings[f"train {mode}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        policy, _ = load_policy(str(folder / "final"))
+        evaluate_into(folder, LABELS[mode], policy, tokenizer, heldout, scorer, reference, settings, say)
+        timings[f"evaluate {mode}"] = time.perf_counter() - t0
+        del policy
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        report()
+    path = report()
+    say(f"done in {say.elapsed() / 60:.1f} min: {path} and {out / 'curves.png'}")
+    return path
+
+
+def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_heldout: int,
+                      timings: dict[str, float], argv: list[str] | None) -> Path:
+    from finegrain.rl.detox import SHARED
+    from finegrain.rl.report import summarize_run, write_report
+
+    runs = [summarize_run(out / name, LABELS[name]) for name in (INITIAL, *cfg.modes) if (out / name).is_dir()]
+    prompts = "the shipped prompt set (finegrain/assets/detox_prompts*.jsonl)" if source == "shipped" else source
+    # timings of phases run by earlier invocations are kept in timings.json
+    timing_file = out / "timings.json"
+    all_timings = json.loads(timing_file.read_text(encoding="utf-8")) if timing_file.is_file() else {}
+    all_timings.update({k: round(v, 1) for k, v in timings.items()})
+    from finegrain.io import atomic_write_json
+
+    atomic_write_json(timing_file, all_timings)
+    settings = {
+        "initial policy": cfg.policy,
+        "toxicity scorer": "profanity-check (embedded alt-profanity-check)",
+        "prompts": f"{prompts}: {n_train} to train on, {n_heldout} held out",
+        "PPO steps per run": cfg.steps,
+        "seed": cfg.seed,
+        "evaluation": f"{cfg.eval_samples} samples per prompt, {cfg.eval_max_new_tokens} new tokens, nucleus p=0.9, temperature 1; "
+                      "toxicity of the continuation alone; perplexity under the initial policy",
+        "training (both runs)": ", ".join(f"{k}={v}" for k, v in SHARED.items()),
+        "extra overrides": " ".join(cfg.overrides) or "none",
+        "wall-clock per phase (s)": ", ".join(f"{k} {v:.0f}" for k, v in all_timings.items()) or "-",
+    }
+    command = "finegrain demo detox " + " ".join(argv) if argv is not None else "finegrain demo detox --out " + cfg.out
+    commands = [
+        command,
+        "# the same runs, one at a time:",
+        f"finegrain train --config configs/detox_holistic.yaml run.out={out}/holistic run.steps={cfg.steps} run.seed={cfg.seed}",
+        f"finegrain train --config configs/detox_finegrained.yaml run.out={out}/finegrained run.steps={cfg.steps} run.seed={cfg.seed}",
+        f"finegrain eval {out}/finegrained/final --out {out}/finegrained/eval --seed {cfg.seed}",
+        f"finegrain report {out}/initial {out}/holistic {out}/finegrained --out {out}",
+    ]
+    intro = ("Holistic vs fine-grained PPO detoxification on the embedded models (Wu et al. 2023, section 3). "
+             "Holistic reward: 1 - toxicity of the whole response, on its last token. Fine-grained reward: "
+             "for each sentence (or line), the drop in toxicity when it is appended, on its last token.")
+    return write_report(runs, out, title="Detoxification: holistic vs fine-grained RLHF", intro=intro,
+                        settings=settings, commands=commands)

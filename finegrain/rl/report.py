@@ -1,0 +1,209 @@
+"""Compare runs in one report: `report.md` (the paper's table) and `curves.png` (toxicity, KL vs steps).
+
+A run folder is what the trainer writes (`config.yaml`, `metrics.jsonl`, `final/`) plus `eval/`
+(`metrics.json`, `samples.jsonl`, written by `finegrain eval` or the demo). A folder with only
+`eval/` is a policy that was evaluated without training (the initial policy of the demo).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finegrain.evaluate import DetoxMetrics, read_metrics
+
+EVAL_DIR = "eval"
+
+
+@dataclass
+class RunSummary:
+    label: str
+    folder: Path
+    metrics: DetoxMetrics | None  # held-out evaluation, when the run has one
+    steps: list[int] = field(default_factory=list)  # logged PPO steps
+    toxicity: list[float] = field(default_factory=list)  # mean toxicity of each step's responses
+    kl: list[float] = field(default_factory=list)  # mean summed KL(pi || pi_ref) per response
+    reward_mode: str | None = None  # holistic / dense, from config.yaml
+    seconds: float | None = None  # training wall-clock, summed over steps
+
+
+def _reward_mode(folder: Path) -> str | None:
+    """The toxicity source's mode from the run's config.yaml (None: no identity-mapped toxicity source)."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for r in cfg.get("rewards") or []:
+        if r.get("kind") == "toxicity" and r.get("mapping", "identity") == "identity" and float(r.get("weight", 1.0)) == 1.0:
+            return r.get("mode")
+    return None
+
+
+def _source_name(folder: Path) -> str:
+    import yaml
+
+    path = folder / "config.yaml"
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for r in (cfg or {}).get("rewards") or []:
+        if r.get("kind") == "toxicity":
+            return r.get("name") or "toxicity"
+    return "toxicity"
+
+
+def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
+    from finegrain.rl.detox import toxicity_from_row
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {folder} does not exist")
+    eval_file = folder / EVAL_DIR / "metrics.json"
+    summary = RunSummary(label or folder.name, folder, read_metrics(eval_file) if eval_file.is_file() else None)
+    summary.reward_mode = _reward_mode(folder)
+    log = folder / "metrics.jsonl"
+    if not log.is_file():
+        return summary
+    source = _source_name(folder)
+    seconds = 0.0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "step" not in row or "kl" not in row:  # evaluation rows
+            continue
+        tox = toxicity_from_row(row, summary.reward_mode, source) if summary.reward_mode else None
+        summary.steps.append(int(row["step"]))
+        summary.toxicity.append(float("nan") if tox is None else tox)
+        summary.kl.append(float(row["kl"]))
+        seconds += float(row.get("time/step", 0.0))
+    summary.seconds = seconds or None
+    return summary
+
+
+# --- the table -------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("avg_max_toxicity", "Avg. max toxicity ↓", "{:.3f}"),
+    ("toxic_probability", "Toxic prob. ↓", "{:.3f}"),
+    ("perplexity", "Perplexity ↓", "{:.2f}"),
+    ("dist_2", "dist-2 ↑", "{:.3f}"),
+    ("dist_3", "dist-3 ↑", "{:.3f}"),
+    ("mean_toxicity", "Mean toxicity", "{:.3f}"),
+    ("mean_length", "Length (tokens)", "{:.1f}"),
+)
+
+
+def metrics_table(runs: list[RunSummary]) -> str:
+    """The paper's table (Table 1 of Wu et al.: toxicity, fluency, diversity) as markdown."""
+    head = "| Policy | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|---|" + "|".join("---:" for _ in COLUMNS) + "|"
+    rows = [head, rule]
+    for run in runs:
+        if run.metrics is None:
+            continue
+        m = run.metrics.to_json()
+        rows.append(f"| {run.label} | " + " | ".join(fmt.format(m[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start); NaNs are skipped."""
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if v == v]
+        out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+    return out
+
+
+def plot_curves(runs: list[RunSummary], path: str | Path, window: int = 10) -> Path | None:
+    """Toxicity and KL against steps, one line per trained run (faint: per step; bold: moving
+    average over `window` steps). Returns None when no run has a training log."""
+    trained = [r for r in runs if r.steps]
+    if not trained:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    from finegrain.io import atomic_write_bytes
+
+    fig, (ax_tox, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(trained):
+        c = colors[i % len(colors)]
+        for ax, values in ((ax_tox, run.toxicity), (ax_kl, run.kl)):
+            ax.plot(run.steps, values, color=c, alpha=0.25, linewidth=1)
+            ax.plot(run.steps, moving_average(values, window), color=c, linewidth=2, label=run.label)
+    ax_tox.set(title="Toxicity of the training samples", xlabel="PPO step", ylabel="mean toxicity (embedded scorer)")
+    ax_kl.set(title="KL to the initial policy", xlabel="PPO step", ylabel="KL(π ‖ π_ref) per response (nats)")
+    for ax in (ax_tox, ax_kl):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"faint: per step; bold: {window}-step moving average", fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def write_report(
+    runs: list[RunSummary],
+    out_dir: str | Path,
+    *,
+    title: str = "finegrain report",
+    intro: str = "",
+    settings: dict[str, Any] | None = None,
+    commands: list[str] | None = None,
+    notes: list[str] | None = None,
+) -> Path:
+    """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path."""
+    from finegrain.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_curves(runs, out / "curves.png")
+    lines = [f"# {title}", ""]
+    if intro:
+        lines += [intro, ""]
+    evaluated = [r for r in runs if r.metrics is not None]
+    if evaluated:
+        m = evaluated[0].metrics
+        lines += [
+            f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.",
+            "",
+            metrics_table(runs),
+            "",
+        ]
+    trained = [r for r in runs if r.steps]
+    if trained:
+        lines += ["| Run | Steps | Training time | Last-10-step toxicity | Last-10-step KL |", "|---|---:|---:|---:|---:|"]
+        for r in trained:
+            secs = f"{r.seconds / 60:.1f} min" if r.seconds else "-"
+            lines.append(f"| {r.label} | {r.steps[-1]} | {secs} | {_tail_mean(r.toxicity):.3f} | {_tail_mean(r.kl):.3f} |")
+        lines.append("")
+    if png is not None:
+        rel = png.name
+        lines += [f"![toxicity and KL against steps]({rel})", ""]
+    if settings:
+        lines += ["## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
+    if commands:
+        lines += ["## Commands", "", "```bash", *commands, "```", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Runs", ""] + [f"- {r.label}: `{r.folder}`" for r in runs] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _tail_mean(values: list[float], n: int = 10) -> float:
+    tail = [v for v in values[-n:] if v == v]
+    return sum(tail) / len(tail) if tail else float("nan")

@@ -1,0 +1,30 @@
+"""`finegrain report RUN_DIR... --out DIR`: one table and one plot for several runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run folders (metrics.jsonl from training, eval/metrics.json from `finegrain eval --out RUN_DIR/eval`)")
+    parser.add_argument("--out", required=True, help="folder for report.md and curves.png")
+    parser.add_argument("--label", action="append", default=[], metavar="NAME",
+                        help="name of each run in the table, in order (default: the folder's name)")
+    parser.add_argument("--title", default="finegrain report", help="the report's title")
+    parser.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from finegrain.config import ConfigError
+    from finegrain.rl.report import summarize_run, write_report
+
+    if args.label and len(args.label) != len(args.runs):
+        raise ConfigError(f"--label: {len(args.label)} labels for {len(args.runs)} runs")
+    labels = args.label or [None] * len(args.runs)
+    runs = [summarize_run(folder, label) for folder, label in zip(args.runs, labels)]
+    if not any(r.metrics is not None or r.steps for r in runs):
+        raise ConfigError("none of the folders holds eval/metrics.json or metrics.jsonl: nothing to report")
+    path = write_report(runs, args.out, title=args.title, commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"])
+    print(path)
+    return 0
