@@ -301,8 +301,14 @@ def test_select_span_with_mouse_category_key_submit_and_export(app, browser):
     page.fill("#corrected", corrected)
     page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
     assert "Draft saved" in page.text_content("#draft-status")
+    # 6. A reload brings the draft back: spans, the note and the correction.
+    page.reload()
+    assert page.locator("#response mark.span").all_text_contents() == ["Rome", "Many tourists 😍 love taking photos there"]
+    assert "passage 1, sentence 1" in page.text_content("#missing-list")
+    assert page.locator("#corrected").input_value() == corrected
+    assert page.locator(".sent.attached").all_text_contents() == ["1.1Paris is the capital and most populous city of France."]
     shoot(page, "annotate")
-    # 6. Submit with Ctrl+Enter.
+    # 7. Submit with Ctrl+Enter.
     page.keyboard.press("Control+Enter")
     page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
     assert "Submitted (version 1)" in page.text_content("#submit-status")
@@ -393,6 +399,44 @@ def test_script_in_model_output_is_shown_as_text(app, browser):
     jerry = XSS_RESPONSE.index("Jerry")
     assert spans == [(img, img + len("<img src=x onerror=alert(2)>"), "<img src=x onerror=alert(2)>"),
                      (jerry, jerry + len("Jerry &amp"), "Jerry &amp")]
+
+
+def test_lost_answer_is_retried_with_the_same_key_and_a_stale_tab_gets_409(app, browser):
+    first, second = Page(browser, app, app.token), Page(browser, app, app.token)
+    url = first.task_url("bold", "compare")
+    first.page.goto(url)
+    second.page.goto(url)  # a second tab on the same task, opened before the submission
+    sent = []
+
+    def lose_first_answer(route):
+        sent.append(json.loads(route.request.post_data))
+        if len(sent) == 1:
+            route.fetch()  # the server stores it, but the answer never reaches the page
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    first.page.route("**/api/tasks/*/submit", lose_first_answer)
+    first.page.keyboard.press("1")
+    first.page.keyboard.press("Control+Enter")
+    first.page.wait_for_selector("#submit-status.status-ok", timeout=15_000)
+    assert len(sent) == 2 and sent[0] == sent[1]  # retried with the same body and idempotency key
+    first.errors.clear()  # the aborted request is logged as a console error, on purpose
+
+    second.page.keyboard.press("3")
+    second.page.keyboard.press("Control+Enter")
+    second.page.wait_for_selector("#submit-status.status-error", timeout=10_000)
+    assert "newer version" in second.page.text_content("#submit-status")
+    assert second.page.is_visible("#submit-status button")  # Reload
+    second.errors.clear()  # the 409 response is logged as a failed resource
+    first.close()
+    second.close()
+
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-xss"]
+    assert [s["kind"] for s in record["meta"]["submissions"]].count("compare") == 1
+    (pref,) = record["preferences"]
+    pair = sent[0]["judgements"][0]
+    assert (pref["a"], pref["b"], pref["outcome"]) == (pair["a"], pair["b"], pair["outcome"])
 
 
 def test_admin_sees_progress(app, browser):

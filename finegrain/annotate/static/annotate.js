@@ -1,7 +1,7 @@
 // The span-annotation page: mark error spans in a response, note missing information with
 // one-click evidence from the passages, correct the response, save drafts, submit.
 import {
-  pageData, h, newKey, postJSON, setStatus, debounce, typingIn, explainError, fillHeader, ApiError,
+  pageData, h, newKey, postJSON, setStatus, debounce, typingIn, explainError, showSubmitError, fillHeader, ApiError,
 } from './common.js';
 import { normalise, codePoints, toCodePointOffset, snapToWords } from './text.js';
 import { renderPassages } from './passages.js';
@@ -27,7 +27,7 @@ let pending = null; // {start, end, text}: a selection waiting for its category
 let selectedSpan = -1; // index into the current spans, chosen by clicking a mark
 let activeNote = -1; // the missing-information note that passage clicks attach to
 let version = task.version ?? 0;
-let lastSubmit = null; // {key, body}: reused while retrying the same content
+let lastSubmit = null; // {content, key}: the key is reused while the content stays the same
 
 const st = () => states[cur];
 const resp = () => responses[cur];
@@ -278,6 +278,9 @@ function body() {
 }
 
 const draftStatus = $('draft-status');
+if (task.latest) {
+  setStatus(draftStatus, 'ok', task.latest_is_draft ? 'Draft restored' : `Your submitted version ${version} is loaded`);
+}
 let draftInFlight = Promise.resolve();
 const saveDraft = debounce(() => { draftInFlight = writeDraft(); }, 700);
 async function writeDraft() {
@@ -338,7 +341,7 @@ async function submit() {
     }
   } catch (err) {
     if (err instanceof ApiError && err.status >= 400) lastSubmit = null; // refused: nothing stored
-    setStatus(status, 'error', explainError(err));
+    showSubmitError(status, err);
   } finally {
     submitting = false;
     $('submit').disabled = false;
@@ -359,6 +362,7 @@ function restoreLatest(latest) {
     noError: Boolean(latest.no_error),
   });
   cur = i;
+  activeNote = states[i].missing.length - 1; // passage clicks go on attaching to the last note
 }
 
 function show(i) {

@@ -124,6 +124,14 @@ export function explainError(err) {
   return err.message;
 }
 
+/** Show a submission error; after a 409 offer a reload (which shows the newer version). */
+export function showSubmitError(node, err) {
+  setStatus(node, 'error', explainError(err));
+  if (err instanceof ApiError && err.status === 409) {
+    node.append(' ', h('button', { text: 'Reload', attrs: { type: 'button' }, on: { click: () => window.location.reload() } }));
+  }
+}
+
 /** Fill the header's user slot and a logout button (POST /logout with the CSRF header). */
 export function fillHeader(data) {
   const slot = document.getElementById('who');

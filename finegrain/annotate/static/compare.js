@@ -1,7 +1,7 @@
 // The comparison page: every pair of the K responses side by side with a word diff, a judgement
 // per pair (left better / equal / right better), the transitivity check, drafts and submission.
 import {
-  pageData, h, newKey, postJSON, setStatus, debounce, typingIn, explainError, fillHeader, ApiError,
+  pageData, h, newKey, postJSON, setStatus, debounce, typingIn, explainError, showSubmitError, fillHeader, ApiError,
 } from './common.js';
 import { normalise, wordDiff } from './text.js';
 import { renderPassages } from './passages.js';
@@ -115,6 +115,9 @@ function render(scroll = false) {
 }
 
 const draftStatus = $('draft-status');
+if (task.latest) {
+  setStatus(draftStatus, 'ok', task.latest_is_draft ? 'Draft restored' : `Your submitted version ${version} is loaded`);
+}
 let draftInFlight = Promise.resolve();
 const saveDraft = debounce(() => { draftInFlight = writeDraft(); }, 700);
 async function writeDraft() {
@@ -158,7 +161,7 @@ async function submit() {
     setTimeout(() => window.location.assign('/'), 1200);
   } catch (err) {
     if (err instanceof ApiError && err.status >= 400) lastSubmit = null;
-    setStatus(status, 'error', explainError(err));
+    showSubmitError(status, err);
   } finally {
     submitting = false;
     $('submit').disabled = false;
