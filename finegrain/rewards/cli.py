@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="span RMs: P(error) threshold (default: the card's)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass")
     p.add_argument("--device", help="torch device")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the model's card")
     p.add_argument("--categories-file", help="YAML/JSON taxonomy")
@@ -102,6 +103,10 @@ def _eval(args: argparse.Namespace) -> int:
     from finegrain.rewards.card import RMCard, load_reward_model
 
     card = RMCard.load(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     examples = load_examples(args.file, _taxonomy(args.categories_file))
     _quiet_transformers()
     rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)

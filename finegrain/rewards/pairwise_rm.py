@@ -250,6 +250,8 @@ def train_pairwise_rm(
 
     # 2. backbone and inputs
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dev = rm_common.pick_device(device)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.backbone), num_labels=1)
@@ -277,7 +279,7 @@ def train_pairwise_rm(
         result = rm_common.run_trainer(trainer)
     if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
         raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-    log(f"trained in {result.seconds:.1f} s ({result.steps} steps), loss per epoch: "
+    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
         + ", ".join(f"{x:.3f}" for x in result.losses))
 
     # 4. save, calibrate on the training responses, evaluate on held-out prompts
@@ -305,6 +307,7 @@ def train_pairwise_rm(
                         f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
         ),
         training={**to_dict(cfg), "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
+                  "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
                   "threads": torch.get_num_threads()},
         calibration=calibration_of([]),

@@ -70,7 +70,8 @@ def training_arguments(cfg: "RMTrainConfig", scratch: str, device: "torch.device
 
 @dataclass
 class TrainResult:
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process, all threads: what the run cost on a shared machine
     steps: int
     final_loss: float | None
     losses: list[float]  # mean training loss per logged epoch
@@ -78,11 +79,11 @@ class TrainResult:
 
 def run_trainer(trainer: Any) -> TrainResult:
     """Train, timing only the training loop; returns the per-epoch losses the Trainer logged."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(seconds, int(out.global_step), losses[-1] if losses else None, losses)
+    return TrainResult(seconds, cpu, int(out.global_step), losses[-1] if losses else None, losses)
 
 
 @contextlib.contextmanager

@@ -69,6 +69,10 @@ class RMTrainConfig(ConfigBase):
     )
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast (on CPU too, where it is several times faster)"})
     seed: int = field(default=0, metadata={"help": "random seed (head init, data order)"})
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "torch CPU threads (default: torch's, one per core); 1 is several times faster on a loaded machine"},
+    )
     score_batch_size: int = field(default=16, metadata={"help": "inputs per forward pass when scoring"})
 
     def __post_init__(self) -> None:
@@ -90,6 +94,8 @@ class RMTrainConfig(ConfigBase):
         check_range(self, "error_weight", 0.0, None, low_open=True)
         check_range(self, "threshold", 0.0, 1.0)
         check_range(self, "margin", 0.0, 1.0)
+        if self.threads is not None:
+            check_range(self, "threads", 1, None)
 
     def _name(self, attr: str) -> str:
         return f"{self._path}.{attr}" if self._path else attr

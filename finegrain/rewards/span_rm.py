@@ -323,6 +323,8 @@ def train_span_rm(
 
     # 2. backbone, tokenizer, marker
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dev = rm_common.pick_device(device)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     model = AutoModelForTokenClassification.from_pretrained(
@@ -350,7 +352,7 @@ def train_span_rm(
         result = rm_common.run_trainer(trainer)
     if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
         raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-    log(f"trained in {result.seconds:.1f} s ({result.steps} steps), loss per epoch: "
+    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
         + ", ".join(f"{x:.3f}" for x in result.losses))
 
     # 4. save the model, then calibrate and evaluate it as the RewardSource it will be
@@ -376,6 +378,7 @@ def train_span_rm(
             train_inputs=len(feats), empty_skipped=data.empty_skipped,
         ),
         training={**to_dict(cfg), "level": level, "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
+                  "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
                   "threads": torch.get_num_threads()},
         calibration=calibration_of([]),
