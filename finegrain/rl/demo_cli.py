@@ -7,7 +7,11 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["detox"], help="the demo to run (detox: holistic vs fine-grained PPO detoxification)")
+    # one positional for the task and the settings that follow it: argparse cannot take more
+    # positionals after options, so `demo detox --steps 5 ppo.lr=1e-5` needs `--set ppo.lr=1e-5`
+    parser.add_argument("task", nargs="+", metavar="detox [key.sub=value ...]",
+                        help="the demo to run (detox: holistic vs fine-grained PPO detoxification), then training "
+                             "settings for both runs, e.g. ppo.lr=3e-5 sampling.max_new_tokens=48")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 60)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs and of the evaluation (default: 0)")
@@ -18,17 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt (default: 4)")
     parser.add_argument("--policy", default="smollm2-135m", help="initial policy: embedded name, HF folder or hub id")
     parser.add_argument("--only", choices=["holistic", "finegrained"], default=None, help="train only this run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE", dest="settings",
+                        help="a training setting for both runs (repeatable), e.g. --set ppo.lr=3e-5")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="training settings for both runs, e.g. ppo.lr=3e-5 sampling.max_new_tokens=48")
     parser.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from finegrain.config import ConfigError
     from finegrain.rl.demo import DemoConfig, run_demo
 
+    task, *overrides = args.task
+    overrides += args.settings
+    if task != "detox":
+        raise ConfigError(f"demo: {task!r} is not a demo; the one demo is 'detox'")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")
     kwargs = dict(out=args.out, seed=args.seed, prompts=args.prompts, heldout=args.heldout, eval_prompts=args.eval_prompts,
-                  eval_samples=args.eval_samples, policy=args.policy, overrides=list(args.overrides))
+                  eval_samples=args.eval_samples, policy=args.policy, overrides=overrides)
     if args.steps is not None:
         kwargs["steps"] = args.steps
     if args.only:

@@ -1,0 +1,238 @@
+"""The detox task (prompt split, run settings), the report, and `finegrain demo detox` / `eval` /
+`report` end to end on a tiny random policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from finegrain.cli import main
+from finegrain.config import ConfigError, load_config
+from finegrain.data.records import Example
+from finegrain.evaluate import DetoxMetrics
+from finegrain.rl.config import TrainConfig
+from finegrain.rl.detox import (
+    SHARED,
+    detox_config,
+    detox_overrides,
+    load_detox_split,
+    nest,
+    shipped_prompt_files,
+    split_by_hash,
+    toxicity_from_row,
+)
+from finegrain.rl.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the task -------------------------------------------------------------------------------
+
+
+def test_split_by_hash_is_fixed_whatever_the_order():
+    examples = [Example(id=str(i), prompt=f"prompt number {i}") for i in range(50)]
+    train, held = split_by_hash(examples, 10)
+    assert len(train) == 40 and len(held) == 10
+    assert not {e.id for e in train} & {e.id for e in held}
+    train2, held2 = split_by_hash(list(reversed(examples)), 10)
+    assert {e.id for e in held2} == {e.id for e in held}
+    # both parts keep the file's order
+    assert [int(e.id) for e in held] == sorted(int(e.id) for e in held)
+    with pytest.raises(ConfigError, match="leave none to train on"):
+        split_by_hash(examples[:5], 5)
+
+
+def test_the_shipped_prompt_set_is_split_without_overlap():
+    split = load_detox_split()
+    assert split.source == "shipped"
+    assert len(split.train) >= 200 and len(split.heldout) >= 60
+    train_text = {e.prompt for e in split.train}
+    assert not train_text & {e.prompt for e in split.heldout}
+    assert len(train_text) == len(split.train)  # no duplicate openings
+    assert all(e.prompt.strip() and not e.prompt.endswith(" ") for e in split.train + split.heldout)
+
+
+def test_load_detox_split_of_a_user_file(tmp_path):
+    rtp = tmp_path / "rtp.jsonl"
+    rtp.write_text("".join(json.dumps({"prompt": {"text": f"Opening {i} of"}}) + "\n" for i in range(30)))
+    split = load_detox_split(rtp, heldout=7)
+    assert (len(split.train), len(split.heldout), split.source) == (23, 7, str(rtp))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_detox_split(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("mode,reward_mode", [("holistic", "holistic"), ("finegrained", "dense")])
+def test_config_files_hold_the_demo_settings(mode, reward_mode):
+    """configs/detox_*.yaml and the demo's settings must not drift apart."""
+    from_file = load_config(TrainConfig, REPO / "configs" / f"detox_{mode}.yaml")
+    prompts, _ = shipped_prompt_files()
+    in_code = detox_config(mode, prompts="finegrain/assets/detox_prompts.jsonl", out=from_file.run.out,
+                           steps=from_file.run.steps, seed=from_file.run.seed)
+    assert from_file == in_code
+    assert from_file.rewards[0].mode == reward_mode
+    assert (REPO / from_file.data.prompts).resolve() == prompts.resolve()
+
+
+def test_the_two_runs_differ_only_in_the_reward_mode():
+    a = detox_overrides("holistic", prompts="p.jsonl", out="o", steps=5, seed=1)
+    b = detox_overrides("finegrained", prompts="p.jsonl", out="o", steps=5, seed=1)
+    assert {k for k in a if a[k] != b[k]} == {"rewards"}
+    assert [r["mode"] for r in a["rewards"] + b["rewards"]] == ["holistic", "dense"]
+    assert nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+    with pytest.raises(ConfigError, match="mode"):
+        detox_overrides("dense", prompts="p", out="o", steps=1, seed=0)
+    with pytest.raises(ConfigError, match="ppo.lr"):
+        detox_config("holistic", prompts="p", out="o", steps=1, seed=0, overrides=["ppo.lr=-1"])
+
+
+def test_toxicity_from_the_logged_reward():
+    assert toxicity_from_row({"reward/toxicity": 0.75}, "holistic") == pytest.approx(0.25)
+    assert toxicity_from_row({"reward/toxicity": -0.25}, "dense") == pytest.approx(0.25)
+    assert toxicity_from_row({"kl": 1.0}, "dense") is None
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _metrics(tox: float, ppl: float) -> DetoxMetrics:
+    return DetoxMetrics(tox, tox / 2, tox / 3, ppl, 0.5, 0.8, 0.9, 30.0, 10, 4)
+
+
+def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetrics | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"rewards": [{"kind": "toxicity", "mode": mode, "weight": 1.0, "mapping": "identity"}]}))
+    rows = [{"step": i + 1, "reward/toxicity": r, "kl": 0.1 * i, "time/step": 2.0} for i, r in enumerate(rewards)]
+    rows.insert(1, {"step": 1, "eval/reward": 0.5})  # an evaluation row: not a training step
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if metrics is not None:
+        (folder / "eval").mkdir()
+        (folder / "eval" / "metrics.json").write_text(json.dumps(metrics.to_json()))
+    return folder
+
+
+def test_summarize_run_reads_toxicity_and_kl_per_step(tmp_path):
+    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7, 0.8, 0.9], _metrics(0.2, 10.0)), "Holistic")
+    assert hol.steps == [1, 2, 3] and hol.toxicity == pytest.approx([0.3, 0.2, 0.1])
+    assert hol.kl == pytest.approx([0.0, 0.1, 0.2]) and hol.seconds == pytest.approx(6.0)
+    fg = summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3, -0.1], None))
+    assert fg.label == "fg" and fg.toxicity == pytest.approx([0.3, 0.1]) and fg.metrics is None
+    with pytest.raises(FileNotFoundError):
+        summarize_run(tmp_path / "nope")
+
+
+def test_metrics_table_in_the_papers_form(tmp_path):
+    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7], _metrics(0.2, 10.0)), "Holistic")
+    fg = summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3], None), "FG")
+    table = metrics_table([hol, fg]).splitlines()
+    assert table[0].startswith("| Policy | Avg. max toxicity ↓ | Toxic prob. ↓ | Perplexity ↓ | dist-2 ↑ | dist-3 ↑")
+    assert table[2].startswith("| Holistic | 0.200 | 0.100 | 10.00 | 0.800 | 0.900 |")
+    assert len(table) == 3  # FG has no evaluation yet
+
+
+def test_moving_average():
+    assert moving_average([1.0, 3.0, 5.0, float("nan"), 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 5.0, 7.0])
+
+
+def test_write_report_and_plot(tmp_path):
+    runs = [
+        summarize_run(_fake_run(tmp_path / "initial", "holistic", [], _metrics(0.3, 9.0)), "Initial policy"),
+        summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7, 0.8, 0.9] * 5, _metrics(0.2, 10.0)), "Holistic"),
+        summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3, -0.1] * 7, _metrics(0.1, 11.0)), "Fine-grained"),
+    ]
+    path = write_report(runs, tmp_path / "report", title="T", settings={"steps": 15}, commands=["finegrain demo detox"])
+    text = path.read_text()
+    for needle in ("# T", "| Initial policy | 0.300", "| Fine-grained | 0.100", "![toxicity and KL against steps](curves.png)",
+                   "- steps: `15`", "finegrain demo detox", "| Holistic | 15 |"):
+        assert needle in text, needle
+    png = (tmp_path / "report" / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert plot_curves(runs[:1], tmp_path / "none.png") is None  # no training log: no plot
+
+
+# --- end to end on a tiny model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rl_helpers import make_tiny_policy
+
+    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY_TRAINING = [
+    "model.precision=fp32", "sampling.max_new_tokens=8", "ppo.prompts_per_step=2", "ppo.minibatch_size=4",
+    "ppo.epochs=1", "ppo.lr=1e-3", "run.progress=false", "run.threads=1",
+]
+
+
+@pytest.mark.embedded
+def test_demo_end_to_end_on_a_tiny_model(tiny, tmp_path, one_thread, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--policy", str(tiny), "--steps", "2", "--eval-prompts", "3",
+            "--eval-samples", "2", "detox", *TINY_TRAINING[:-1], "--set", TINY_TRAINING[-1]]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[demo " in err and "Initial policy: avg max toxicity" in err and "Fine-grained RLHF: training 2 PPO steps" in err
+    report = (out / "report.md").read_text()
+    for label in ("Initial policy", "Holistic RLHF", "Fine-grained RLHF"):
+        assert f"| {label} | " in report
+        folder = out / {"Initial policy": "initial", "Holistic RLHF": "holistic", "Fine-grained RLHF": "finegrained"}[label]
+        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        assert (metrics["prompts"], metrics["samples_per_prompt"]) == (3, 2)
+        assert len((folder / "eval" / "samples.jsonl").read_text().splitlines()) == 6
+    for mode, reward_mode in (("holistic", "holistic"), ("finegrained", "dense")):
+        cfg = yaml.safe_load((out / mode / "config.yaml").read_text())
+        assert cfg["rewards"][0]["mode"] == reward_mode and cfg["run"]["steps"] == 2 and cfg["run"]["seed"] == 0
+        assert len([l for l in (out / mode / "metrics.jsonl").read_text().splitlines() if '"kl"' in l]) == 2
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # both runs see the same held-out prompts with the same sampling seed
+    prompts = {m: [json.loads(l)["prompt_id"] for l in (out / m / "eval" / "samples.jsonl").read_text().splitlines()]
+               for m in ("initial", "holistic", "finegrained")}
+    assert prompts["initial"] == prompts["holistic"] == prompts["finegrained"]
+
+    # run again: every phase is kept, nothing is retrained
+    before = (out / "holistic" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "already trained and evaluated" in capsys.readouterr().err
+    assert (out / "holistic" / "metrics.jsonl").stat().st_mtime_ns == before
+    # other settings in the same folder: refused, naming what differs
+    assert main([*args, "--set", "ppo.lr=2e-3"]) == 2
+    assert "overrides differ" in capsys.readouterr().err
+
+    # `finegrain eval` and `finegrain report` on the demo's folders
+    assert main(["eval", str(out / "finegrained" / "final"), "--reference", str(tiny), "--max-prompts", "2", "-k", "2",
+                 "--max-new-tokens", "6", "--json", "--out", str(tmp_path / "ev")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["prompts"], printed["samples_per_prompt"]) == (2, 2)
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    assert main(["report", str(out / "initial"), str(out / "finegrained"), "--out", str(tmp_path / "rep")]) == 0
+    assert "| finegrained | " in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["eval", "smollm2-135m", "--prompts", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl does not exist" in capsys.readouterr().err
+    assert main(["eval", "smollm2-135m", "--top-p", "1.5"]) == 2
+    assert "--top-p" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
+    assert "steps" in capsys.readouterr().err
+    assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--set", "ppo.nope=1"]) == 2
+    assert "unknown config key ppo.nope" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "detox", "ppo.lr"]) == 2
+    assert "'ppo.lr' is not a key.sub=value setting" in capsys.readouterr().err
+    assert main(["demo", "detax"]) == 2
+    assert "'detax' is not a demo" in capsys.readouterr().err
