@@ -67,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=500, help="number of continuations")
     p.add_argument("--hf-model", default="minilm-l6", help="HF classifier (id, path or embedded name) for the speed test")
     p.add_argument("--no-hf", action="store_true", help="skip the HF classifier")
-    p.add_argument("--repeat", type=int, default=3, help="best of this many timed runs (fresh caches)")
+    p.add_argument("--repeat", type=int, default=3, help="best of this many timed runs (fresh caches); HF runs once")
+    p.add_argument("--threads", type=int, help="torch threads (on a machine shared with other jobs, 1 can be several times faster than 2)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = p.parse_args(argv)
 
     import numpy as np
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     texts, perspective = load_continuations(args.data, args.n)
     examples = [None] * len(texts)
     figures: dict[str, float | int | str] = {"n": len(texts), "torch_threads": torch.get_num_threads()}
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["profanity_check_import_s"] = round(time.perf_counter() - t, 2)
     _, one = timed(lambda: ProfanityCheckScorer()._predict_prob(["a single text"]), repeat=20)
     figures["profanity_check_call_overhead_ms"] = round(one * 1000, 2)
+    _, thousand = timed(lambda: ProfanityCheckScorer()._predict_prob(texts[:1] * 1000), repeat=20)
+    figures["profanity_check_call_1000_texts_ms"] = round(thousand * 1000, 2)
 
     from finegrain.segment import segment_text
 
@@ -98,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         sum(len(segment_text(x, "line_sentence")) for x in joined) / len(joined), 2
     )
 
-    def throughput(make_scorer, mode, responses=texts):
-        out, s = timed(lambda: ToxicityReward(make_scorer(), mode).score(examples, responses), args.repeat)
+    def throughput(make_scorer, mode, responses=texts, repeat=args.repeat):
+        out, s = timed(lambda: ToxicityReward(make_scorer(), mode).score(examples, responses), repeat)
         return out, round(len(responses) / s, 1)
 
     dense, figures["profanity_dense_responses_per_s"] = throughput(ProfanityCheckScorer, "dense")
@@ -114,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             hf = HFClassifierScorer(args.hf_model, bf16=bf16)
             tag = "hf_bf16" if bf16 else "hf"
             fresh = lambda: (hf.cache.__init__(hf.cache.size), hf)[1]  # noqa: E731 (cold cache per run)
-            _, figures[f"{tag}_dense_responses_per_s"] = throughput(fresh, "dense")
-            _, figures[f"{tag}_holistic_responses_per_s"] = throughput(fresh, "holistic")
-            _, figures[f"{tag}_dense_joined_responses_per_s"] = throughput(fresh, "dense", joined)
+            # seconds per run already: one timed run each
+            _, figures[f"{tag}_dense_responses_per_s"] = throughput(fresh, "dense", repeat=1)
+            _, figures[f"{tag}_holistic_responses_per_s"] = throughput(fresh, "holistic", repeat=1)
+            _, figures[f"{tag}_dense_joined_responses_per_s"] = throughput(fresh, "dense", joined, repeat=1)
             probs = np.array(fresh()(texts))
             if bf16:
                 figures["hf_bf16_vs_fp32_max_abs_diff"] = round(float(np.abs(probs - fp32_probs).max()), 4)

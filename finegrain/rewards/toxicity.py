@@ -120,7 +120,7 @@ class HFClassifierScorer:
     or an index. Left as None, a one-output model's sigmoid is used, or index 1 of a two-label one.
     Multi-label models (`problem_type == "multi_label_classification"`) get a sigmoid per label,
     others a softmax over labels. `bf16` runs the forward under bf16 autocast (several times faster
-    on CPUs with bf16 matmuls; scores move by about 1e-2).
+    on CPUs with bf16 matmuls; scores move by a few hundredths: under 0.05 on 500 texts).
     """
 
     def __init__(
