@@ -219,3 +219,25 @@ def test_token_char_offsets_on_smollm2_with_emoji_and_multibyte_text():
     end = text.index(".") + 1
     index = char_ends_to_token_index(torch.tensor([[end]]), torch.tensor([[True]]), [text], [offsets])
     assert tok.decode([ids[int(index[0, 0])]]) == "."
+
+
+@pytest.mark.embedded
+def test_minilm_rm_scores_land_on_smollm2_policy_tokens():
+    from finegrain.models import load_tokenizer
+
+    policy, rm = load_tokenizer("smollm2-135m", padding_side="right"), load_tokenizer("minilm-l6", padding_side="right")
+    text = "Paris is the capital. It has 2 million people 😀\nDone."
+    ids = torch.tensor([policy(text, add_special_tokens=False)["input_ids"] + [policy.eos_token_id] * 2])
+    response_mask = torch.ones_like(ids, dtype=torch.bool)
+    response_mask[0, -1] = False  # one EOS kept, one padding slot
+    texts, offsets = decode_with_offsets(policy, ids, response_mask)
+    assert texts == [text]
+    # an RM that scores at the end of its own (WordPiece) tokens "capital" and "people"
+    rm_offsets = rm(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    rm_tokens = rm.convert_ids_to_tokens(rm(text, add_special_tokens=False)["input_ids"])
+    ends = [rm_offsets[rm_tokens.index(w)][1] for w in ("capital", "people")] + [len(text)]
+    scores = pack_segment_scores([[0.5, -1.0, 2.0]], [ends])
+    out = compose([RewardTerm("rm", 2.0)], [scores], texts, offsets, ids.shape[1], response_mask)
+    placed = torch.nonzero(out.total[0]).flatten().tolist()
+    assert [policy.decode(ids[0, t]) for t in placed] == [" capital", " people", "."]
+    assert out.total[0, placed].tolist() == [1.0, -2.0, 4.0]
