@@ -35,7 +35,7 @@ LABELS = {INITIAL: "Initial policy", "holistic": "Holistic RLHF", "finegrained":
 @dataclass
 class DemoConfig(ConfigBase):
     out: str = field(default="runs/demo", metadata={"help": "output folder: one sub-folder per policy, report.md, curves.png"})
-    steps: int = field(default=60, metadata={"help": "PPO steps of each run"})
+    steps: int = field(default=40, metadata={"help": "PPO steps of each run"})
     seed: int = field(default=0, metadata={"help": "seed of both runs and of the evaluation's sampling"})
     prompts: str | None = field(default=None, metadata={"help": "prompt file (e.g. RealToxicityPrompts .jsonl); default: the shipped set"})
     heldout: int = field(default=100, metadata={"help": "with --prompts: prompts held out for evaluation (a fixed, hash-based choice)"})
@@ -46,6 +46,7 @@ class DemoConfig(ConfigBase):
     policy: str = field(default="smollm2-135m", metadata={"help": "initial policy: embedded name, HF folder or hub id"})
     modes: list[str] = field(default_factory=lambda: ["holistic", "finegrained"], metadata={"help": "runs to train"})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value settings for both training runs"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
 
     def __post_init__(self) -> None:
         from finegrain.rl.detox import MODES
@@ -57,6 +58,8 @@ class DemoConfig(ConfigBase):
         check_range(self, "eval_batch_size", 1)
         if self.eval_prompts is not None:
             check_range(self, "eval_prompts", 1)
+        if self.threads is not None:
+            check_range(self, "threads", 1)
         for m in self.modes:
             if m not in MODES:
                 raise ConfigError(f"modes: {m!r} is not allowed; choose from {', '.join(map(repr, MODES))}")
@@ -91,7 +94,8 @@ def prepare_out(cfg: DemoConfig, fresh: bool) -> Path:
     out = Path(cfg.out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    settings = asdict(cfg)
+    # `modes` may differ: `--only holistic` and `--only finegrained` can fill one folder side by side
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("modes", "threads")}
     previous = _settings_file(out)
     if previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8"))
@@ -147,6 +151,8 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
     from finegrain.rl.detox import detox_config, load_detox_split, shipped_prompt_files, write_prompts
 
     say = Progress()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     # 1. Prompts and the output folder; the training prompts as a file for the trainer.
     split = load_detox_split(cfg.prompts, cfg.heldout)
     heldout = split.heldout[: cfg.eval_prompts] if cfg.eval_prompts else split.heldout
@@ -176,7 +182,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
             say(f"{LABELS[mode]}: already trained and evaluated in {folder}, kept")
             continue
         run_cfg = detox_config(mode, prompts=train_file, out=folder, steps=cfg.steps, seed=cfg.seed,
-                               overrides=[f"model.policy={cfg.policy}", *cfg.overrides])
+                               overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
         if not (folder / "final").is_dir():
             from finegrain.rl.trainer import run_training
 

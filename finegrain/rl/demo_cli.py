@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the demo to run (detox: holistic vs fine-grained PPO detoxification), then training "
                              "settings for both runs, e.g. ppo.lr=3e-5 sampling.max_new_tokens=48")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 60)")
+    parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 40)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs and of the evaluation (default: 0)")
     parser.add_argument("--prompts", default=None,
                         help="prompt file, e.g. RealToxicityPrompts .jsonl (default: the prompt set finegrain ships)")
@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-prompts", type=int, default=None, help="evaluate on only the first N held-out prompts")
     parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt (default: 4)")
     parser.add_argument("--policy", default="smollm2-135m", help="initial policy: embedded name, HF folder or hub id")
-    parser.add_argument("--only", choices=["holistic", "finegrained"], default=None, help="train only this run")
+    parser.add_argument("--only", choices=["holistic", "finegrained"], default=None, help="train only this run (two processes, one --only each, can fill one --out side by side)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE", dest="settings",
                         help="a training setting for both runs (repeatable), e.g. --set ppo.lr=3e-5")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is faster on a crowded machine)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
     parser.set_defaults(func=_demo)
 
@@ -40,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")
     kwargs = dict(out=args.out, seed=args.seed, prompts=args.prompts, heldout=args.heldout, eval_prompts=args.eval_prompts,
-                  eval_samples=args.eval_samples, policy=args.policy, overrides=overrides)
+                  eval_samples=args.eval_samples, policy=args.policy, threads=args.threads, overrides=overrides)
     if args.steps is not None:
         kwargs["steps"] = args.steps
     if args.only:

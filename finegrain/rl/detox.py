@@ -94,7 +94,9 @@ def write_prompts(examples: list["Example"], path: Path) -> Path:
 # - 32 new tokens: 88% of the embedded policy's continuations then hold 2+ sentences/lines, so
 #   the dense reward differs from the holistic one (at 20 tokens: 72%);
 # - nucleus sampling p = 0.9 at temperature 1, as in the evaluation: train on what is measured;
-# - a KL coefficient and a learning rate sized for a 135M model and a few dozen steps.
+# - a KL coefficient and a learning rate sized for a 135M model and a few dozen steps;
+# - one PPO epoch (two minibatches): the update is the costliest phase (about 60% of a step with
+#   two epochs), and at a fixed budget more rollouts beat more passes over each.
 SHARED: dict[str, Any] = {
     "model.policy": "smollm2-135m",
     "model.precision": "bf16",
@@ -107,9 +109,9 @@ SHARED: dict[str, Any] = {
     "sampling.max_new_tokens": 32,
     "sampling.samples_per_prompt": 4,
     "ppo.prompts_per_step": 8,
-    "ppo.epochs": 2,
+    "ppo.epochs": 1,
     "ppo.minibatch_size": 16,
-    "ppo.lr": 2.0e-5,
+    "ppo.lr": 3.0e-5,
     "ppo.kl_coef": 0.05,
     "ppo.gamma": 1.0,
     "ppo.lam": 0.95,
