@@ -104,6 +104,41 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     assert losses.approx_kl.item() < 1e-6 and losses.clip_frac.item() == 0.0
 
 
+def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny, one_thread):
+    """The rollout's policy forward, graph kept, gives the first PPO step the loss and gradients a
+    second forward would: skipping that forward changes nothing but the time."""
+    from finegrain.models import load_tokenizer
+    from finegrain.rl.config import PPOConfig, SamplingConfig
+    from finegrain.rl.policy import build_actor_critic, load_reference
+    from finegrain.rl.rollout import Scores, build_rollout, forward, sample, tokenize_prompts
+    from finegrain.rl.update import ppo_losses
+
+    torch.manual_seed(1)
+    tok = load_tokenizer(str(tiny))
+    model = build_actor_critic(str(tiny), "shared").eval()
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)  # values that depend on the backbone
+    ref = load_reference(str(tiny))
+    ids, mask = tokenize_prompts(tok, PROMPTS[:2], 64)
+    samples = sample(model.policy, tok, ids, mask, SamplingConfig(max_new_tokens=6, samples_per_prompt=2, top_k=0))
+    ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
+    kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
+    T = samples.response_ids.shape[1]
+    scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask)
+    rollout = build_rollout(samples, scores, kept, kl_coef=0.3, ppo=ppo)
+
+    reused = ppo_losses(model, rollout, ppo, kept.policy_pass)
+    reused.total.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    fresh = ppo_losses(model, rollout, ppo)
+    fresh.total.backward()
+    assert torch.allclose(reused.total, fresh.total, atol=1e-6)
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+
+
 # --- errors before training ------------------------------------------------------------------------
 
 
@@ -197,13 +232,14 @@ def test_train_smoke_dense_with_evaluation_and_ptx(tmp_path, tiny, capsys, one_t
 def test_train_smoke_holistic_separate_value_model(tmp_path, tiny, one_thread):
     from finegrain.rl.trainer import run_training
 
+    # minibatch = the whole rollout (2 prompts x 2 samples): the first step reuses the rollout's forward
     cfg = _cfg(tiny, tmp_path / "run", mode="holistic", model={"value_model": "separate"},
-               ppo={"early_stop_kl": 1e-9, "epochs": 3, "kl_estimator": "k3"})
+               ppo={"early_stop_kl": 1e-9, "epochs": 3, "kl_estimator": "k3", "minibatch_size": 4, "entropy_coef": 0.01})
     out = run_training(cfg)
     rows = _check_run(out, 3)
     # holistic: one segment per non-empty response; the early stop cut the epochs short
     assert all(r["segments/toxicity"] <= 1.0 for r in rows)
-    assert all(r["epochs"] < 1 for r in rows)
+    assert all(r["epochs"] == 1 for r in rows)  # one minibatch per epoch: stopped after the first
 
 
 class _NaNSource:

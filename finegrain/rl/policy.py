@@ -104,9 +104,10 @@ def build_actor_critic(policy_path: str, value_model: str, dtype: torch.dtype = 
     return ActorCritic(policy, critic)
 
 
-def load_reference(policy_path: str, dtype: torch.dtype) -> "PreTrainedModel":
-    """The frozen reference policy. Under bf16 it is stored in bf16: it is never updated, so it
-    needs no float32 master copy, and autocast then has no weights to cast at every step."""
+def load_reference(policy_path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
+    """The frozen reference policy. Kept in float32 and run under autocast like the policy: on the
+    2-core CPU we measure on, a bf16-stored SmolLM2 forward took 7 s where float32 weights under
+    bf16 autocast took 1.7 s (32 x 30 tokens), since autocast keeps norms and softmax in float32."""
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)

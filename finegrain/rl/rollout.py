@@ -201,36 +201,57 @@ def score(
 
 
 @dataclass
+class PolicyPass:
+    """The rollout's policy forward, kept with its autograd graph: PPO's first optimiser step is
+    taken at pi = pi_old, so its forward is this one and is not run again."""
+
+    logprobs: torch.Tensor  # (B, T) float32 log pi(y_t), with grad
+    values: torch.Tensor  # (B, T) float32 V(x, y_<t), with grad
+    entropy: torch.Tensor | None  # (B, T) float32 with grad when an entropy bonus is used, else None
+
+
+@dataclass
 class Forward:
-    logprobs: torch.Tensor  # (B, T) float32 log pi(y_t)
+    logprobs: torch.Tensor  # (B, T) float32 log pi_old(y_t)
     ref_logprobs: torch.Tensor  # (B, T) float32 log pi_ref(y_t)
-    values: torch.Tensor  # (B, T) float32
+    values: torch.Tensor  # (B, T) float32 V_old
     entropy: torch.Tensor  # (B, T) float32
+    policy_pass: PolicyPass | None  # the same forward with its graph, when kept
 
 
-@torch.no_grad()
-def forward(model: ActorCritic, ref: "PreTrainedModel", samples: Samples, batch_size: int) -> Forward:
+def forward(
+    model: torch.nn.Module,
+    ref: "PreTrainedModel",
+    samples: Samples,
+    batch_size: int,
+    keep_graph: bool = False,
+    entropy_grad: bool = False,
+) -> Forward:
     """The sampling policy's log-probs, values and entropy, and the reference's log-probs, of the
-    sampled tokens: computed once per rollout, in chunks of `batch_size` to bound the logits' memory.
+    sampled tokens: one forward per model per rollout. The reference runs in chunks of `batch_size`
+    (bounding the logits' memory); with `keep_graph` the policy runs once over the whole batch with
+    autograd on, and the graph is handed to the first PPO step (`model` is then the wrapped, trained module).
 
     Shape: -> Forward of (B, T) tensors.
     """
     ids, attn, tokens, T = samples.input_ids, samples.attention_mask, samples.response_ids, samples.response_ids.shape[1]
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for i in range(0, ids.shape[0], batch_size):
-        sl = slice(i, i + batch_size)
-        out = model(ids[sl], attn[sl], T)
-        ref_logits = reference_logits(ref, ids[sl], attn[sl], T)
-        parts.append(
-            (
-                maths.token_logprobs(out.logits, tokens[sl]),
-                maths.token_logprobs(ref_logits, tokens[sl]),
-                out.values,
-                maths.entropy(out.logits),
-            )
-        )
-    cat = [torch.cat(p) for p in zip(*parts)]
-    return Forward(*cat)
+    chunks = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
+    with torch.no_grad():
+        ref_logprobs = torch.cat([maths.token_logprobs(reference_logits(ref, ids[c], attn[c], T), tokens[c]) for c in chunks])
+    if keep_graph:
+        out = model(ids, attn, T)
+        logprobs = maths.token_logprobs(out.logits, tokens)
+        ent = maths.entropy(out.logits) if entropy_grad else None
+        with torch.no_grad():
+            ent_now = ent.detach() if ent is not None else maths.entropy(out.logits.detach())
+        return Forward(logprobs.detach(), ref_logprobs, out.values.detach(), ent_now, PolicyPass(logprobs, out.values, ent))
+    parts = []
+    with torch.no_grad():
+        for c in chunks:
+            out = model(ids[c], attn[c], T)
+            parts.append((maths.token_logprobs(out.logits, tokens[c]), out.values, maths.entropy(out.logits)))
+    logprobs, values, ent = (torch.cat(p) for p in zip(*parts))
+    return Forward(logprobs, ref_logprobs, values, ent, None)
 
 
 # --- 4. advantages ------------------------------------------------------------------------------

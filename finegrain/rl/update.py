@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from finegrain.rl.config import PPOConfig
     from finegrain.rl.policy import ActorCritic
-    from finegrain.rl.rollout import Rollout
+    from finegrain.rl.rollout import PolicyPass, Rollout
 
 
 @dataclass
@@ -36,17 +36,22 @@ class Losses:
     value_clip_frac: torch.Tensor  # ()
 
 
-def ppo_losses(model: "ActorCritic", batch: "Rollout", ppo: "PPOConfig") -> Losses:
-    """One forward of the trained module on a minibatch, and PPO's losses on it."""
+def ppo_losses(model: "ActorCritic", batch: "Rollout", ppo: "PPOConfig", reuse: "PolicyPass | None" = None) -> Losses:
+    """PPO's losses on a minibatch, from a fresh forward of the trained module or from `reuse`,
+    the rollout's own forward (same weights, so the same numbers: no need to run it twice)."""
     mask = batch.response_mask
-    out = model(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
-    logprobs = maths.token_logprobs(out.logits, batch.response_ids)  # (b, T)
+    if reuse is None:
+        out = model(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
+        logprobs, values = maths.token_logprobs(out.logits, batch.response_ids), out.values  # (b, T) each
+        entropy = maths.entropy(out.logits) if ppo.entropy_coef > 0 else None
+    else:
+        logprobs, values, entropy = reuse.logprobs, reuse.values, reuse.entropy
     pg = maths.policy_loss(logprobs, batch.logprobs, batch.advantages, mask, ppo.clip)
-    vf = maths.value_loss(out.values, batch.values, batch.returns, mask, ppo.value_clip)
+    vf = maths.value_loss(values, batch.values, batch.returns, mask, ppo.value_clip)
     total = pg.loss + ppo.vf_coef * vf.loss
     ent = torch.zeros(())
-    if ppo.entropy_coef > 0:
-        ent = maths.masked_mean(maths.entropy(out.logits), mask)
+    if ppo.entropy_coef > 0 and entropy is not None:
+        ent = maths.masked_mean(entropy, mask)
         total = total - ppo.entropy_coef * ent
     kl = maths.approx_kl(logprobs.detach(), batch.logprobs, mask)
     return Losses(total, pg.loss.detach(), vf.loss.detach(), ent.detach(), kl, pg.clip_frac, vf.clip_frac)
@@ -78,6 +83,12 @@ class UpdateStats:
     early_stopped: bool
 
 
+def reuses_rollout_forward(ppo: "PPOConfig", rollout_size: int) -> bool:
+    """Whether the rollout's policy forward can be the first PPO step's: that step must see the
+    whole rollout in one piece. Costs the activations of the whole rollout (as the step would anyway)."""
+    return ppo.minibatch_size == rollout_size and ppo.grad_accum == 1
+
+
 def _check_finite(name: str, value: torch.Tensor) -> None:
     if not torch.isfinite(value).all():
         raise TrainingError(f"the {name} loss is {float(value)}: stopping (look for NaN/inf rewards or a too-high learning rate)")
@@ -91,9 +102,14 @@ def ppo_update(
     ppo: "PPOConfig",
     ptx_batches: Iterator[PtxBatch] | None = None,
     precision: str = "fp32",
+    first_pass: "PolicyPass | None" = None,
 ) -> UpdateStats:
     """PPO epochs over `rollout`. The minibatch order comes from torch's global RNG, which the
-    checkpoints save, so a resumed run draws the same orders."""
+    checkpoints save, so a resumed run draws the same orders. `first_pass` (the rollout's forward,
+    graph kept; only when a minibatch is the whole rollout in one micro-batch) serves as the first
+    step's forward."""
+    if first_pass is not None and not reuses_rollout_forward(ppo, len(rollout)):
+        raise ValueError("first_pass needs minibatch_size == the rollout's size and grad_accum == 1")
     B, mb = len(rollout), ppo.minibatch_size
     n_mb = B // mb  # a last partial minibatch is dropped: every optimiser step sees mb responses
     sums = torch.zeros(7, dtype=torch.float64)
@@ -112,8 +128,9 @@ def ppo_update(
             for j, idx in enumerate(micro):
                 last = j == len(micro) - 1
                 with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                    reuse = first_pass if epoch == 0 and i == 0 else None
                     with autocast(accelerator.device, precision):
-                        losses = ppo_losses(model, rollout.select(idx), ppo)
+                        losses = ppo_losses(model, rollout if reuse is not None else rollout.select(idx), ppo, reuse)
                     if j == 0 and ppo.early_stop_kl is not None:
                         kl_now = accelerator.reduce(losses.approx_kl.to(accelerator.device), reduction="mean")
                         if float(kl_now) > ppo.early_stop_kl:

@@ -1,0 +1,102 @@
+"""Time of one PPO step of `finegrain train`, split into phases, and the peak memory of the run.
+
+    .venv/bin/python bench/bench_ppo_step.py                       # holistic and fine-grained, shared value head
+    .venv/bin/python bench/bench_ppo_step.py --value-model separate --modes dense
+
+The setting of DESIGN.md's "What a step costs here": the embedded SmolLM2-135M, 32 responses x 20
+new tokens per step (8 RealToxicityPrompts prompts x 4 samples, EOS forbidden before 20 tokens so
+every step has the same size), bf16 autocast, the toxicity reward (dense or holistic), 1 or 4 PPO
+epochs with one optimiser step each (minibatch = the whole rollout of 32, so the first step reuses
+the rollout's forward).
+Each configuration runs `run_training` in a fresh process; phase times come from the trainer's own
+metrics (time/generate, time/score, time/forward, time/update, time/step); the first step is a
+warm-up and is left out of the medians. Peak RSS is the process's high-water mark (ru_maxrss),
+model loading included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RTP = Path("/work/shared/data/realtoxicityprompts/prompts.jsonl")
+FALLBACK_PROMPTS = [
+    "The man walked into the bar and", "She told me that the reason", "I can't believe you would",
+    "The best thing about the city is", "He started yelling at the", "When I was a kid, my father",
+    "The report says that the company", "You should never trust a",
+]
+PHASES = ("time/generate", "time/score", "time/forward", "time/update", "time/step")
+
+CHILD = """
+import json, resource, sys
+from finegrain.config import load_config
+from finegrain.rl.config import TrainConfig
+from finegrain.rl.metrics import read_metrics
+from finegrain.rl.trainer import run_training
+cfg = load_config(TrainConfig, sys.argv[1])
+out = run_training(cfg)
+rows = [r for r in read_metrics(out / "metrics.jsonl") if "time/step" in r]
+peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print("RESULT " + json.dumps({"rows": rows, "peak_rss_gib": peak_gib}))
+"""
+
+
+def config(mode: str, value_model: str, steps: int, out: Path, threads: int, epochs: int) -> dict:
+    data = {"prompts": str(RTP), "max_prompt_tokens": 64} if RTP.is_file() else {"prompt_list": FALLBACK_PROMPTS}
+    return {
+        "model": {"policy": "smollm2-135m", "value_model": value_model, "precision": "bf16"},
+        "data": data,
+        "sampling": {"max_new_tokens": 20, "min_new_tokens": 20, "samples_per_prompt": 4},
+        "ppo": {"prompts_per_step": 8, "epochs": epochs, "minibatch_size": 32, "grad_accum": 1, "forward_batch_size": 32},
+        "rewards": [{"kind": "toxicity", "mode": mode}],
+        "run": {"out": str(out), "steps": steps, "save_every": 0, "keep_checkpoints": 1, "progress": False, "threads": threads},
+    }
+
+
+def run_one(mode: str, value_model: str, steps: int, threads: int, epochs: int) -> dict:
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
+        cfg_path = Path(tmp) / "c.yaml"
+        cfg_path.write_text(yaml.safe_dump(config(mode, value_model, steps, Path(tmp) / "run", threads, epochs)))
+        done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{mode}/{value_model} failed:\n{done.stderr[-3000:]}")
+        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+        result = json.loads(line[len("RESULT ") :])
+    measured = result["rows"][1:]  # the first step warms up (allocator, oneDNN kernels)
+    summary = {p: statistics.median(r[p] for r in measured) for p in PHASES}
+    return {"mode": mode, "value_model": value_model, "epochs": epochs, "threads": threads, "steps_measured": len(measured), "peak_rss_gib": result["peak_rss_gib"], **summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", nargs="+", default=["holistic", "dense"], choices=["holistic", "dense"])
+    parser.add_argument("--value-model", nargs="+", default=["shared"], choices=["shared", "separate"])
+    parser.add_argument("--steps", type=int, default=6, help="steps per run, the first one a warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="PPO epochs per rollout (one optimiser step each)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results = []
+    settings = [(e, v, m) for e in args.epochs for v in args.value_model for m in args.modes]
+    for epochs, value_model, mode in settings:
+        r = run_one(mode, value_model, args.steps, args.threads, epochs)
+        results.append(r)
+        phases = "  ".join(f"{p.split('/')[1]} {r[p]:.2f}s" for p in PHASES)
+        print(
+            f"{mode:<9} epochs={epochs} value={value_model:<8} {phases}  "
+            f"peak RSS {r['peak_rss_gib']:.2f} GiB  (median of {r['steps_measured']})",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
