@@ -35,7 +35,7 @@ LABELS = {INITIAL: "Initial policy", "holistic": "Holistic RLHF", "finegrained":
 @dataclass
 class DemoConfig(ConfigBase):
     out: str = field(default="runs/demo", metadata={"help": "output folder: one sub-folder per policy, report.md, curves.png"})
-    steps: int = field(default=40, metadata={"help": "PPO steps of each run"})
+    steps: int = field(default=30, metadata={"help": "PPO steps of each run"})
     seed: int = field(default=0, metadata={"help": "seed of both runs and of the evaluation's sampling"})
     prompts: str | None = field(default=None, metadata={"help": "prompt file (e.g. RealToxicityPrompts .jsonl); default: the shipped set"})
     heldout: int = field(default=100, metadata={"help": "with --prompts: prompts held out for evaluation (a fixed, hash-based choice)"})

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the demo to run (detox: holistic vs fine-grained PPO detoxification), then training "
                              "settings for both runs, e.g. ppo.lr=3e-5 sampling.max_new_tokens=48")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 40)")
+    parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 30)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs and of the evaluation (default: 0)")
     parser.add_argument("--prompts", default=None,
                         help="prompt file, e.g. RealToxicityPrompts .jsonl (default: the prompt set finegrain ships)")
