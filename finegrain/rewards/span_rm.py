@@ -227,6 +227,7 @@ class SpanMetrics:
     precision: float  # of the error class
     recall: float
     f1: float
+    f1_all_error: float  # the F1 of flagging every segment: the floor a useful RM must beat
     threshold: float
     recall_by_category: dict[str, float]  # share of segments hit by each annotation category flagged
     responses_per_second: float  # scoring throughput (encode + forward), batch as configured
@@ -262,6 +263,7 @@ def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None =
         precision=counts.precision,
         recall=counts.recall,
         f1=counts.f1,
+        f1_all_error=count_binary([1] * len(gold), gold).f1,
         threshold=threshold,
         recall_by_category=by_cat,
         responses_per_second=len(data.items) / seconds if seconds > 0 else 0.0,
