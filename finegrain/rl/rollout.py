@@ -242,8 +242,8 @@ def forward(
         out = model(ids, attn, T)
         logprobs = maths.token_logprobs(out.logits, tokens)
         ent = maths.entropy(out.logits) if entropy_grad else None
-        with torch.no_grad():
-            ent_now = ent.detach() if ent is not None else maths.entropy(out.logits.detach())
+        with torch.no_grad():  # a few rows at a time: the float32 softmax of (B, T, V) would add to the step's peak memory
+            ent_now = ent.detach() if ent is not None else torch.cat([maths.entropy(x) for x in out.logits.detach().split(8)])
         return Forward(logprobs.detach(), ref_logprobs, out.values.detach(), ent_now, PolicyPass(logprobs, out.values, ent))
     parts = []
     with torch.no_grad():
