@@ -76,7 +76,7 @@ def qa_example(i: int, bad_second: bool = True) -> Example:
 
 
 def tiny_cfg(backbone: str, **kw) -> RMTrainConfig:
-    base = dict(backbone=backbone, max_length=128, epochs=3.0, batch_size=4, lr=1e-3, bf16=False, warmup_ratio=0.0)
+    base = dict(backbone=backbone, max_length=128, epochs=3.0, batch_size=4, lr=1e-3, bf16=False, warmup_ratio=0.0, threads=1)
     base.update(kw)
     return RMTrainConfig(**base)
 
@@ -238,7 +238,9 @@ def test_binary_counts():
 def test_span_rm_trains_saves_card_and_scores(tmp_path, tiny_backbone):
     train = [qa_example(i, bad_second=i % 2 == 0) for i in range(12)]
     cfg = tiny_cfg(tiny_backbone, kind="span", category="relevance", level="sentence", epochs=8.0)
+    before = torch.get_num_threads()
     card = train_span_rm(cfg, train, tmp_path / "rm", eval_examples=train[:4], log=lambda s: None)
+    assert torch.get_num_threads() == before and card.training["threads"] == 1  # threads=1 only while training
     assert card.training["epoch_losses"][-1] < card.training["epoch_losses"][0]
     saved = json.loads((tmp_path / "rm" / CARD_FILE).read_text())
     for key in ("kind", "categories", "level", "label_map", "input_template", "backbone", "tokenizer", "data",
@@ -293,7 +295,7 @@ def test_cli_train_eval_on_finegrain_jsonl(tmp_path, tiny_backbone, capsys):
     write_jsonl(data, [qa_example(i, bad_second=i % 2 == 0) for i in range(6)])
     out = tmp_path / "rm"
     rc = main(["rm", "train", "--kind", "span", "--category", "relevance", "--train-file", str(data), "--out", str(out),
-               f"backbone={tiny_backbone}", "max_length=128", "epochs=1", "bf16=false", "level=sentence"])
+               f"backbone={tiny_backbone}", "max_length=128", "epochs=1", "bf16=false", "level=sentence", "threads=1"])
     assert rc == 0 and (out / CARD_FILE).is_file()
     rc = main(["rm", "eval", str(out), str(data), "--json", str(tmp_path / "m.json"), "--update-card"])
     assert rc == 0

@@ -219,7 +219,15 @@ def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData) -> PairwiseMetric
 # --- training ---------------------------------------------------------------------------------
 
 
-def train_pairwise_rm(
+def train_pairwise_rm(cfg: "RMTrainConfig", *args: Any, **kwargs: Any) -> RMCard:
+    """Train with `cfg.threads` torch threads (the caller's setting is restored after); see `_train_pairwise_rm`."""
+    from finegrain.rewards.rm_common import torch_threads
+
+    with torch_threads(cfg.threads):
+        return _train_pairwise_rm(cfg, *args, **kwargs)
+
+
+def _train_pairwise_rm(
     cfg: "RMTrainConfig",
     train_examples: Sequence[Example],
     out_dir: str | Path,
@@ -250,8 +258,6 @@ def train_pairwise_rm(
 
     # 2. backbone and inputs
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     dev = rm_common.pick_device(device)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.backbone), num_labels=1)
@@ -309,7 +315,7 @@ def train_pairwise_rm(
         training={**to_dict(cfg), "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
                   "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
-                  "threads": torch.get_num_threads()},
+                  "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
     )
     rm = PairwiseRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)

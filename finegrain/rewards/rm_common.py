@@ -87,6 +87,20 @@ def run_trainer(trainer: Any) -> TrainResult:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` torch CPU threads (None: leave them), then restore the caller's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def scratch_dir() -> Iterator[str]:
     """The Trainer wants an output folder even when it saves nothing there."""
     with tempfile.TemporaryDirectory(prefix="finegrain-rm-") as tmp:

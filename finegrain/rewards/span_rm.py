@@ -289,7 +289,15 @@ def _features(items: Sequence[Any], tok: "PreTrainedTokenizerBase", cfg: "RMTrai
     return feats
 
 
-def train_span_rm(
+def train_span_rm(cfg: "RMTrainConfig", *args: Any, **kwargs: Any) -> RMCard:
+    """Train with `cfg.threads` torch threads (the caller's setting is restored after); see `_train_span_rm`."""
+    from finegrain.rewards.rm_common import torch_threads
+
+    with torch_threads(cfg.threads):
+        return _train_span_rm(cfg, *args, **kwargs)
+
+
+def _train_span_rm(
     cfg: "RMTrainConfig",
     train_examples: Sequence[Example],
     out_dir: str | Path,
@@ -325,8 +333,6 @@ def train_span_rm(
 
     # 2. backbone, tokenizer, marker
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     dev = rm_common.pick_device(device)
     tok = load_tokenizer(cfg.backbone, padding_side="right")
     model = AutoModelForTokenClassification.from_pretrained(
@@ -382,7 +388,7 @@ def train_span_rm(
         training={**to_dict(cfg), "level": level, "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
                   "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
-                  "threads": torch.get_num_threads()},
+                  "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
     )
     rm = SpanRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
