@@ -28,6 +28,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_two_process_accelerate_launch_on_cpu(tmp_path):
     policy = make_tiny_policy(tmp_path / "policy")
     out = tmp_path / "run"

@@ -48,6 +48,7 @@ def _kill_when_checkpointed(proc: subprocess.Popen, out: Path, at_least: int, ti
 
 
 @pytest.mark.slow
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     from finegrain.rl.trainer import run_training
 

@@ -69,6 +69,7 @@ def test_prompt_indices_split_processes_and_cover_each_pass():
 # --- rollout -------------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny, one_thread):
     """Left-padded prompts with the position ids generation used give each sampled token the
     log-prob an unpadded forward gives it; and the first PPO forward reproduces pi_old."""
@@ -104,6 +105,7 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     assert losses.approx_kl.item() < 1e-6 and losses.clip_frac.item() == 0.0
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny, one_thread):
     """The rollout's policy forward, graph kept, gives the first PPO step the loss and gradients a
     second forward would: skipping that forward changes nothing but the time."""
@@ -142,6 +144,7 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
 # --- errors before training ------------------------------------------------------------------------
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_bad_config_values_name_the_field(tmp_path, tiny):
     path = write_config(tiny_config(tiny, tmp_path / "run"), tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="sampling.temperature"):
@@ -160,6 +163,7 @@ def test_bad_config_values_name_the_field(tmp_path, tiny):
         load_config(TrainConfig, path, ["data.eval_prompts=0", "run.eval_every=2"])
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_bad_files_fail_before_any_model_loads(tmp_path, tiny, monkeypatch, capsys):
     import finegrain.rl.trainer as trainer
 
@@ -209,6 +213,7 @@ def _check_run(out, steps, sources=("toxicity",)):
     return rows
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_train_smoke_dense_with_evaluation_and_ptx(tmp_path, tiny, capsys, one_thread):
     ptx = tmp_path / "sft.jsonl"
     ptx.write_text("".join(json.dumps({"prompt": {"text": p + " something nice."}}) + "\n" for p in PROMPTS), encoding="utf-8")
@@ -229,6 +234,7 @@ def test_train_smoke_dense_with_evaluation_and_ptx(tmp_path, tiny, capsys, one_t
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_train_smoke_holistic_separate_value_model(tmp_path, tiny, one_thread):
     from finegrain.rl.trainer import run_training
 
@@ -251,6 +257,7 @@ class _NaNSource:
         return pack_segment_scores([[float("nan")] if r else [] for r in responses], [[len(r)] if r else [] for r in responses])
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_nan_reward_stops_with_a_message_and_a_saved_state(tmp_path, tiny, monkeypatch, one_thread):
     import finegrain.rl.sources as sources
     from finegrain.rewards.compose import RewardTerm, WeightedSource

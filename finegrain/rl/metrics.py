@@ -91,8 +91,3 @@ def without_timings(row: dict[str, float]) -> dict[str, float]:
     """A row minus wall-clock measurements: what two identical runs must agree on."""
     return {k: v for k, v in row.items() if not k.startswith(TIMING_PREFIX) and k != "elapsed"}
 
-
-def finite_or_none(t: "torch.Tensor") -> bool:
-    import torch
-
-    return bool(torch.isfinite(t).all())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from finegrain.rl import maths
-from finegrain.rl.policy import ActorCritic, reference_logits
+from finegrain.rl.policy import reference_logits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
