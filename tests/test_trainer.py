@@ -4,6 +4,7 @@ and the stop on NaN rewards."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -13,7 +14,7 @@ import torch
 from finegrain.cli import main
 from finegrain.config import ConfigError, load_config
 from finegrain.data.problems import DataError
-from finegrain.errors import TrainingError
+from finegrain.errors import MissingPackageError, TrainingError
 from finegrain.rl.config import TrainConfig
 from finegrain.rl.metrics import read_metrics
 from finegrain.rl.prompts import prompt_indices
@@ -188,6 +189,10 @@ def test_bad_files_fail_before_any_model_loads(tmp_path, tiny, monkeypatch, caps
     cfg = _cfg(tiny, tmp_path / "run", data={"eval_prompts": len(PROMPTS)})
     with pytest.raises(ConfigError, match="eval_prompts"):
         trainer.run_training(cfg)
+    if importlib.util.find_spec("tensorboard") is None:
+        cfg = _cfg(tiny, tmp_path / "run", run={"log_with": ["tensorboard"]})
+        with pytest.raises(MissingPackageError, match="tracking"):
+            trainer.run_training(cfg)
     # through the command line: one clear line, exit 2
     path = write_config(tiny_config(tiny, tmp_path / "run"), tmp_path / "c.yaml")
     assert main(["train", "--config", str(path), "ppo.clip=-1"]) == 2

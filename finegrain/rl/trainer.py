@@ -228,18 +228,22 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     from finegrain.rl import maths
     from finegrain.rl.metrics import reduce_across_processes, rollout_metrics
     from finegrain.rl.rollout import build_rollout
-    from finegrain.rl.update import ppo_update, reuses_rollout_forward
+    from finegrain.rl.update import ppo_update, reuses_rollout_forward, stop_together
 
     cfg, acc = run.cfg, run.accelerator
     examples = step_examples(run, state.step)
     times: dict[str, float] = {}
     t_start = time.perf_counter()
     keep = reuses_rollout_forward(cfg.ppo, len(examples) * cfg.sampling.samples_per_prompt)
-    samples, scores, fwd = collect(run, examples, cfg.sampling.samples_per_prompt, times, keep_graph=keep)
-    rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo)
-    for name in ("logprobs", "ref_logprobs", "values", "advantages", "returns"):
-        if not torch.isfinite(getattr(rollout, name)).all():
-            raise TrainingError(f"the rollout's {name} hold NaN or inf")
+    problem = None
+    try:
+        samples, scores, fwd = collect(run, examples, cfg.sampling.samples_per_prompt, times, keep_graph=keep)
+        rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo)
+        bad = [n for n in ("logprobs", "ref_logprobs", "values", "advantages", "returns") if not torch.isfinite(getattr(rollout, n)).all()]
+        problem = f"the rollout's {bad[0]} hold NaN or inf" if bad else None
+    except TrainingError as err:  # a non-finite reward (compose names the source and response)
+        problem = str(err)
+    stop_together(acc, problem)
     row = rollout_metrics(rollout, scores, state.kl_coef)
 
     t0 = time.perf_counter()

@@ -89,9 +89,20 @@ def reuses_rollout_forward(ppo: "PPOConfig", rollout_size: int) -> bool:
     return ppo.minibatch_size == rollout_size and ppo.grad_accum == 1
 
 
-def _check_finite(name: str, value: torch.Tensor) -> None:
-    if not torch.isfinite(value).all():
-        raise TrainingError(f"the {name} loss is {float(value)}: stopping (look for NaN/inf rewards or a too-high learning rate)")
+def stop_together(accelerator: "Accelerator", problem: str | None) -> None:
+    """Raise TrainingError on every process when any process found a problem: a process that
+    stopped alone would leave the others waiting at their next collective operation."""
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([1.0 if problem else 0.0], device=accelerator.device)
+        if float(accelerator.reduce(flag, reduction="sum")) > 0 and problem is None:
+            problem = "another process met a NaN or inf value"
+    if problem:
+        raise TrainingError(problem)
+
+
+def _check_finite(accelerator: "Accelerator", name: str, value: torch.Tensor) -> None:
+    bad = not torch.isfinite(value).all()
+    stop_together(accelerator, f"the {name} loss is {float(value)}: stopping (look for NaN/inf rewards or a too-high learning rate)" if bad else None)
 
 
 def ppo_update(
@@ -123,7 +134,7 @@ def ppo_update(
             if ptx_batches is not None and ppo.ptx_coef > 0:
                 with accelerator.no_sync(model), autocast(accelerator.device, precision):
                     ptx_value = ptx_loss(unwrapped, next(ptx_batches))
-                    _check_finite("PPO-ptx", ptx_value)
+                    _check_finite(accelerator, "PPO-ptx", ptx_value)
                     accelerator.backward(ppo.ptx_coef * ptx_value)
             for j, idx in enumerate(micro):
                 last = j == len(micro) - 1
@@ -136,7 +147,7 @@ def ppo_update(
                         if float(kl_now) > ppo.early_stop_kl:
                             stopped = True
                             break
-                    _check_finite("PPO", losses.total)
+                    _check_finite(accelerator, "PPO", losses.total)
                     accelerator.backward(losses.total / len(micro))
                 sums += torch.tensor(
                     [losses.policy, losses.value, float(ptx_value.detach()), losses.entropy, losses.approx_kl, losses.clip_frac, losses.value_clip_frac],
