@@ -315,3 +315,20 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, tiny_backbone, capsys):
     assert rc == 2 and "finegrain_rm.json is missing" in capsys.readouterr().err
     rc = main(["rm", "train", "--train-file", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")])
     assert rc == 2 and "nope.json" in capsys.readouterr().err
+
+
+def test_cli_pairwise_from_qa_feedback_json(tmp_path, tiny_backbone, capsys):
+    from finegrain.data.qa_feedback import write_qa_feedback
+
+    data = tmp_path / "fb.json"
+    write_qa_feedback(data, [qa_example(i) for i in range(4)])
+    out = tmp_path / "pref"
+    rc = main(["rm", "train", "--kind", "pairwise", "--category", "preference", "--train-file", str(data),
+               "--eval-file", str(data), "--out", str(out), f"backbone={tiny_backbone}", "max_length=128",
+               "epochs=1", "bf16=false", "threads=1"])
+    assert rc == 0
+    card = RMCard.load(out)
+    assert card.data["train_pairs"] == 4 and card.data["dropped_ties_or_close"] == 4  # one tie per prompt
+    assert card.metrics["pairs"] == 4
+    rc = main(["rm", "eval", str(out), str(data), "--threads", "1"])
+    assert rc == 0 and "accuracy" in capsys.readouterr().out
