@@ -99,6 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from finegrain.data.load import load_examples
+    from finegrain.errors import TrainingError
     from finegrain.io import atomic_write_json
     from finegrain.rewards.card import RMCard, load_reward_model
 
@@ -111,29 +112,26 @@ def _eval(args: argparse.Namespace) -> int:
     _quiet_transformers()
     rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)
     if card.kind == "span":
-        from finegrain.errors import TrainingError
         from finegrain.rewards.rm_data import build_span_data
         from finegrain.rewards.span_rm import evaluate_span
 
-        data = build_span_data(examples, card.categories, card.level)
-        if not data.items:
-            raise TrainingError(f"{args.file} has no annotated, non-empty responses to evaluate on")
-        metrics = evaluate_span(rm, data, args.threshold)
+        span_data = build_span_data(examples, card.categories, card.level)
+        if not span_data.items:
+            raise TrainingError(f"{args.file} has no annotated, non-empty responses to evaluate the {card.name} RM on")
+        metrics = evaluate_span(rm, span_data, args.threshold)
     else:
-        from finegrain.errors import TrainingError
-        from finegrain.rewards.pairwise_rm import evaluate_pairwise
+        from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data
         from finegrain.rewards.rm_config import RMTrainConfig
 
+        # the held-out pairs are built as the training pairs were (coverage measure and margin from the card)
         cfg = RMTrainConfig(
             kind="pairwise", category=card.name, coverage=card.training.get("coverage", "rouge2"),
             margin=card.training.get("margin", 0.05),
         )
-        from finegrain.rewards.pairwise_rm import pair_data
-
-        data = pair_data(cfg, examples)
-        if not data.groups:
+        pairs = pair_data(cfg, examples)
+        if not pairs.groups:
             raise TrainingError(f"{args.file} has no pairs for the {card.name} RM")
-        metrics = evaluate_pairwise(rm, data)
+        metrics = evaluate_pairwise(rm, pairs)
     result = dataclasses.asdict(metrics)
     print(f"{card.kind} RM {card.name!r} on {args.file}:")
     print(_format_metrics(result))
