@@ -247,6 +247,7 @@ def test_span_rm_trains_saves_card_and_scores(tmp_path, tiny_backbone):
                 "training", "calibration", "metrics", "truncation"):
         assert key in saved
     assert saved["categories"] == ["Irrelevant", "Redundant", "Incoherent"] and saved["level"] == "sentence"
+    assert saved["input_template"] == "[CLS] question: {question} [SEP] {segment 1} [SEP] {segment 2} [SEP] ... [SEP]"
     assert saved["metrics"]["segments"] == 8 and 0.0 <= saved["metrics"]["f1"] <= 1.0
     assert 0.0 <= saved["calibration"]["mean"] <= 1.0 and saved["calibration"]["count"] == 24
 

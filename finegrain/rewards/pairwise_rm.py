@@ -23,11 +23,11 @@ from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import RMCard, calibration_of
 from finegrain.rewards.rm_data import (
-    INPUT_TEMPLATE,
     PairData,
     SequenceInput,
     completeness_data,
     encode_sequence,
+    input_template,
     preference_data,
     prompt_text,
 )
@@ -299,7 +299,7 @@ def _train_pairwise_rm(
         categories=[],
         label_map={"score": "higher is better (Bradley-Terry logit)"},
         score="raw",
-        input_template=INPUT_TEMPLATE[cfg.with_passages],
+        input_template=input_template(tok, cfg.with_passages),
         passages=cfg.with_passages,
         truncation=TRUNCATION,
         marker=None,

@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 
     from finegrain.segment import Segment
 
-INPUT_TEMPLATE = {
-    True: "question: {question} context: {title}: {sentences} ... [SEP-pair] {response}",
-    False: "question: {question} [SEP-pair] {response}",
+PROMPT_TEMPLATE = {
+    True: "question: {question} context: {title}: {sentences} {title}: {sentences} ...",
+    False: "question: {question}",
 }
+
 # Tokens kept for the question when a response needs most of the window: the RM always sees
 # at least this much of the prompt.
 PROMPT_RESERVE = 64
@@ -51,6 +52,20 @@ def prompt_text(example: Example, with_passages: bool) -> str:
     if with_passages and example.passages:
         text += " context: " + " ".join(f"{p.title}: {p.text}" for p in example.passages)
     return text
+
+
+def input_template(tok: "PreTrainedTokenizerBase", with_passages: bool, response: str = "{response}") -> str:
+    """The input as the backbone sees it, with its own special tokens, for the card:
+    e.g. `[CLS] question: {question} [SEP] {response} [SEP]` for a BERT."""
+    enc = tok("x", "y")
+    parts, prev = [], None
+    for i, sid in enumerate(enc.sequence_ids()):
+        if sid is None:
+            parts.append(tok.convert_ids_to_tokens(enc["input_ids"][i]))
+        elif sid != prev:
+            parts.append(PROMPT_TEMPLATE[with_passages] if sid == 0 else response)
+        prev = sid
+    return " ".join(parts)
 
 
 def file_sha256(path: str | Path) -> str:

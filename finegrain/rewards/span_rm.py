@@ -19,11 +19,11 @@ from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import RMCard, calibration_of
 from finegrain.rewards.rm_data import (
-    INPUT_TEMPLATE,
     SpanData,
     SpanInput,
     build_span_data,
     encode_span,
+    input_template,
     prompt_text,
     span_categories,
 )
@@ -374,7 +374,7 @@ def _train_span_rm(
         categories=list(categories),
         label_map=dict(LABEL_MAP),
         score="p_error",
-        input_template=INPUT_TEMPLATE[cfg.with_passages].replace("{response}", "{segment 1} " + marker + " {segment 2} " + marker + " ..."),
+        input_template=input_template(tok, cfg.with_passages, f"{{segment 1}} {marker} {{segment 2}} {marker} ..."),
         passages=cfg.with_passages,
         truncation=TRUNCATION,
         marker=marker,
