@@ -161,6 +161,7 @@ def test_plan_windows_groups_whole_segments():
     assert plan_windows([], 10) == []
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_markers_follow_the_last_token_of_each_segment(tokenizer):
     text = f"{GOOD} {BAD}"
     segs = segment_text(text, "sentence")
@@ -172,6 +173,7 @@ def test_markers_follow_the_last_token_of_each_segment(tokenizer):
     assert inp.token_type_ids[inp.marker_positions[0]] == 1  # markers belong to the response
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_long_prompt_is_cut_never_the_response(tokenizer):
     ex = Example("x", "Where is it?", passages=(Passage("P", tuple(f"Filler sentence {i}." for i in range(200))),))
     prompt = prompt_text(ex, True)
@@ -186,6 +188,7 @@ def test_long_prompt_is_cut_never_the_response(tokenizer):
     assert "like the sun." in tokenizer.decode(seq.input_ids)
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_over_long_response_is_read_in_windows_of_whole_segments(tokenizer):
     text = " ".join(f"Sentence number {i} says something about towers." for i in range(30))
     segs = segment_text(text, "sentence")
@@ -235,6 +238,7 @@ def test_binary_counts():
 # --- training smoke tests ------------------------------------------------------------------------
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_span_rm_trains_saves_card_and_scores(tmp_path, tiny_backbone):
     train = [qa_example(i, bad_second=i % 2 == 0) for i in range(12)]
     cfg = tiny_cfg(tiny_backbone, kind="span", category="relevance", level="sentence", epochs=8.0)
@@ -261,6 +265,7 @@ def test_span_rm_trains_saves_card_and_scores(tmp_path, tiny_backbone):
     assert ((out.scores >= 0) & (out.scores <= 1)).all()
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_pairwise_rm_trains_and_scores_sequences(tmp_path, tiny_backbone):
     train = [qa_example(i) for i in range(8)]
     cfg = tiny_cfg(tiny_backbone, kind="pairwise", category="completeness", margin=0.05, epochs=6.0, batch_size=2)
@@ -278,6 +283,7 @@ def test_pairwise_rm_trains_and_scores_sequences(tmp_path, tiny_backbone):
     assert (rm.mean, rm.std) == (card.calibration.mean, card.calibration.std)
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_training_without_usable_data_says_why(tmp_path, tiny_backbone):
     from finegrain.errors import TrainingError
 
@@ -291,6 +297,7 @@ def test_training_without_usable_data_says_why(tmp_path, tiny_backbone):
 # --- CLI -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_cli_train_eval_on_finegrain_jsonl(tmp_path, tiny_backbone, capsys):
     data = tmp_path / "fb.jsonl"
     write_jsonl(data, [qa_example(i, bad_second=i % 2 == 0) for i in range(6)])
@@ -306,6 +313,7 @@ def test_cli_train_eval_on_finegrain_jsonl(tmp_path, tiny_backbone, capsys):
     assert "segments: 12" in capsys.readouterr().out
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_cli_bad_inputs_give_one_line_errors(tmp_path, tiny_backbone, capsys):
     data = tmp_path / "fb.jsonl"
     write_jsonl(data, [qa_example(0)])
@@ -318,6 +326,7 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, tiny_backbone, capsys):
     assert rc == 2 and "nope.json" in capsys.readouterr().err
 
 
+@pytest.mark.embedded  # the embedded MiniLM tokenizer
 def test_cli_pairwise_from_qa_feedback_json(tmp_path, tiny_backbone, capsys):
     from finegrain.data.qa_feedback import write_qa_feedback
 
