@@ -29,7 +29,7 @@ from typing import Any
 
 from finegrain.data.annotations import check_missing, check_preference, check_span
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
-from finegrain.data.problems import Collector, Problem
+from finegrain.data.problems import Collector, Problem, jsonl_records
 from finegrain.data.records import Annotation, Example, MissingInfo, Passage, Preference, Response, Span
 from finegrain.io import atomic_write_text
 
@@ -189,19 +189,8 @@ def read_jsonl(path: str | Path, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> tuple
     path = Path(path)
     c = Collector(str(path))
     examples = []
-    record = -1
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record += 1
-            c.record, c.line = record, lineno
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                c.add("", line.strip()[:80], f"malformed JSON line: {err.msg} (column {err.colno})")
-                continue
-            ex = parse_example(c, raw, taxonomy)
-            if ex is not None:
-                examples.append(ex)
+    for raw in jsonl_records(path, c):
+        ex = parse_example(c, raw, taxonomy)
+        if ex is not None:
+            examples.append(ex)
     return examples, c.problems

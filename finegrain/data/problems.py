@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _MAX_VALUE_CHARS = 80
@@ -68,3 +71,19 @@ class Collector:
             self.add(field, value, f"expected {names}, got {type(value).__name__}")
             return None
         return value
+
+
+def jsonl_records(path: Path, c: Collector) -> Iterator[Any]:
+    """Decoded records of a JSONL file, blank lines skipped; sets `c.record` and `c.line` for each
+    and reports a malformed line to `c` instead of yielding it."""
+    record = -1
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record += 1
+            c.record, c.line = record, lineno
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                c.add("", line.strip()[:80], f"malformed JSON line: {err.msg} (column {err.colno})")
