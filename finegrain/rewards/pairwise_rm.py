@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.rm_common import with_cfg_threads
 from finegrain.rewards.rm_data import (
     PairData,
     SequenceInput,
@@ -219,15 +220,8 @@ def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData) -> PairwiseMetric
 # --- training ---------------------------------------------------------------------------------
 
 
-def train_pairwise_rm(cfg: "RMTrainConfig", *args: Any, **kwargs: Any) -> RMCard:
-    """Train with `cfg.threads` torch threads (the caller's setting is restored after); see `_train_pairwise_rm`."""
-    from finegrain.rewards.rm_common import torch_threads
-
-    with torch_threads(cfg.threads):
-        return _train_pairwise_rm(cfg, *args, **kwargs)
-
-
-def _train_pairwise_rm(
+@with_cfg_threads
+def train_pairwise_rm(
     cfg: "RMTrainConfig",
     train_examples: Sequence[Example],
     out_dir: str | Path,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,18 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def with_cfg_threads(train: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a `train(cfg, ...)` function so it runs with `cfg.threads` torch threads and restores
+    the caller's setting after."""
+
+    @functools.wraps(train)
+    def wrapper(cfg: "RMTrainConfig", *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(cfg.threads):
+            return train(cfg, *args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.rm_common import with_cfg_threads
 from finegrain.rewards.rm_data import (
     SpanData,
     SpanInput,
@@ -289,15 +290,8 @@ def _features(items: Sequence[Any], tok: "PreTrainedTokenizerBase", cfg: "RMTrai
     return feats
 
 
-def train_span_rm(cfg: "RMTrainConfig", *args: Any, **kwargs: Any) -> RMCard:
-    """Train with `cfg.threads` torch threads (the caller's setting is restored after); see `_train_span_rm`."""
-    from finegrain.rewards.rm_common import torch_threads
-
-    with torch_threads(cfg.threads):
-        return _train_span_rm(cfg, *args, **kwargs)
-
-
-def _train_span_rm(
+@with_cfg_threads
+def train_span_rm(
     cfg: "RMTrainConfig",
     train_examples: Sequence[Example],
     out_dir: str | Path,
