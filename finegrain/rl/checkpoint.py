@@ -38,6 +38,7 @@ class TrainerState:
     kl_coef: float = 0.0  # current beta (changes when adaptive)
     best_eval: float | None = None  # best mean held-out reward so far
     best_step: int | None = None
+    reward_moments: list[float] | None = None  # ppo.reward_norm=running: (count, sum, sum of squares) of every total so far
 
 
 def checkpoint_root(out: Path) -> Path:

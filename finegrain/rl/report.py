@@ -74,7 +74,7 @@ def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
         row = json.loads(line)
         if "step" not in row or "kl" not in row:  # evaluation rows
             continue
-        tox = toxicity_from_row(row, summary.reward_mode, source) if summary.reward_mode else None
+        tox = toxicity_from_row(row, source) if summary.reward_mode else None
         summary.steps.append(int(row["step"]))
         summary.toxicity.append(float("nan") if tox is None else tox)
         summary.kl.append(float(row["kl"]))
