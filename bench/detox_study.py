@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from finegrain.rl.report import moving_average, summarize_run  # noqa: E402
 
-FINEGRAIN = str(ROOT / ".venv" / "bin" / "finegrain")
+FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 RTP = ROOT.parent / "shared" / "data" / "realtoxicityprompts" / "prompts.jsonl"
 ARMS = ("holistic", "finegrained")
 FIGURES = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "judge_toxic_probability",
@@ -100,7 +100,7 @@ def sh(cmd: list[str], log: Path) -> bool:
     import os
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with log.open("a", encoding="utf-8") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
@@ -118,7 +118,7 @@ def run_job(job: Job, out: Path, evaluate: bool = True) -> str:
     log = folder.parent / f"{job.arm}.log"
     if job.arm != "initial" and not (folder / "final").is_dir():
         resume = ["--resume"] if (folder / "checkpoints" / "latest").is_file() else []
-        cmd = [FINEGRAIN, "train", "--config", f"configs/detox_{job.arm}.yaml", *resume, f"run.out={folder}",
+        cmd = [*FINEGRAIN, "train", "--config", f"configs/detox_{job.arm}.yaml", *resume, f"run.out={folder}",
                f"run.seed={job.seed}", f"run.steps={job.steps}", "run.threads=1", "run.progress=false",
                f"ppo.reward_norm={job.norm}", f"data.prompts={train_file}"]
         if not sh(cmd, log):
@@ -126,7 +126,7 @@ def run_job(job: Job, out: Path, evaluate: bool = True) -> str:
     if not evaluate:
         return f"{job.name}: trained in {(time.perf_counter() - t0) / 60:.1f} min"
     policy = "smollm2-135m" if job.arm == "initial" else str(folder / "final")
-    cmd = [FINEGRAIN, "eval", policy, "--prompts", str(held_file), "--seed", str(job.seed), "--out", str(folder / "eval")]
+    cmd = [*FINEGRAIN, "eval", policy, "--prompts", str(held_file), "--seed", str(job.seed), "--out", str(folder / "eval")]
     if not sh(cmd, log):
         return f"{job.name}: evaluation FAILED (see {log})"
     return f"{job.name}: done in {(time.perf_counter() - t0) / 60:.1f} min"
