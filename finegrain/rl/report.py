@@ -109,6 +109,25 @@ def metrics_table(runs: list[RunSummary]) -> str:
     return "\n".join(rows)
 
 
+def spread_table(groups: dict[str, list[RunSummary]]) -> str:
+    """The same table over seeds: one row per policy, each figure as mean ± std over its runs."""
+    import statistics
+
+    head = "| Policy | Seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rows = [head, "|---|---:|" + "|".join("---:" for _ in COLUMNS) + "|"]
+    for label, runs in groups.items():
+        evaluated = [r.metrics.to_json() for r in runs if r.metrics is not None]
+        if not evaluated:
+            continue
+        cells = []
+        for key, _, fmt in COLUMNS:
+            values = [m[key] for m in evaluated]
+            spread = f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else ""
+            cells.append(fmt.format(statistics.mean(values)) + spread)
+        rows.append(f"| {label} | {len(evaluated)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last `window` values (fewer at the start); NaNs are skipped."""
     out = []
@@ -163,8 +182,10 @@ def write_report(
     settings: dict[str, Any] | None = None,
     commands: list[str] | None = None,
     notes: list[str] | None = None,
+    groups: dict[str, list[RunSummary]] | None = None,
 ) -> Path:
-    """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path."""
+    """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path. With `groups`
+    (policy label -> its runs over seeds), a mean ± std table comes before the per-run one."""
     from finegrain.io import atomic_write_text
 
     out = Path(out_dir)
@@ -176,12 +197,10 @@ def write_report(
     evaluated = [r for r in runs if r.metrics is not None]
     if evaluated:
         m = evaluated[0].metrics
-        lines += [
-            f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.",
-            "",
-            metrics_table(runs),
-            "",
-        ]
+        lines += [f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.", ""]
+        if groups:
+            lines += ["Mean ± standard deviation over seeds:", "", spread_table(groups), "", "Each run:", ""]
+        lines += [metrics_table(runs), ""]
     trained = [r for r in runs if r.steps]
     if trained:
         lines += ["| Run | Steps | Training time | Last-10-step toxicity | Last-10-step KL |", "|---|---:|---:|---:|---:|"]
