@@ -227,6 +227,23 @@ def test_demo_end_to_end_on_a_tiny_model(tiny, tmp_path, one_thread, capsys):
     assert "| finegrained | " in (tmp_path / "rep" / "report.md").read_text()
 
 
+@pytest.mark.embedded
+def test_demo_over_several_seeds_reports_mean_and_spread(tiny, tmp_path, one_thread, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "detox", *TINY_TRAINING[:-1], "--out", str(out), "--policy", str(tiny), "--steps", "1", "--eval-prompts", "2",
+            "--eval-samples", "2", "--seeds", "3", "4", "--set", TINY_TRAINING[-1], "--set", "ppo.reward_norm=segment"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for seed in (3, 4):
+        for mode in ("holistic", "finegrained"):
+            cfg = yaml.safe_load((out / f"seed-{seed}" / mode / "config.yaml").read_text())
+            assert cfg["run"]["seed"] == seed and cfg["ppo"]["reward_norm"] == "segment"
+        assert f"| Fine-grained RLHF (seed {seed}) | " in report
+    assert "Mean ± standard deviation over seeds" in report and "| Holistic RLHF | 2 | " in report
+    assert " ± " in report.split("Each run:")[0]
+    assert "- reward normalisation (both runs): `segment`" in report
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "smollm2-135m", "--prompts", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err
