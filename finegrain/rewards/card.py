@@ -95,7 +95,7 @@ def calibration_of(values: list[float]) -> Calibration:
     return Calibration(mean, std if std > 1e-8 else 1.0, n)
 
 
-def load_reward_model(path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool = True) -> "RewardSource":
+def load_reward_model(path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool | None = None) -> "RewardSource":
     """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card."""
     card = RMCard.load(path)
     if card.kind == "span":

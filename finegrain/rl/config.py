@@ -20,7 +20,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 KL_ESTIMATORS = ("k1", "k3")
 REWARD_NORMS = ("none", "batch", "running", "segment")
 VALUE_MODELS = ("shared", "separate")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 TRACKERS = ("tensorboard", "wandb")
 
 
@@ -32,7 +32,7 @@ class ModelConfig(ConfigBase):
         default="shared",
         metadata={"help": "shared: value head on the policy's backbone (one forward, measured fastest); separate: its own copy of the backbone"},
     )
-    precision: str = field(default="bf16", metadata={"help": "bf16 (autocast; float32 master weights) or fp32"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively, else fp32: finegrain/precision.py), bf16 (autocast; float32 master weights) or fp32"})
 
     def __post_init__(self) -> None:
         check_choice(self, "value_model", VALUE_MODELS)

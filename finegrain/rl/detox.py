@@ -100,7 +100,7 @@ def write_prompts(examples: list["Example"], path: Path) -> Path:
 #   two epochs), and at a fixed budget more rollouts beat more passes over each.
 SHARED: dict[str, Any] = {
     "model.policy": "smollm2-135m",
-    "model.precision": "bf16",
+    "model.precision": "auto",
     "model.value_model": "shared",
     "data.eval_prompts": 0,
     "data.max_prompt_tokens": 64,

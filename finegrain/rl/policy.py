@@ -90,7 +90,9 @@ def autocast(device: torch.device, precision: str):
     """bf16 autocast for every forward of the step (generation included), or nothing for fp32.
     Done here rather than by accelerate's `mixed_precision`, which is fixed once per process:
     two runs with different precisions can then share a process (a notebook, the demo)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    from finegrain.precision import use_bf16
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(precision, device.type))
 
 
 def build_actor_critic(policy_path: str, value_model: str, dtype: torch.dtype = torch.float32) -> ActorCritic:

@@ -50,7 +50,7 @@ def build_mapping(r: "RewardConfig", calibration_mean: float | None = None, cali
     return Standardize(mean=mean, std=std, scale=r.scale, bias=r.bias)
 
 
-def build_sources(rewards: Sequence["RewardConfig"], *, bf16: bool = True) -> list["WeightedSource"]:
+def build_sources(rewards: Sequence["RewardConfig"], *, bf16: bool | None = None) -> list["WeightedSource"]:
     """Load every configured source, with its weight and mapping."""
     from finegrain.rewards.compose import RewardTerm, WeightedSource
 

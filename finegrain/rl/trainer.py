@@ -173,7 +173,9 @@ def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: I
     from finegrain.rl.policy import build_actor_critic, load_reference
     from finegrain.rl.sources import build_sources
 
-    bf16 = cfg.model.precision == "bf16"
+    from finegrain.precision import use_bf16
+
+    bf16 = use_bf16(cfg.model.precision, accelerator.device.type)
     model = build_actor_critic(inputs.policy_path, cfg.model.value_model)
     ref = load_reference(inputs.ref_path).to(accelerator.device)
     tokenizer = load_tokenizer(inputs.policy_path, padding_side="left")
