@@ -149,7 +149,7 @@ def test_bad_files_fail_before_any_model_loads(tmp_path, tiny, monkeypatch, caps
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(trainer, "make_accelerator", no_models)
+    monkeypatch.setattr(trainer.R, "make_accelerator", no_models)
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": {"text": "ok"}}\n{"prompt": {"text": 3}}\n', encoding="utf-8")
     cfg = _cfg(tiny, tmp_path / "run", data={"prompts": str(bad), "prompt_list": []})
