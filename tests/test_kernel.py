@@ -149,7 +149,7 @@ def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs
     tok = load_tokenizer(str(tiny))
     model = load_causal_lm(str(tiny)).eval()
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
-    out = HFGenerator(model, tok).generate(ids, mask, GenerationSettings(samples_per_prompt=2, max_new_tokens=8))
+    out = HFGenerator(model, tok).sample(ids, mask, GenerationSettings(samples_per_prompt=2, max_new_tokens=8))
     assert len(out) == 6 and torch.equal(out.query_ids[2], out.query_ids[3])
     assert torch.equal(out.response_mask, response_mask(out.response_ids, [tok.eos_token_id]))
     assert (out.response_ids[~out.response_mask] == tok.pad_token_id).all()

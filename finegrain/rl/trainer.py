@@ -236,7 +236,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     ids, mask = run.renderer.encode([run.renderer.render(e).text for e in examples])
     s = cfg.sampling
     settings = GenerationSettings(samples_per_prompt, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p)
-    samples = run.generator.generate(ids, mask, settings)
+    samples = run.generator.sample(ids, mask, settings)
     t1 = time.perf_counter()
     per_response = [e for e in examples for _ in range(samples_per_prompt)]
     scores = score(run.sources, per_response, run.tokenizer, samples.to("cpu"))
