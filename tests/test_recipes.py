@@ -136,3 +136,18 @@ def test_check_and_print_config(tmp_path, tiny, feedback, capsys):
     assert "config OK (dpo)" in capsys.readouterr().out
     assert main(["train", "dpo", "--config", str(path), "--print-config", "dpo.beta=0.25"]) == 0
     assert "beta: 0.25" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "simpo"])
+def test_shipped_configs_load(recipe):
+    """configs/<recipe>_qa.yaml is a valid config of its recipe (the data file itself is ../shared's)."""
+    import importlib
+    from pathlib import Path
+
+    from finegrain.config import load_config
+    from finegrain.recipes import RECIPES
+
+    module_name, config_name, _ = RECIPES[recipe]
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}_qa.yaml"
+    cfg = load_config(getattr(importlib.import_module(module_name), config_name), path)
+    assert cfg.data.feedback == "../shared/data/qa_feedback/feedback.json" and cfg.run.eval_every
