@@ -246,7 +246,7 @@ def test_nan_reward_stops_with_a_message_and_a_saved_state(tmp_path, tiny, monke
     from finegrain.rewards.compose import RewardTerm, WeightedSource
     from finegrain.rl.trainer import run_training
 
-    monkeypatch.setattr(sources, "build_sources", lambda rewards, bf16=True: [WeightedSource(_NaNSource(), RewardTerm("broken"))])
+    monkeypatch.setattr(sources, "build_sources", lambda *args, **kwargs: [WeightedSource(_NaNSource(), RewardTerm("broken"))])
     cfg = _cfg(tiny, tmp_path / "run", sampling={"min_new_tokens": 4})
     with pytest.raises(TrainingError, match="non-finite.*stopped-step-000001"):
         run_training(cfg)
