@@ -66,25 +66,18 @@ def test_sft_smoke_learns_its_targets(tmp_path, tiny, feedback, one_thread):
 
 
 @pytest.mark.embedded  # the SmolLM2 tokenizer
-@pytest.mark.parametrize("reference", ["precompute", "model"])
-def test_dpo_smoke_starts_at_log_two_with_both_references(tmp_path, tiny, feedback, one_thread, reference):
-    out = _run("dpo", tiny, feedback, tmp_path, f"dpo.reference={reference}", "dpo.beta=0.5")
-    rows, evals = _check(out)
-    # the policy is its own reference at the start: every margin is 0, every loss log 2
-    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5) and evals[0]["eval/accuracy"] == 0.0
-    assert rows[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
-    assert rows[-1]["rewards/margins"] > 0  # the policy moved towards the chosen responses
-
-
-@pytest.mark.embedded  # the SmolLM2 tokenizer
-def test_dpo_references_agree(tmp_path, tiny, feedback, one_thread):
-    """Reference log-probs computed once or by the frozen model every step: the same run."""
-    a = _run("dpo", tiny, feedback, tmp_path / "a", "dpo.reference=precompute")
-    b = _run("dpo", tiny, feedback, tmp_path / "b", "dpo.reference=model")
-    ra = [r["loss"] for r in read_metrics(a / "metrics.jsonl") if "loss" in r]
-    rb = [r["loss"] for r in read_metrics(b / "metrics.jsonl") if "loss" in r]
-    assert ra == pytest.approx(rb, abs=1e-5)
+def test_dpo_smoke_starts_at_log_two_and_both_references_agree(tmp_path, tiny, feedback, one_thread):
+    """The policy is its own reference at the start: every margin 0, every loss log 2. Reference
+    log-probs computed once or by the frozen model at every step: the same run."""
+    runs = {ref: _run("dpo", tiny, feedback, tmp_path / ref, f"dpo.reference={ref}", "dpo.beta=0.5") for ref in ("precompute", "model")}
+    for out in runs.values():
+        rows, evals = _check(out)
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        assert evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5) and evals[0]["eval/accuracy"] == 0.0
+        assert rows[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+        assert rows[-1]["rewards/margins"] > 0  # the policy moved towards the chosen responses
+    a, b = ([r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] for out in runs.values())
+    assert a == pytest.approx(b, abs=1e-5)
 
 
 @pytest.mark.embedded  # the SmolLM2 tokenizer

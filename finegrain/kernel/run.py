@@ -15,6 +15,8 @@ data-loader state beyond the step number, and every process takes its own slice.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from finegrain.kernel.config import OptimConfig, PromptConfig, RunConfig
 
 METRICS_FILE = "metrics.jsonl"
 TIMING_PREFIX = "time/"
@@ -264,3 +268,55 @@ def save_final(accelerator: "Accelerator", out: Path, state: RunState, model: "P
         if state.best_step is None:
             save_policy(model, tokenizer, out / "best", {**info, "best_step": state.step})
     accelerator.wait_for_everyone()
+
+
+# --- what every recipe's setup and loop share ---------------------------------------------------
+
+
+@dataclass
+class Trainable:
+    """A causal LM being trained, with its tokenizer, its examples' rendered prompts, optimiser and schedule."""
+
+    model: "torch.nn.Module"  # wrapped by accelerate
+    tokenizer: "PreTrainedTokenizerBase"
+    prompts: dict[str, list[int]]  # example id -> rendered prompt tokens (PromptRenderer.prompt_ids)
+    optimizer: "torch.optim.Optimizer"
+    scheduler: Any
+
+
+def prepare_policy(accelerator: "Accelerator", policy_path: str, prompt: "PromptConfig", examples: list, optim: "OptimConfig", steps: int) -> Trainable:
+    """Tokenizer, every example's prompt rendered within its budget (what the budget cut is printed
+    once), the model (float32 master weights, no dropout, so resumed and uninterrupted runs take the
+    same steps), AdamW and its schedule, all prepared by accelerate."""
+    from finegrain.kernel.models import load_causal_lm, set_pad_token
+    from finegrain.kernel.optim import build_optimizer, build_scheduler
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    tokenizer = load_tokenizer(policy_path)
+    renderer = PromptRenderer(tokenizer, prompt.template, prompt.max_prompt_tokens, prompt.chat_template)
+    prompts = renderer.prompt_ids(examples, log=accelerator.is_main_process)
+    model = load_causal_lm(policy_path)
+    set_pad_token(model, tokenizer)
+    model.eval()
+    optimizer = build_optimizer(model, optim.lr, optim.weight_decay, accelerator.device)
+    scheduler = build_scheduler(optimizer, optim.schedule, optim.warmup_steps, steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return Trainable(model, tokenizer, prompts, optimizer, scheduler)
+
+
+def evaluate_and_keep_best(accelerator: "Accelerator", out: Path, state: RunState, row: dict[str, float], key: str, higher_is_better: bool, trainable: Trainable) -> None:
+    """Log an evaluation row at the state's step and keep the policy as out/best when row[key] is the best so far."""
+    log_row(accelerator, out, {"step": state.step, **row})
+    keep_best(accelerator, out, state, row[key], higher_is_better, accelerator.unwrap_model(trainable.model), trainable.tokenizer, key)
+
+
+def finish_step(accelerator: "Accelerator", out: Path, state: RunState, row: dict[str, float], run: "RunConfig", evaluate: Callable[[], None], progress) -> None:
+    """After an optimiser step: the row (averaged over processes) to the logs, the evaluation when due,
+    the checkpoint when due, the progress bar."""
+    log_row(accelerator, out, {"step": state.step, **reduce_across_processes(accelerator, row)})
+    if run.eval_every and state.step % run.eval_every == 0:
+        evaluate()
+    checkpoint_if_due(accelerator, out, state, run.save_every, run.steps, run.keep_checkpoints)
+    progress.update(1)
+    progress.set_postfix(loss=f"{row['loss']:.3f}")

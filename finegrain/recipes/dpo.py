@@ -87,55 +87,44 @@ def train(cfg: DPOConfig, resume: bool = False) -> Path:
     """Run (or resume) DPO; returns the run folder (metrics.jsonl, final/, best/)."""
     from finegrain.kernel import run as R
     from finegrain.kernel.checkpoint import RunState
-    from finegrain.kernel.models import load_causal_lm, load_frozen, set_pad_token
-    from finegrain.kernel.optim import build_optimizer, build_scheduler, micro_batches
-    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.kernel.models import load_frozen
+    from finegrain.kernel.optim import micro_batches
     from finegrain.kernel.sequences import pair_batcher
     from finegrain.kernel.stats import preference_row
-    from finegrain.models import load_tokenizer
 
     out = Path(cfg.run.folder("dpo"))
     # 1. Check config, pairs, model paths and run folder before anything heavy.
     inputs = check_inputs(cfg, out, resume)
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
-    # 3. Tokenizer, prompts within their budget, policy, reference, optimiser, schedule.
-    tokenizer = load_tokenizer(inputs.policy_path)
-    renderer = PromptRenderer(tokenizer, cfg.prompt.template, cfg.prompt.max_prompt_tokens, cfg.prompt.chat_template)
-    prompts = renderer.prompt_ids([p.example for p in inputs.train + inputs.eval], log=acc.is_main_process)
-    batch_of = pair_batcher(tokenizer, prompts, cfg.prompt.max_response_tokens)
-    model = load_causal_lm(inputs.policy_path)
-    set_pad_token(model, tokenizer)
-    model.eval()  # no dropout: the policy and the reference agree exactly at the start
+    # 3. Tokenizer, prompts within their budget, policy, optimiser, schedule; the reference.
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    batch_of = pair_batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
     reference = Reference(load_frozen(inputs.ref_path).to(acc.device), cfg, acc, batch_of, inputs)  # `precompute` drops the model
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, acc.device)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    # 4. Resume: model, optimiser, schedule, RNG states, step.
+
+    def evaluate_now() -> None:
+        R.evaluate_and_keep_best(acc, out, state, evaluate(acc, policy.model, inputs.eval, batch_of, reference, cfg), "eval/loss", False, policy)
+
+    # 4. Resume: model, optimiser, schedule, RNG states, step; the evaluation before training.
     state = R.restore(acc, out, resume, RunState())
     if cfg.run.eval_every and state.step == 0:
-        _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of, reference)
+        evaluate_now()
     # 5. The loop: pairs -> DPO loss -> optimiser step -> log -> evaluate -> checkpoint.
     progress = R.progress_bar(cfg.run.steps, state.step, "DPO", cfg.run.progress, acc)
     while state.step < cfg.run.steps:
         t0 = time.perf_counter()
         idx = R.batch_indices(state.step, len(inputs.train), cfg.optim.batch_size, acc.num_processes, acc.process_index, cfg.run.seed)
         try:
-            stats, grad_norm = dpo_step(acc, model, optimizer, micro_batches(idx, cfg.optim.grad_accum), inputs.train, batch_of, reference, cfg)
+            stats, grad_norm = dpo_step(acc, policy, micro_batches(idx, cfg.optim.grad_accum), inputs.train, batch_of, reference, cfg)
         except TrainingError as err:
             raise R.save_stopped(acc, out, state, cfg.run.keep_checkpoints, err) from None
-        scheduler.step()
+        policy.scheduler.step()
         state.step += 1
-        row = {**preference_row(stats), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
-        R.log_row(acc, out, {"step": state.step, **R.reduce_across_processes(acc, row)})
-        if cfg.run.eval_every and state.step % cfg.run.eval_every == 0:
-            _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of, reference)
-        R.checkpoint_if_due(acc, out, state, cfg.run.save_every, cfg.run.steps, cfg.run.keep_checkpoints)
-        progress.update(1)
-        progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+        row = {**preference_row(stats), "grad_norm": grad_norm, "lr": policy.scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
+        R.finish_step(acc, out, state, row, cfg.run, evaluate_now, progress)
     progress.close()
     # 6. The final policy in HF format (and `best`, when no evaluation ran).
-    R.save_final(acc, out, state, acc.unwrap_model(model), tokenizer)
+    R.save_final(acc, out, state, acc.unwrap_model(policy.model), policy.tokenizer)
     acc.end_training()
     return out
 
@@ -172,7 +161,7 @@ class Reference:
         return c.float(), r.float()
 
 
-def dpo_step(acc, model, optimizer, micro, pairs, batch_of, reference: Reference, cfg: DPOConfig) -> tuple["PreferenceStats", float]:
+def dpo_step(acc, policy, micro, pairs, batch_of, reference: Reference, cfg: DPOConfig) -> tuple["PreferenceStats", float]:
     """One optimiser step: the mean DPO loss over the batch's pairs (over its micro-batches)."""
     from finegrain.kernel.logprobs import pair_logprobs
     from finegrain.kernel.optim import accumulated_step
@@ -184,12 +173,12 @@ def dpo_step(acc, model, optimizer, micro, pairs, batch_of, reference: Reference
     def loss_of(indices):
         chunk = [pairs[i] for i in indices]
         batch = batch_of(chunk).to(acc.device)
-        chosen, rejected = pair_logprobs(model, batch, average=False)
+        chosen, rejected = pair_logprobs(policy.model, batch, average=False)
         ref_chosen, ref_rejected = reference(chunk, batch)
         out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.dpo.beta, cfg.dpo.label_smoothing)
         return out.losses.sum() / n, preference_stats(out)
 
-    parts, grad_norm = accumulated_step(acc, model, optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, "DPO")
+    parts, grad_norm = accumulated_step(acc, policy.model, policy.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, "DPO")
     return add_stats(parts), grad_norm
 
 
@@ -208,11 +197,3 @@ def evaluate(acc, model, held_out: list["PreferencePair"], batch_of, reference: 
     ref_chosen, ref_rejected = torch.cat([r[0].cpu() for r in refs]), torch.cat([r[1].cpu() for r in refs])
     out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.dpo.beta, cfg.dpo.label_smoothing)
     return preference_row(preference_stats(out), "eval/")
-
-
-def _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, held_out, batch_of, reference) -> None:
-    from finegrain.kernel import run as R
-
-    row = evaluate(acc, model, held_out, batch_of, reference, cfg)
-    R.log_row(acc, out, {"step": state.step, **row})
-    R.keep_best(acc, out, state, row["eval/loss"], False, acc.unwrap_model(model), tokenizer, "eval_loss")

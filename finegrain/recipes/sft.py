@@ -112,10 +112,7 @@ def train(cfg: SFTConfig, resume: bool = False) -> Path:
     """Run (or resume) SFT; returns the run folder (metrics.jsonl, final/, best/)."""
     from finegrain.kernel import run as R
     from finegrain.kernel.checkpoint import RunState
-    from finegrain.kernel.models import load_causal_lm, set_pad_token
-    from finegrain.kernel.optim import build_optimizer, build_scheduler, micro_batches
-    from finegrain.kernel.prompts import PromptRenderer
-    from finegrain.models import load_tokenizer
+    from finegrain.kernel.optim import micro_batches
 
     out = Path(cfg.run.folder("sft"))
     # 1. Check config, data, model path and run folder before anything heavy.
@@ -123,20 +120,17 @@ def train(cfg: SFTConfig, resume: bool = False) -> Path:
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
     # 3. Tokenizer, prompts rendered within their budget, model, optimiser, schedule.
-    tokenizer = load_tokenizer(inputs.policy_path)
-    renderer = PromptRenderer(tokenizer, cfg.prompt.template, cfg.prompt.max_prompt_tokens, cfg.prompt.chat_template)
-    prompts = renderer.prompt_ids([t.example for t in inputs.train + inputs.eval], log=acc.is_main_process)
-    model = load_causal_lm(inputs.policy_path)
-    set_pad_token(model, tokenizer)
-    model.eval()  # no dropout: resumed and uninterrupted runs take the same steps
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, acc.device)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    batch_of = _batcher(tokenizer, prompts, cfg.prompt.max_response_tokens)
-    # 4. Resume: model, optimiser, schedule, RNG states, step.
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [t.example for t in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    batch_of = _batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
+
+    def evaluate_now() -> None:
+        row = evaluate(acc, policy.model, inputs.eval, batch_of, cfg.optim.batch_size, cfg.model.precision)
+        R.evaluate_and_keep_best(acc, out, state, row, "eval/loss", False, policy)
+
+    # 4. Resume: model, optimiser, schedule, RNG states, step; the evaluation before training.
     state = R.restore(acc, out, resume, RunState())
     if cfg.run.eval_every and state.step == 0:
-        _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of)
+        evaluate_now()
     # 5. The loop: batch -> loss on response tokens -> optimiser step -> log -> evaluate -> checkpoint.
     progress = R.progress_bar(cfg.run.steps, state.step, "SFT", cfg.run.progress, acc)
     while state.step < cfg.run.steps:
@@ -144,22 +138,17 @@ def train(cfg: SFTConfig, resume: bool = False) -> Path:
         idx = R.batch_indices(state.step, len(inputs.train), cfg.optim.batch_size, acc.num_processes, acc.process_index, cfg.run.seed)
         batches = [batch_of([inputs.train[i] for i in part]).to(acc.device) for part in micro_batches(idx, cfg.optim.grad_accum)]
         try:
-            stats, grad_norm = sft_step(acc, model, optimizer, batches, cfg)
+            stats, grad_norm = sft_step(acc, policy.model, policy.optimizer, batches, cfg)
         except TrainingError as err:
             raise R.save_stopped(acc, out, state, cfg.run.keep_checkpoints, err) from None
-        scheduler.step()
+        policy.scheduler.step()
         state.step += 1
         row = {"loss": stats.loss_sum / max(stats.tokens, 1), "tokens": stats.tokens, "grad_norm": grad_norm,
-               "lr": scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
-        R.log_row(acc, out, {"step": state.step, **R.reduce_across_processes(acc, row)})
-        if cfg.run.eval_every and state.step % cfg.run.eval_every == 0:
-            _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of)
-        R.checkpoint_if_due(acc, out, state, cfg.run.save_every, cfg.run.steps, cfg.run.keep_checkpoints)
-        progress.update(1)
-        progress.set_postfix(loss=f"{row['loss']:.3f}")
+               "lr": policy.scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
+        R.finish_step(acc, out, state, row, cfg.run, evaluate_now, progress)
     progress.close()
     # 6. The final policy in HF format (and `best`, when no evaluation ran).
-    R.save_final(acc, out, state, acc.unwrap_model(model), tokenizer)
+    R.save_final(acc, out, state, acc.unwrap_model(policy.model), policy.tokenizer)
     acc.end_training()
     return out
 
@@ -205,11 +194,3 @@ def evaluate(acc, model, held_out: list[Target], batch_of, batch_size: int, prec
             tokens += float(batch.response_mask.sum())
     loss = nll / max(tokens, 1)
     return {"eval/loss": loss, "eval/perplexity": math.exp(loss), "eval/tokens": tokens}
-
-
-def _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, held_out, batch_of) -> None:
-    from finegrain.kernel import run as R
-
-    row = evaluate(acc, model, held_out, batch_of, cfg.optim.batch_size, cfg.model.precision)
-    R.log_row(acc, out, {"step": state.step, **row})
-    R.keep_best(acc, out, state, row["eval/loss"], False, acc.unwrap_model(model), tokenizer, "eval_loss")

@@ -74,59 +74,47 @@ def train(cfg: SimPOConfig, resume: bool = False) -> Path:
     """Run (or resume) SimPO; returns the run folder (metrics.jsonl, final/, best/)."""
     from finegrain.kernel import run as R
     from finegrain.kernel.checkpoint import RunState
-    from finegrain.kernel.models import load_causal_lm, set_pad_token
-    from finegrain.kernel.optim import build_optimizer, build_scheduler, micro_batches
-    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.kernel.optim import micro_batches
     from finegrain.kernel.sequences import pair_batcher
     from finegrain.kernel.stats import preference_row
-    from finegrain.models import load_tokenizer
 
     out = Path(cfg.run.folder("simpo"))
     # 1. Check config, pairs, model path and run folder before anything heavy.
     inputs = check_inputs(cfg, out, resume)
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
-    # 3. Tokenizer, prompts within their budget, policy, optimiser, schedule.
-    tokenizer = load_tokenizer(inputs.policy_path)
-    renderer = PromptRenderer(tokenizer, cfg.prompt.template, cfg.prompt.max_prompt_tokens, cfg.prompt.chat_template)
-    prompts = renderer.prompt_ids([p.example for p in inputs.train + inputs.eval], log=acc.is_main_process)
-    batch_of = pair_batcher(tokenizer, prompts, cfg.prompt.max_response_tokens)
-    model = load_causal_lm(inputs.policy_path)
-    set_pad_token(model, tokenizer)
-    model.eval()  # no dropout: resumed and uninterrupted runs take the same steps
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, acc.device)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    # 4. Resume: model, optimiser, schedule, RNG states, step.
+    # 3. Tokenizer, prompts within their budget, policy, optimiser, schedule (no reference model).
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    batch_of = pair_batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
+
+    def evaluate_now() -> None:
+        R.evaluate_and_keep_best(acc, out, state, evaluate(acc, policy.model, inputs.eval, batch_of, cfg), "eval/loss", False, policy)
+
+    # 4. Resume: model, optimiser, schedule, RNG states, step; the evaluation before training.
     state = R.restore(acc, out, resume, RunState())
     if cfg.run.eval_every and state.step == 0:
-        _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of)
+        evaluate_now()
     # 5. The loop: pairs -> SimPO loss -> optimiser step -> log -> evaluate -> checkpoint.
     progress = R.progress_bar(cfg.run.steps, state.step, "SimPO", cfg.run.progress, acc)
     while state.step < cfg.run.steps:
         t0 = time.perf_counter()
         idx = R.batch_indices(state.step, len(inputs.train), cfg.optim.batch_size, acc.num_processes, acc.process_index, cfg.run.seed)
         try:
-            stats, grad_norm = simpo_step(acc, model, optimizer, micro_batches(idx, cfg.optim.grad_accum), inputs.train, batch_of, cfg)
+            stats, grad_norm = simpo_step(acc, policy, micro_batches(idx, cfg.optim.grad_accum), inputs.train, batch_of, cfg)
         except TrainingError as err:
             raise R.save_stopped(acc, out, state, cfg.run.keep_checkpoints, err) from None
-        scheduler.step()
+        policy.scheduler.step()
         state.step += 1
-        row = {**preference_row(stats), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
-        R.log_row(acc, out, {"step": state.step, **R.reduce_across_processes(acc, row)})
-        if cfg.run.eval_every and state.step % cfg.run.eval_every == 0:
-            _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, inputs.eval, batch_of)
-        R.checkpoint_if_due(acc, out, state, cfg.run.save_every, cfg.run.steps, cfg.run.keep_checkpoints)
-        progress.update(1)
-        progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+        row = {**preference_row(stats), "grad_norm": grad_norm, "lr": policy.scheduler.get_last_lr()[0], "time/step": time.perf_counter() - t0}
+        R.finish_step(acc, out, state, row, cfg.run, evaluate_now, progress)
     progress.close()
     # 6. The final policy in HF format (and `best`, when no evaluation ran).
-    R.save_final(acc, out, state, acc.unwrap_model(model), tokenizer)
+    R.save_final(acc, out, state, acc.unwrap_model(policy.model), policy.tokenizer)
     acc.end_training()
     return out
 
 
-def simpo_step(acc, model, optimizer, micro, pairs, batch_of, cfg: SimPOConfig) -> tuple["PreferenceStats", float]:
+def simpo_step(acc, policy, micro, pairs, batch_of, cfg: SimPOConfig) -> tuple["PreferenceStats", float]:
     """One optimiser step: the mean SimPO loss over the batch's pairs (over its micro-batches)."""
     from finegrain.kernel.logprobs import pair_logprobs
     from finegrain.kernel.optim import accumulated_step
@@ -137,11 +125,11 @@ def simpo_step(acc, model, optimizer, micro, pairs, batch_of, cfg: SimPOConfig) 
 
     def loss_of(indices):
         batch = batch_of([pairs[i] for i in indices]).to(acc.device)
-        chosen, rejected = pair_logprobs(model, batch, average=True)
+        chosen, rejected = pair_logprobs(policy.model, batch, average=True)
         out = simpo_loss(chosen, rejected, cfg.simpo.beta, cfg.simpo.gamma, cfg.simpo.label_smoothing)
         return out.losses.sum() / n, preference_stats(out)
 
-    parts, grad_norm = accumulated_step(acc, model, optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, "SimPO")
+    parts, grad_norm = accumulated_step(acc, policy.model, policy.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, "SimPO")
     return add_stats(parts), grad_norm
 
 
@@ -156,11 +144,3 @@ def evaluate(acc, model, held_out: list["PreferencePair"], batch_of, cfg: SimPOC
     chosen, rejected = pairs_logprobs(acc.unwrap_model(model), batches, True, acc.device, cfg.model.precision)
     out = simpo_loss(chosen, rejected, cfg.simpo.beta, cfg.simpo.gamma, cfg.simpo.label_smoothing)
     return preference_row(preference_stats(out), "eval/")
-
-
-def _evaluate_and_keep_best(cfg, acc, out, state, model, tokenizer, held_out, batch_of) -> None:
-    from finegrain.kernel import run as R
-
-    row = evaluate(acc, model, held_out, batch_of, cfg)
-    R.log_row(acc, out, {"step": state.step, **row})
-    R.keep_best(acc, out, state, row["eval/loss"], False, acc.unwrap_model(model), tokenizer, "eval_loss")
