@@ -36,7 +36,7 @@ CHILD = """
 import json, resource, sys
 from finegrain.config import load_config
 from finegrain.rl.config import TrainConfig
-from finegrain.rl.metrics import read_metrics
+from finegrain.kernel.run import read_metrics
 from finegrain.rl.trainer import run_training
 cfg = load_config(TrainConfig, sys.argv[1])
 out = run_training(cfg)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (slower on CPU)")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: bf16 only where the CPU/GPU runs it natively)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast even where the hardware emulates it")
     parser.add_argument("--out", default=None, help="folder for metrics.json and samples.jsonl")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(func=_eval)
@@ -62,7 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
     policy, tokenizer = load_policy(args.policy)
     reference = policy if args.reference == args.policy else load_policy(args.reference)[0]
     settings = SamplingSettings(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, bf16=not args.fp32)
+                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, bf16=False if args.fp32 else (True if args.bf16 else None))
     result = evaluate_policy(policy, tokenizer, examples, load_scorer(args.scorer), reference=reference, settings=settings)
     if args.out:
         write_eval(result, args.out)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finegrain.precision import use_bf16
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -132,7 +134,7 @@ def reference_logprobs(
     attention_mask: "torch.Tensor",
     prompt_len: int,
     *,
-    bf16: bool = True,
+    bf16: bool | None = None,
 ) -> "torch.Tensor":
     """log p_ref(y_t | prompt, y_<t) for every response position, in one forward pass.
 
@@ -141,7 +143,7 @@ def reference_logprobs(
     import torch
 
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(bf16)):
         logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits
     # logits at position i predict token i + 1: the response tokens are predicted from P - 1 on
     logits = logits[:, prompt_len - 1 : -1].float()  # (B, T, V)
@@ -159,7 +161,7 @@ class SamplingSettings:
     temperature: float = 1.0
     batch_size: int = 64  # sequences per generate call
     seed: int = 0
-    bf16: bool = True  # bf16 autocast: 4-5x faster matmuls on CPU
+    bf16: bool | None = None  # bf16 autocast; None: where the hardware runs bf16 natively (finegrain/precision.py)
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ def sample_continuations(
     for start in range(0, len(prompts), per_call):
         chunk = list(prompts[start : start + per_call])
         enc = tokenizer(chunk, return_tensors="pt", padding=True)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(settings.bf16)):
             out = policy.generate(
                 **enc,
                 do_sample=True,

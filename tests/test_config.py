@@ -75,3 +75,16 @@ def test_bad_files(tmp_path):
 
 def test_parse_overrides_nests_and_types():
     assert parse_overrides(["a.b.c=1", "a.d=x", "e=0.5"]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": 0.5}
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from finegrain import precision
+
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: False)
+    assert precision.resolve_precision("auto", "cpu") == "fp32" and not precision.use_bf16(None, "cpu")
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    assert precision.resolve_precision("auto", "cpu") == "bf16" and precision.use_bf16(None, "cpu")
+    assert precision.resolve_precision("fp32", "cpu") == "fp32" and precision.resolve_precision(True) == "bf16"
+    assert precision.resolve_precision(False) == "fp32" and precision.resolve_precision("bf16", "mps") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        precision.resolve_precision("fp16")

@@ -77,6 +77,13 @@ def test_config_files_hold_the_demo_settings(mode, reward_mode):
     assert (REPO / from_file.data.prompts).resolve() == prompts.resolve()
 
 
+def test_the_two_config_files_differ_only_in_the_reward_mode():
+    hol = yaml.safe_load((REPO / "configs" / "detox_holistic.yaml").read_text())
+    fg = yaml.safe_load((REPO / "configs" / "detox_finegrained.yaml").read_text())
+    assert (hol["rewards"][0].pop("mode"), fg["rewards"][0].pop("mode")) == ("holistic", "dense")
+    assert hol == fg
+
+
 def test_the_two_runs_differ_only_in_the_reward_mode():
     a = detox_overrides("holistic", prompts="p.jsonl", out="o", steps=5, seed=1)
     b = detox_overrides("finegrained", prompts="p.jsonl", out="o", steps=5, seed=1)
@@ -90,9 +97,8 @@ def test_the_two_runs_differ_only_in_the_reward_mode():
 
 
 def test_toxicity_from_the_logged_reward():
-    assert toxicity_from_row({"reward/toxicity": 0.75}, "holistic") == pytest.approx(0.25)
-    assert toxicity_from_row({"reward/toxicity": -0.25}, "dense") == pytest.approx(0.25)
-    assert toxicity_from_row({"kl": 1.0}, "dense") is None
+    assert toxicity_from_row({"reward/toxicity": -0.25}) == pytest.approx(0.25)
+    assert toxicity_from_row({"kl": 1.0}) is None
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetri
 
 
 def test_summarize_run_reads_toxicity_and_kl_per_step(tmp_path):
-    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7, 0.8, 0.9], _metrics(0.2, 10.0)), "Holistic")
+    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [-0.3, -0.2, -0.1], _metrics(0.2, 10.0)), "Holistic")
     assert hol.steps == [1, 2, 3] and hol.toxicity == pytest.approx([0.3, 0.2, 0.1])
     assert hol.kl == pytest.approx([0.0, 0.1, 0.2]) and hol.seconds == pytest.approx(6.0)
     fg = summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3, -0.1], None))
@@ -125,7 +131,7 @@ def test_summarize_run_reads_toxicity_and_kl_per_step(tmp_path):
 
 
 def test_metrics_table_in_the_papers_form(tmp_path):
-    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7], _metrics(0.2, 10.0)), "Holistic")
+    hol = summarize_run(_fake_run(tmp_path / "hol", "holistic", [-0.3], _metrics(0.2, 10.0)), "Holistic")
     fg = summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3], None), "FG")
     table = metrics_table([hol, fg]).splitlines()
     assert table[0].startswith("| Policy | Avg. max toxicity ↓ | Toxic prob. ↓ | Perplexity ↓ | dist-2 ↑ | dist-3 ↑")
@@ -140,7 +146,7 @@ def test_moving_average():
 def test_write_report_and_plot(tmp_path):
     runs = [
         summarize_run(_fake_run(tmp_path / "initial", "holistic", [], _metrics(0.3, 9.0)), "Initial policy"),
-        summarize_run(_fake_run(tmp_path / "hol", "holistic", [0.7, 0.8, 0.9] * 5, _metrics(0.2, 10.0)), "Holistic"),
+        summarize_run(_fake_run(tmp_path / "hol", "holistic", [-0.3, -0.2, -0.1] * 5, _metrics(0.2, 10.0)), "Holistic"),
         summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.3, -0.1] * 7, _metrics(0.1, 11.0)), "Fine-grained"),
     ]
     path = write_report(runs, tmp_path / "report", title="T", settings={"steps": 15}, commands=["finegrain demo detox"])
@@ -219,6 +225,23 @@ def test_demo_end_to_end_on_a_tiny_model(tiny, tmp_path, one_thread, capsys):
     assert (tmp_path / "ev" / "metrics.json").is_file()
     assert main(["report", str(out / "initial"), str(out / "finegrained"), "--out", str(tmp_path / "rep")]) == 0
     assert "| finegrained | " in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.embedded
+def test_demo_over_several_seeds_reports_mean_and_spread(tiny, tmp_path, one_thread, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "detox", *TINY_TRAINING[:-1], "--out", str(out), "--policy", str(tiny), "--steps", "1", "--eval-prompts", "2",
+            "--eval-samples", "2", "--seeds", "3", "4", "--set", TINY_TRAINING[-1], "--set", "ppo.reward_norm=segment"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for seed in (3, 4):
+        for mode in ("holistic", "finegrained"):
+            cfg = yaml.safe_load((out / f"seed-{seed}" / mode / "config.yaml").read_text())
+            assert cfg["run"]["seed"] == seed and cfg["ppo"]["reward_norm"] == "segment"
+        assert f"| Fine-grained RLHF (seed {seed}) | " in report
+    assert "Mean ± standard deviation over seeds" in report and "| Holistic RLHF | 2 | " in report
+    assert " ± " in report.split("Each run:")[0]
+    assert "- reward normalisation (both runs): `segment`" in report
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

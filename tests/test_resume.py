@@ -54,7 +54,7 @@ def test_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     from finegrain.rl.trainer import run_training
 
     policy = make_tiny_policy(tmp_path / "policy")
-    cfg = tiny_config(policy, tmp_path / "whole", run={"steps": STEPS, "eval_every": 3}, ppo={"epochs": 2, "prompts_per_step": 3, "minibatch_size": 6})
+    cfg = tiny_config(policy, tmp_path / "whole", run={"steps": STEPS, "eval_every": 3}, ppo={"epochs": 2, "prompts_per_step": 3, "minibatch_size": 6, "reward_norm": "running"})
     path = write_config(cfg, tmp_path / "c.yaml")
 
     # the run, killed with SIGKILL after its second checkpoint (in a process of its own)

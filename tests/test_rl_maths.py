@@ -177,3 +177,63 @@ def test_adaptive_kl_coef_moves_towards_target_and_is_capped():
     assert maths.adaptive_kl_coef(0.1, observed_kl=6.0, target=6.0, horizon=100, n_steps=10) == pytest.approx(0.1)
     assert maths.adaptive_kl_coef(0.1, 12.0, 6.0, 100, 10) == pytest.approx(0.1 * 1.02)  # error capped at +0.2
     assert maths.adaptive_kl_coef(0.1, 5.4, 6.0, 100, 10) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
+
+
+# --- reward normalisation ----------------------------------------------------------------------
+
+# Two responses: a dense one with segments ending at tokens 0 and 2, and one with a single segment
+# at token 1 and a padding token. Totals R = (-0.2, -0.6): mean -0.4, std sqrt(0.08) (Bessel).
+NORM_SCORES = torch.tensor([[0.1, 0.0, -0.3], [0.0, -0.6, 0.0]])
+NORM_ENDS = torch.tensor([[True, False, True], [False, True, False]])
+NORM_MASK = torch.tensor([[True, True, True], [True, True, False]])
+
+
+def test_moments_pool_and_match_hand_values():
+    m = maths.Moments.of(torch.tensor([1.0, 2.0, 3.0]))
+    assert (m.count, m.mean, m.std) == (3.0, 2.0, 1.0)
+    pooled = maths.Moments.of(torch.tensor([1.0, 2.0])) + maths.Moments.of(torch.tensor([3.0]))
+    assert pooled == m
+    assert maths.Moments.of(torch.tensor([5.0])).std == 0.0 and maths.Moments(0.0, 0.0, 0.0).mean == 0.0
+
+
+def test_last_reward_token():
+    anchor = maths.last_reward_token(NORM_ENDS, NORM_MASK)
+    assert anchor.tolist() == [[False, False, True], [False, True, False]]
+    no_segments = maths.last_reward_token(torch.zeros(2, 3, dtype=torch.bool), NORM_MASK)
+    assert no_segments.tolist() == [[False, False, True], [False, True, False]]  # the last real token
+    empty = maths.last_reward_token(torch.zeros(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool))
+    assert not empty.any()
+
+
+def test_batch_normalisation_makes_every_total_its_z_score_and_keeps_the_dense_shape():
+    m = maths.Moments.of(maths.sequence_sums(NORM_SCORES, NORM_MASK))
+    assert m.mean == pytest.approx(-0.4) and m.std == pytest.approx(math.sqrt(0.08))
+    out = maths.normalise_sequence_rewards(NORM_SCORES, maths.last_reward_token(NORM_ENDS, NORM_MASK), m.mean, m.std)
+    s = math.sqrt(0.08)
+    expected = torch.tensor([[0.1 / s, 0.0, (-0.3 + 0.4) / s], [0.0, (-0.6 + 0.4) / s, 0.0]])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(maths.sequence_sums(out, NORM_MASK), torch.tensor([0.2 / s, -0.2 / s]), atol=1e-6)
+    # a holistic reward with the same totals, on the same anchor, gets the same normalised totals
+    holistic = torch.tensor([[0.0, 0.0, -0.2], [0.0, -0.6, 0.0]])
+    ends = torch.tensor([[False, False, True], [False, True, False]])
+    out_h = maths.normalise_sequence_rewards(holistic, maths.last_reward_token(ends, NORM_MASK), m.mean, m.std)
+    assert torch.allclose(maths.sequence_sums(out_h, NORM_MASK), maths.sequence_sums(out, NORM_MASK), atol=1e-6)
+
+
+def test_segment_normalisation_by_hand():
+    seg = maths.Moments.of(NORM_SCORES[NORM_ENDS & NORM_MASK])  # 0.1, -0.3, -0.6
+    mean = -0.8 / 3
+    std = math.sqrt(((0.1 - mean) ** 2 + (-0.3 - mean) ** 2 + (-0.6 - mean) ** 2) / 2)
+    assert seg.mean == pytest.approx(mean) and seg.std == pytest.approx(std)
+    out = maths.normalise_segment_rewards(NORM_SCORES, NORM_ENDS, seg.mean, seg.std)
+    expected = torch.tensor([[(0.1 - mean) / std, 0.0, (-0.3 - mean) / std], [0.0, (-0.6 - mean) / std, 0.0]])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert out[~NORM_ENDS].abs().max() == 0  # tokens that end no segment carry nothing
+
+
+def test_normalisation_of_a_constant_batch_is_finite():
+    scores = torch.tensor([[0.0, -0.5], [0.0, -0.5]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    m = maths.Moments.of(maths.sequence_sums(scores, mask))
+    out = maths.normalise_sequence_rewards(scores, maths.last_reward_token(scores != 0, mask), m.mean, m.std)
+    assert torch.isfinite(out).all() and out.abs().max() < 1e-6

@@ -89,17 +89,17 @@ def test_dense_reward_is_the_drop_in_toxicity_per_sentence():
     assert out.scores[3, 0] == 0.0
     assert out.char_ends[0].tolist() == [11, 29, len(responses[0])]
     assert out.char_ends[3, 0] == 4
-    # the dense rewards telescope to -tox(y) = holistic - 1
+    # the dense rewards telescope to -tox(y): exactly the holistic reward
     holistic = ToxicityReward(WordScorer(), "holistic").score(no_examples(4), responses)
-    assert torch.allclose(out.scores.sum(dim=1)[[0, 3]], holistic.scores[[0, 3], 0] - 1.0)
+    assert torch.allclose(out.scores.sum(dim=1)[[0, 3]], holistic.scores[[0, 3], 0])
 
 
-def test_holistic_reward_is_one_minus_toxicity_at_the_end():
+def test_holistic_reward_is_minus_toxicity_at_the_end():
     source = ToxicityReward(WordScorer(), "holistic", name="tox")
     assert source.density == "sequence" and source.name == "tox"
     out = source.score(no_examples(3), ["idiot. idiot.", "", "ok"])
     assert out.mask.tolist() == [[True], [False], [True]]
-    assert torch.allclose(out.scores[:, 0], torch.tensor([0.4, 0.0, 1.0]))
+    assert torch.allclose(out.scores[:, 0], torch.tensor([-0.6, 0.0, 0.0]))
     assert out.char_ends[:, 0].tolist() == [13, 0, 2]
 
 

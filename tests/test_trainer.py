@@ -75,7 +75,7 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     assert torch.allclose(fwd.logprobs, fwd.ref_logprobs, atol=1e-5)
     assert torch.all(fwd.values == 0)
     T = samples.response_ids.shape[1]
-    scores = Scores(["x"] * 6, ("s",), [], torch.zeros(1, 6, T), torch.randn(6, T) * samples.response_mask)
+    scores = Scores(["x"] * 6, ("s",), [], torch.zeros(1, 6, T), torch.randn(6, T) * samples.response_mask, samples.response_mask.clone())
     rollout = build_rollout(samples, scores, fwd, kl_coef=0.3, ppo=PPOConfig())
     losses = ppo_losses(model, rollout.select(torch.tensor([0, 3, 5])), PPOConfig())
     assert losses.approx_kl.item() < 1e-6 and losses.clip_frac.item() == 0.0
@@ -104,7 +104,7 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
     kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
     T = samples.response_ids.shape[1]
-    scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask)
+    scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask, samples.response_mask.clone())
     rollout = build_rollout(samples, scores, kept, kl_coef=0.3, ppo=ppo)
 
     reused = ppo_losses(model, rollout, ppo, kept.policy_pass)
@@ -229,6 +229,37 @@ def test_train_smoke_holistic_separate_value_model(tmp_path, tiny, one_thread):
     # holistic: one segment per non-empty response; the early stop cut the epochs short
     assert all(r["segments/toxicity"] <= 1.0 for r in rows)
     assert all(r["epochs"] == 1 for r in rows)  # one minibatch per epoch: stopped after the first
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+@pytest.mark.parametrize("norm", ["none", "batch", "segment"])
+def test_reward_normalisation_is_what_ppo_optimises(tmp_path, tiny, one_thread, norm):
+    """The logged raw reward is the sources'; the rollout's task reward is normalised per ppo.reward_norm."""
+    import torch
+
+    from finegrain.kernel.run import make_accelerator
+    from finegrain.rl.trainer import TrainerState, build_run, check_inputs, collect, normalise_rewards, step_examples
+
+    cfg = _cfg(tiny, tmp_path / "run", ppo={"reward_norm": norm})
+    out = tmp_path / "run"
+    inputs = check_inputs(cfg, out, resume=False)
+    acc = make_accelerator(out, cfg.run.seed, cfg)
+    run = build_run(cfg, out, acc, inputs)
+    state = TrainerState(kl_coef=cfg.ppo.kl_coef)
+    samples, scores, _ = collect(run, step_examples(run, 0), cfg.sampling.samples_per_prompt, {})
+    mask = samples.response_mask
+    task, row = normalise_rewards(run, state, scores, mask)
+    totals = (task * mask).sum(-1)
+    if norm == "none":
+        assert torch.equal(task, scores.total) and row == {}
+    elif norm == "batch":
+        raw = (scores.total * mask).sum(-1)
+        assert torch.allclose(totals, (raw - raw.mean()) / (raw.std() + 1e-8), atol=1e-5)
+        assert row["reward_norm/std"] == pytest.approx(raw.std().item(), rel=1e-5)
+    else:
+        seg = scores.total[scores.ends & mask]
+        assert torch.allclose(task[scores.ends & mask], (seg - seg.mean()) / (seg.std() + 1e-8), atol=1e-5)
+        assert task[~(scores.ends & mask)].abs().max() == 0
 
 
 class _NaNSource:

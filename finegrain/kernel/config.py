@@ -9,7 +9,7 @@ from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
 
 TRACKERS = ("tensorboard", "wandb")
 SCHEDULES = ("constant", "linear", "cosine")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class OptimConfig(ConfigBase):
 @dataclass
 class PolicyConfig(ConfigBase):
     policy: str = field(default="smollm2-135m", metadata={"help": "embedded name, local HF folder or hub id of the model to train"})
-    precision: str = field(default="bf16", metadata={"help": "bf16 (autocast; float32 master weights) or fp32"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively), bf16 (autocast; float32 master weights) or fp32"})
 
     def __post_init__(self) -> None:
         check_choice(self, "precision", PRECISIONS)

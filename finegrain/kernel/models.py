@@ -12,15 +12,16 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-PRECISIONS = ("bf16", "fp32")
-
 
 def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast for every forward of a step (generation included), or nothing for fp32.
+    """bf16 autocast for every forward of a step (generation included), or nothing for fp32
+    ("auto": bf16 only where the hardware runs it natively, finegrain.precision).
     Done here rather than by accelerate's `mixed_precision`, which is fixed once per process:
     two runs with different precisions can then share a process (a notebook, the demo)."""
+    from finegrain.precision import use_bf16
+
     device_type = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=use_bf16(precision, device_type))
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

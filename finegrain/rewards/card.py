@@ -96,7 +96,7 @@ def calibration_of(values: list[float]) -> Calibration:
 
 
 def load_reward_model(
-    path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool = True, card: RMCard | None = None
+    path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool | None = None, card: RMCard | None = None
 ) -> "RewardSource":
     """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card
     (read here unless the caller read it already)."""

@@ -52,6 +52,7 @@ class TokenRewards:
     names: tuple[str, ...]  # (K,) source names, in the order of per_source
     weights: "torch.Tensor"  # (K,) weight of each source in the total
     total: "torch.Tensor"  # (B, T) sum_k weights[k] * per_source[k]
+    ends: "torch.Tensor"  # (B, T) bool: True on every token where a segment of some source ends
 
 
 # --- pure tensor functions --------------------------------------------------------------------
@@ -225,6 +226,7 @@ def compose(
         raise ValueError(f"compose: reward source names must be unique, got {names}")
     B = len(texts)
     per_source = []
+    ends = torch.zeros(B, num_tokens, dtype=torch.bool)
     for term, seg in zip(terms, scores):
         if seg.scores.shape[0] != B:
             raise ValueError(f"compose: source {term.name!r} scored {seg.scores.shape[0]} responses, expected {B}")
@@ -238,9 +240,10 @@ def compose(
         mapped = term.mapping(seg.scores.float())
         index = char_ends_to_token_index(seg.char_ends, seg.mask, texts, offsets)
         per_source.append(place_segment_rewards(mapped, index, seg.mask, num_tokens, response_mask))
+        ends |= place_segment_rewards(torch.ones_like(mapped), index, seg.mask, num_tokens, response_mask).to(ends.device) > 0
     stacked = torch.stack(per_source)  # (K, B, T)
     weights = torch.tensor([t.weight for t in terms], dtype=stacked.dtype)
-    return TokenRewards(per_source=stacked, names=names, weights=weights, total=weighted_total(stacked, weights))
+    return TokenRewards(per_source=stacked, names=names, weights=weights, total=weighted_total(stacked, weights), ends=ends)
 
 
 @dataclass(frozen=True)

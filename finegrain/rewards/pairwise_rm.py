@@ -82,7 +82,7 @@ class PairwiseRewardModel:
         *,
         device: str | None = None,
         batch_size: int = 16,
-        bf16: bool = True,
+        bf16: bool | None = None,
     ):
         from finegrain.rewards.rm_common import pick_device
 

@@ -67,7 +67,7 @@ class RMTrainConfig(ConfigBase):
     margin: float = field(
         default=0.05, metadata={"help": "completeness: coverage difference below which two responses are not paired"}
     )
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (on CPU too, where it is several times faster)"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast: true, false, or unset for where the hardware runs bf16 natively (finegrain/precision.py)"})
     seed: int = field(default=0, metadata={"help": "random seed (head init, data order)"})
     threads: int | None = field(
         default=None,

@@ -125,7 +125,7 @@ class SpanRewardModel:
         *,
         device: str | None = None,
         batch_size: int = 16,
-        bf16: bool = True,
+        bf16: bool | None = None,
     ):
         from finegrain.rewards.rm_common import pick_device
 

@@ -13,8 +13,11 @@ probabilities in [0, 1]`:
   breaks; segment j's reward is the drop in toxicity when it is appended,
   s_j = -(tox(y[:e_j]) - tox(y[:e_{j-1}])), with tox(y[:e_0]) = 0 for the empty continuation
   (the paper scores the generated text alone, and an empty text is not toxic). The rewards
-  telescope: sum_j s_j = -tox(y), so a response's dense rewards sum to its holistic reward minus 1.
-- holistic: one segment at the response's end with reward 1 - tox(y).
+  telescope: sum_j s_j = -tox(y), so a response's dense rewards sum to exactly its holistic reward.
+- holistic: one segment at the response's end with reward -tox(y). (The paper wrote 1 - tox(y); the
+  constant 1 is left out so that both modes give every response the same total and differ only in
+  where it is placed: a value head starting at 0 would otherwise first have to learn the offset.
+  `mapping: affine, bias: 1` gives the paper's form.)
 """
 
 from __future__ import annotations
@@ -206,7 +209,8 @@ def load_scorer(spec: str, toxic_label: str | int | None = None) -> ToxicityScor
 
 class ToxicityReward:
     """A `RewardSource` from a toxicity scorer: dense (drop in toxicity per sentence) or holistic
-    (1 - toxicity of the whole response). Only the response is scored, not the prompt."""
+    (-toxicity of the whole response). Either way a response's rewards sum to -tox(y).
+    Only the response is scored, not the prompt."""
 
     def __init__(self, scorer: ToxicityScorer, mode: ToxicityMode = "dense", name: str = "toxicity") -> None:
         if mode not in TOXICITY_MODES:
@@ -228,7 +232,7 @@ class ToxicityReward:
         for es in ends:
             prefix_tox = [next(tox) for _ in es]
             if self.mode == "holistic":
-                scores.append([1.0 - t for t in prefix_tox])
+                scores.append([-t for t in prefix_tox])
             else:
                 previous = [0.0] + prefix_tox[:-1]  # tox of the empty continuation is 0
                 scores.append([-(t - p) for t, p in zip(prefix_tox, previous)])

@@ -19,8 +19,9 @@ TOXICITY_MODES = ("dense", "holistic")
 MAPPINGS = ("identity", "affine", "standardize", "binary")
 SCHEDULES = ("constant", "linear", "cosine")
 KL_ESTIMATORS = ("k1", "k3")
+REWARD_NORMS = ("none", "batch", "running", "segment")
 VALUE_MODELS = ("shared", "separate")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ModelConfig(ConfigBase):
         default="shared",
         metadata={"help": "shared: value head on the policy's backbone (one forward, measured fastest); separate: its own copy of the backbone"},
     )
-    precision: str = field(default="bf16", metadata={"help": "bf16 (autocast; float32 master weights) or fp32"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively, else fp32: finegrain/precision.py), bf16 (autocast; float32 master weights) or fp32"})
 
     def __post_init__(self) -> None:
         check_choice(self, "value_model", VALUE_MODELS)
@@ -108,6 +109,13 @@ class PPOConfig(ConfigBase):
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL: horizon in responses"})
     early_stop_kl: float | None = field(default=None, metadata={"help": "stop a rollout's epochs when the approximate KL to pi_old exceeds this"})
     whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages over each rollout"})
+    reward_norm: str = field(
+        default="batch",
+        metadata={"help": "normalise the source rewards before the KL penalty: none; batch (each response's total -> "
+                          "(R - mean) / std over the rollout, dense rewards keep their shape); running (the same with the "
+                          "mean/std of every total so far); segment (every segment reward -> (s - mean) / std over the "
+                          "rollout's segment rewards). Use one choice for every arm of a comparison (docs/ppo.md)"},
+    )
     ptx_coef: float = field(default=0.0, metadata={"help": "PPO-ptx gamma: weight of the LM loss on data.ptx texts"})
     ptx_batch_size: int = field(default=4, metadata={"help": "PPO-ptx texts per optimiser step"})
 
@@ -127,6 +135,7 @@ class PPOConfig(ConfigBase):
         check_range(self, "lam", 0.0, 1.0)
         check_range(self, "kl_coef", 0.0)
         check_choice(self, "kl_estimator", KL_ESTIMATORS)
+        check_choice(self, "reward_norm", REWARD_NORMS)
         check_range(self, "kl_target", 0.0, None, low_open=True)
         if self.early_stop_kl is not None:
             check_range(self, "early_stop_kl", 0.0, None, low_open=True)
@@ -141,7 +150,7 @@ class PPOConfig(ConfigBase):
 class RewardConfig(ConfigBase):
     kind: str = field(default="toxicity", metadata={"help": "toxicity (an off-the-shelf scorer) or rm (a trained reward model card)"})
     name: str | None = field(default=None, metadata={"help": "name in logs (default: the kind, or the RM's category)"})
-    mode: str = field(default="dense", metadata={"help": "toxicity: dense (per-sentence drop in toxicity) or holistic (1 - toxicity of the whole)"})
+    mode: str = field(default="dense", metadata={"help": "toxicity: dense (per-sentence drop in toxicity) or holistic (-toxicity of the whole, on its last token)"})
     scorer: str = field(default="profanity-check", metadata={"help": "toxicity: the scorer (profanity-check, embedded)"})
     path: str | None = field(default=None, metadata={"help": "rm: the reward model's folder (its card)"})
     weight: float = field(default=1.0, metadata={"help": "weight of this source in the total reward"})

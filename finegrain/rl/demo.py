@@ -36,7 +36,8 @@ LABELS = {INITIAL: "Initial policy", "holistic": "Holistic RLHF", "finegrained":
 class DemoConfig(ConfigBase):
     out: str = field(default="runs/demo", metadata={"help": "output folder: one sub-folder per policy, report.md, curves.png"})
     steps: int = field(default=30, metadata={"help": "PPO steps of each run"})
-    seed: int = field(default=0, metadata={"help": "seed of both runs and of the evaluation's sampling"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds: each trains both runs and evaluates with that sampling seed; "
+                                                                            "with several, the table shows mean ± std over seeds"})
     prompts: str | None = field(default=None, metadata={"help": "prompt file (e.g. RealToxicityPrompts .jsonl); default: the shipped set"})
     heldout: int = field(default=100, metadata={"help": "with --prompts: prompts held out for evaluation (a fixed, hash-based choice)"})
     eval_prompts: int | None = field(default=None, metadata={"help": "evaluate on only the first N held-out prompts"})
@@ -53,6 +54,8 @@ class DemoConfig(ConfigBase):
 
         check_range(self, "steps", 1)
         check_range(self, "heldout", 1)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {self.seeds} must name at least one seed, each once")
         check_range(self, "eval_samples", 1)
         check_range(self, "eval_max_new_tokens", 1)
         check_range(self, "eval_batch_size", 1)
@@ -64,11 +67,15 @@ class DemoConfig(ConfigBase):
             if m not in MODES:
                 raise ConfigError(f"modes: {m!r} is not allowed; choose from {', '.join(map(repr, MODES))}")
 
-    def sampling(self) -> "SamplingSettings":
+    def sampling(self, seed: int) -> "SamplingSettings":
         from finegrain.evaluate import SamplingSettings
 
         return SamplingSettings(samples_per_prompt=self.eval_samples, max_new_tokens=self.eval_max_new_tokens,
-                                batch_size=self.eval_batch_size, seed=self.seed)
+                                batch_size=self.eval_batch_size, seed=seed)
+
+    def seed_folder(self, out: Path, seed: int) -> Path:
+        """One seed: the policies' folders sit in `out`; several: in `out/seed-S`."""
+        return out if len(self.seeds) == 1 else out / f"seed-{seed}"
 
 
 class Progress:
@@ -157,7 +164,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
     split = load_detox_split(cfg.prompts, cfg.heldout)
     heldout = split.heldout[: cfg.eval_prompts] if cfg.eval_prompts else split.heldout
     for mode in cfg.modes:  # fail on a bad override before an hour of work, not after
-        detox_config(mode, prompts="x.jsonl", out="x", steps=cfg.steps, seed=cfg.seed, overrides=cfg.overrides)
+        detox_config(mode, prompts="x.jsonl", out="x", steps=cfg.steps, seed=cfg.seeds[0], overrides=cfg.overrides)
     out = prepare_out(cfg, fresh)
     train_file = shipped_prompt_files()[0] if cfg.prompts is None else write_prompts(split.train, out / "prompts-train.jsonl")
     say(f"prompts: {len(split.train)} to train on, {len(heldout)} held out ({split.source}); output in {out}")
@@ -169,37 +176,42 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
     # 2. The initial policy: the reference for perplexity, and the first row of the table.
     scorer = ProfanityCheckScorer()
     reference, tokenizer = load_policy(cfg.policy)
-    settings = cfg.sampling()
-    if not (out / INITIAL / "eval" / "metrics.json").is_file():
-        t0 = time.perf_counter()
-        evaluate_into(out / INITIAL, LABELS[INITIAL], reference, tokenizer, heldout, scorer, reference, settings, say)
-        timings[f"evaluate {INITIAL}"] = time.perf_counter() - t0
-        report()
-    # 3. Each run: train, then evaluate its final policy on the same prompts with the same seed.
-    for mode in cfg.modes:
-        folder = out / mode
-        if (folder / "eval" / "metrics.json").is_file():
-            say(f"{LABELS[mode]}: already trained and evaluated in {folder}, kept")
-            continue
-        run_cfg = detox_config(mode, prompts=train_file, out=folder, steps=cfg.steps, seed=cfg.seed,
-                               overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
-        if not (folder / "final").is_dir():
-            from finegrain.rl.trainer import run_training
-
-            if folder.exists():  # an interrupted run without a checkpoint: start it again
-                shutil.rmtree(folder)
-            say(f"{LABELS[mode]}: training {cfg.steps} PPO steps ({run_cfg.ppo.prompts_per_step} prompts x "
-                f"{run_cfg.sampling.samples_per_prompt} samples x {run_cfg.sampling.max_new_tokens} tokens per step)")
+    for seed in cfg.seeds:
+        folder = cfg.seed_folder(out, seed)
+        tag = "" if len(cfg.seeds) == 1 else f" (seed {seed})"
+        settings = cfg.sampling(seed)
+        if not (folder / INITIAL / "eval" / "metrics.json").is_file():
             t0 = time.perf_counter()
-            run_training(run_cfg)
-            timings[f"train {mode}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        policy, _ = load_policy(str(folder / "final"))
-        evaluate_into(folder, LABELS[mode], policy, tokenizer, heldout, scorer, reference, settings, say)
-        timings[f"evaluate {mode}"] = time.perf_counter() - t0
-        del policy
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        report()
+            evaluate_into(folder / INITIAL, LABELS[INITIAL] + tag, reference, tokenizer, heldout, scorer, reference, settings, say)
+            timings[f"evaluate {INITIAL}{tag}"] = time.perf_counter() - t0
+            report()
+        # 3. Each run: train, then evaluate its final policy on the same prompts with the same seed.
+        for mode in cfg.modes:
+            run_folder = folder / mode
+            label = LABELS[mode] + tag
+            if (run_folder / "eval" / "metrics.json").is_file():
+                say(f"{label}: already trained and evaluated in {run_folder}, kept")
+                continue
+            run_cfg = detox_config(mode, prompts=train_file, out=run_folder, steps=cfg.steps, seed=seed,
+                                   overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
+            if not (run_folder / "final").is_dir():
+                from finegrain.rl.trainer import run_training
+
+                if run_folder.exists():  # an interrupted run without a checkpoint: start it again
+                    shutil.rmtree(run_folder)
+                say(f"{label}: training {cfg.steps} PPO steps ({run_cfg.ppo.prompts_per_step} prompts x "
+                    f"{run_cfg.sampling.samples_per_prompt} samples x {run_cfg.sampling.max_new_tokens} tokens per step, "
+                    f"reward normalisation {run_cfg.ppo.reward_norm})")
+                t0 = time.perf_counter()
+                run_training(run_cfg)
+                timings[f"train {mode}{tag}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            policy, _ = load_policy(str(run_folder / "final"))
+            evaluate_into(run_folder, label, policy, tokenizer, heldout, scorer, reference, settings, say)
+            timings[f"evaluate {mode}{tag}"] = time.perf_counter() - t0
+            del policy
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            report()
     path = report()
     say(f"done in {say.elapsed() / 60:.1f} min: {path} and {out / 'curves.png'}")
     return path
@@ -210,7 +222,15 @@ def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_h
     from finegrain.rl.detox import SHARED
     from finegrain.rl.report import summarize_run, write_report
 
-    runs = [summarize_run(out / name, LABELS[name]) for name in (INITIAL, *cfg.modes) if (out / name).is_dir()]
+    groups: dict[str, list] = {}
+    for seed in cfg.seeds:
+        folder = cfg.seed_folder(out, seed)
+        tag = "" if len(cfg.seeds) == 1 else f" (seed {seed})"
+        for name in (INITIAL, *cfg.modes):
+            if (folder / name).is_dir():
+                groups.setdefault(LABELS[name], []).append(summarize_run(folder / name, LABELS[name] + tag))
+    runs = [r for seed_runs in zip(*groups.values()) for r in seed_runs] if len(cfg.seeds) > 1 else [g[0] for g in groups.values()]
+    runs += [r for g in groups.values() for r in g if r not in runs]
     prompts = "the shipped prompt set (finegrain/assets/detox_prompts*.jsonl)" if source == "shipped" else source
     # timings of phases run by earlier invocations are kept in timings.json
     timing_file = out / "timings.json"
@@ -219,12 +239,14 @@ def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_h
     from finegrain.io import atomic_write_json
 
     atomic_write_json(timing_file, all_timings)
+    norm = [o.split("=", 1)[1] for o in cfg.overrides if o.startswith("ppo.reward_norm=")]
     settings = {
         "initial policy": cfg.policy,
         "toxicity scorer": "profanity-check (embedded alt-profanity-check)",
         "prompts": f"{prompts}: {n_train} to train on, {n_heldout} held out",
         "PPO steps per run": cfg.steps,
-        "seed": cfg.seed,
+        "seeds": ", ".join(map(str, cfg.seeds)),
+        "reward normalisation (both runs)": norm[-1] if norm else SHARED["ppo.reward_norm"],
         "evaluation": f"{cfg.eval_samples} samples per prompt, {cfg.eval_max_new_tokens} new tokens, nucleus p=0.9, temperature 1; "
                       "toxicity of the continuation alone; perplexity under the initial policy",
         "training (both runs)": ", ".join(f"{k}={v}" for k, v in SHARED.items()),
@@ -232,16 +254,20 @@ def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_h
         "wall-clock per phase (s)": ", ".join(f"{k} {v:.0f}" for k, v in all_timings.items()) or "-",
     }
     command = "finegrain demo detox " + " ".join(argv) if argv is not None else "finegrain demo detox --out " + cfg.out
+    seed = cfg.seeds[0]
+    folder = cfg.seed_folder(out, seed)
     commands = [
         command,
-        "# the same runs, one at a time:",
-        f"finegrain train --config configs/detox_holistic.yaml run.out={out}/holistic run.steps={cfg.steps} run.seed={cfg.seed}",
-        f"finegrain train --config configs/detox_finegrained.yaml run.out={out}/finegrained run.steps={cfg.steps} run.seed={cfg.seed}",
-        f"finegrain eval {out}/finegrained/final --out {out}/finegrained/eval --seed {cfg.seed}",
-        f"finegrain report {out}/initial {out}/holistic {out}/finegrained --out {out}",
+        f"# the same runs, one at a time{'' if len(cfg.seeds) == 1 else f' (seed {seed}; the others alike)'}:",
+        f"finegrain train --config configs/detox_holistic.yaml run.out={folder}/holistic run.steps={cfg.steps} run.seed={seed}",
+        f"finegrain train --config configs/detox_finegrained.yaml run.out={folder}/finegrained run.steps={cfg.steps} run.seed={seed}",
+        f"finegrain eval {folder}/finegrained/final --out {folder}/finegrained/eval --seed {seed}",
+        f"finegrain report {folder}/initial {folder}/holistic {folder}/finegrained --out {folder}",
     ]
     intro = ("Holistic vs fine-grained PPO detoxification on the embedded models (Wu et al. 2023, section 3). "
-             "Holistic reward: 1 - toxicity of the whole response, on its last token. Fine-grained reward: "
-             "for each sentence (or line), the drop in toxicity when it is appended, on its last token.")
+             "Holistic reward: -toxicity of the whole response, on its last token. Fine-grained reward: "
+             "for each sentence (or line), the drop in toxicity when it is appended, on its last token. "
+             "A response's rewards sum to -toxicity in both, and both are normalised the same way, so the two runs "
+             "differ only in where the reward is placed.")
     return write_report(runs, out, title="Detoxification: holistic vs fine-grained RLHF", intro=intro,
-                        settings=settings, commands=commands)
+                        settings=settings, commands=commands, groups=groups if len(cfg.seeds) > 1 else None)

@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "settings for both runs, e.g. ppo.lr=3e-5 sampling.max_new_tokens=48")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 30)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both runs and of the evaluation (default: 0)")
+    parser.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
+                        help="seed(s) of both runs and of the evaluation (default: 0); with several, each seed trains both "
+                             "runs in OUT/seed-S and the table shows mean ± std over seeds")
     parser.add_argument("--prompts", default=None,
                         help="prompt file, e.g. RealToxicityPrompts .jsonl (default: the prompt set finegrain ships)")
     parser.add_argument("--heldout", type=int, default=100, help="with --prompts: prompts held out for evaluation (default: 100)")
@@ -40,7 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")
-    kwargs = dict(out=args.out, seed=args.seed, prompts=args.prompts, heldout=args.heldout, eval_prompts=args.eval_prompts,
+    kwargs = dict(out=args.out, seeds=args.seeds, prompts=args.prompts, heldout=args.heldout, eval_prompts=args.eval_prompts,
                   eval_samples=args.eval_samples, policy=args.policy, threads=args.threads, overrides=overrides)
     if args.steps is not None:
         kwargs["steps"] = args.steps

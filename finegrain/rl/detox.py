@@ -7,9 +7,10 @@ continuations; `finegrain/assets/detox_prompts.jsonl` to train on and
 every time: the `heldout` prompts whose text has the smallest SHA-1 are held out, so the split
 depends neither on the run's seed nor on the order of the file.
 
-Rewards (docs/detox.md): fine-grained = the per-sentence drop in toxicity, holistic = 1 - toxicity
-of the whole response; both through finegrain.rewards.toxicity.ToxicityReward. The two runs share
-every other setting; `detox_overrides(mode)` is the one place they are written down (and
+Rewards (docs/detox.md): fine-grained = the per-sentence drop in toxicity, holistic = -toxicity
+of the whole response on its last token; both through finegrain.rewards.toxicity.ToxicityReward, so
+a response's rewards sum to -tox(y) in both and the arms differ only in where the reward is placed.
+Both use the same reward normalisation (`ppo.reward_norm`). The two runs share every other setting; `detox_overrides(mode)` is the one place they are written down (and
 `configs/detox_*.yaml` hold the same values, a test keeps them equal).
 """
 
@@ -99,7 +100,7 @@ def write_prompts(examples: list["Example"], path: Path) -> Path:
 #   two epochs), and at a fixed budget more rollouts beat more passes over each.
 SHARED: dict[str, Any] = {
     "model.policy": "smollm2-135m",
-    "model.precision": "bf16",
+    "model.precision": "auto",
     "model.value_model": "shared",
     "data.eval_prompts": 0,
     "data.max_prompt_tokens": 64,
@@ -117,6 +118,7 @@ SHARED: dict[str, Any] = {
     "ppo.lam": 0.95,
     "ppo.clip": 0.2,
     "ppo.value_clip": 0.2,
+    "ppo.reward_norm": "batch",
     "run.save_every": 0,
     "run.eval_every": 0,
 }
@@ -162,11 +164,10 @@ def detox_config(mode: str, *, prompts: str | Path, out: str | Path, steps: int,
     return load_config(TrainConfig, None, [*settings, *overrides])
 
 
-def toxicity_from_row(row: dict[str, float], reward_mode: str, source: str = "toxicity") -> float | None:
-    """Mean toxicity of a step's responses, from its logged reward (identity mapping, weight 1):
-    holistic reward = 1 - tox(y); the dense rewards of a response sum to -tox(y)."""
+def toxicity_from_row(row: dict[str, float], source: str = "toxicity") -> float | None:
+    """Mean toxicity of a step's responses, from its logged source reward (identity mapping; logged
+    before normalisation): in both modes a response's toxicity rewards sum to -tox(y)."""
     key = f"reward/{source}"
     if key not in row:
         return None
-    reward = float(row[key])
-    return 1.0 - reward if reward_mode == "holistic" else -reward
+    return -float(row[key])

@@ -199,3 +199,80 @@ def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: in
     `n_steps` is the number of responses in the rollout."""
     error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
     return coef * (1.0 + error * n_steps / horizon)
+
+
+# --- reward normalisation ----------------------------------------------------------------------
+#
+# One choice for every arm of a comparison (`ppo.reward_norm`), applied to the weighted source
+# rewards (B, T) before the KL penalty:
+#   none     the rewards as the sources give them;
+#   batch    each response's total R_b becomes (R_b - mean) / std, mean and std over the batch's totals;
+#   running  the same with the mean and std of every total seen so far (RunningMoments);
+#   segment  every segment reward becomes (s - mean) / std, mean and std over all segment rewards of
+#            the batch (a holistic reward has one segment per response: then it equals `batch`).
+# `batch` and `running` keep the *shape* of a dense reward (every segment reward is divided by the same
+# std) and put the shift `-mean / std` on the response's last reward-bearing token, so a dense response's
+# total is exactly what the holistic arm gets for the same response: the arms differ only in placement.
+# `segment` subtracts the mean from every segment: a response's total becomes (R_b - S_b * mean) / std,
+# which depends on its number of segments S_b (docs/detox.md discusses what that does).
+
+
+class Moments(NamedTuple):
+    """Sufficient statistics of a set of numbers; add two to pool them (across processes or steps)."""
+
+    count: float
+    total: float  # sum of the values
+    total_sq: float  # sum of their squares
+
+    @staticmethod
+    def of(values: torch.Tensor) -> "Moments":
+        """Shape: values (N,) -> Moments."""
+        v = values.double()
+        return Moments(float(v.numel()), float(v.sum()), float((v * v).sum()))
+
+    def __add__(self, other: "Moments") -> "Moments":  # type: ignore[override]
+        return Moments(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
+    def std(self) -> float:
+        """Bessel-corrected standard deviation (0 for fewer than two values)."""
+        if self.count < 2:
+            return 0.0
+        var = (self.total_sq - self.count * self.mean**2) / (self.count - 1)
+        return max(var, 0.0) ** 0.5
+
+
+def last_reward_token(ends: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One-hot of each response's last segment-end token; a response without segments gets its last
+    real token (and one without tokens gets nothing).
+
+    Shape: ends (B, T) bool, mask (B, T) bool -> (B, T) bool.
+    """
+    where = torch.where(ends.any(-1, keepdim=True), ends & mask, mask)
+    T = where.shape[-1]
+    position = torch.arange(T, device=where.device).expand_as(where)
+    last = torch.where(where, position, torch.full_like(position, -1)).max(-1, keepdim=True).values  # (B, 1)
+    return (position == last) & where
+
+
+def normalise_sequence_rewards(scores: torch.Tensor, anchor: torch.Tensor, mean: float, std: float, eps: float = 1e-8) -> torch.Tensor:
+    """`batch` / `running`: divide every reward by `std` and put `-mean / std` on the anchor token,
+    so that each response's total R_b becomes (R_b - mean) / std and a dense reward keeps its shape.
+
+    Shape: scores (B, T), anchor (B, T) bool (one token per response, see `last_reward_token`) -> (B, T).
+    """
+    scale = 1.0 / (std + eps)
+    return (scores - mean * anchor.to(scores.dtype)) * scale
+
+
+def normalise_segment_rewards(scores: torch.Tensor, ends: torch.Tensor, mean: float, std: float, eps: float = 1e-8) -> torch.Tensor:
+    """`segment`: every segment reward s (on its end token) becomes (s - mean) / std; tokens that end
+    no segment stay 0.
+
+    Shape: scores (B, T), ends (B, T) bool -> (B, T).
+    """
+    return (scores - mean * ends.to(scores.dtype)) / (std + eps) * ends.to(scores.dtype)

@@ -74,7 +74,7 @@ def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
         row = json.loads(line)
         if "step" not in row or "kl" not in row:  # evaluation rows
             continue
-        tox = toxicity_from_row(row, summary.reward_mode, source) if summary.reward_mode else None
+        tox = toxicity_from_row(row, source) if summary.reward_mode else None
         summary.steps.append(int(row["step"]))
         summary.toxicity.append(float("nan") if tox is None else tox)
         summary.kl.append(float(row["kl"]))
@@ -88,6 +88,8 @@ def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
 COLUMNS = (
     ("avg_max_toxicity", "Avg. max toxicity ↓", "{:.3f}"),
     ("toxic_probability", "Toxic prob. ↓", "{:.3f}"),
+    ("judge_avg_max_toxicity", "Judge: avg. max toxicity ↓", "{:.3f}"),  # the independent judge, when evaluated with one
+    ("judge_toxic_probability", "Judge: toxic prob. ↓", "{:.3f}"),
     ("perplexity", "Perplexity ↓", "{:.2f}"),
     ("dist_2", "dist-2 ↑", "{:.3f}"),
     ("dist_3", "dist-3 ↑", "{:.3f}"),
@@ -96,16 +98,47 @@ COLUMNS = (
 )
 
 
+def _columns(runs: list[RunSummary]) -> list[tuple[str, str, str]]:
+    """The columns some evaluated run has a value for (the judge's only when a run was judged)."""
+    evaluated = [r.metrics.to_json() for r in runs if r.metrics is not None]
+    return [c for c in COLUMNS if any(m.get(c[0]) is not None for m in evaluated)]
+
+
+def _cell(fmt: str, value: float | None) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def metrics_table(runs: list[RunSummary]) -> str:
     """The paper's table (Table 1 of Wu et al.: toxicity, fluency, diversity) as markdown."""
-    head = "| Policy | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|---|" + "|".join("---:" for _ in COLUMNS) + "|"
+    columns = _columns(runs)
+    head = "| Policy | " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|---|" + "|".join("---:" for _ in columns) + "|"
     rows = [head, rule]
     for run in runs:
         if run.metrics is None:
             continue
         m = run.metrics.to_json()
-        rows.append(f"| {run.label} | " + " | ".join(fmt.format(m[key]) for key, _, fmt in COLUMNS) + " |")
+        rows.append(f"| {run.label} | " + " | ".join(_cell(fmt, m.get(key)) for key, _, fmt in columns) + " |")
+    return "\n".join(rows)
+
+
+def spread_table(groups: dict[str, list[RunSummary]]) -> str:
+    """The same table over seeds: one row per policy, each figure as mean ± std over its runs."""
+    import statistics
+
+    columns = _columns([r for runs in groups.values() for r in runs])
+    head = "| Policy | Seeds | " + " | ".join(title for _, title, _ in columns) + " |"
+    rows = [head, "|---|---:|" + "|".join("---:" for _ in columns) + "|"]
+    for label, runs in groups.items():
+        evaluated = [r.metrics.to_json() for r in runs if r.metrics is not None]
+        if not evaluated:
+            continue
+        cells = []
+        for key, _, fmt in columns:
+            values = [m[key] for m in evaluated if m.get(key) is not None]
+            spread = f" ± {fmt.format(statistics.stdev(values))}" if len(values) > 1 else ""
+            cells.append(fmt.format(statistics.mean(values)) + spread if values else "-")
+        rows.append(f"| {label} | {len(evaluated)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -163,8 +196,10 @@ def write_report(
     settings: dict[str, Any] | None = None,
     commands: list[str] | None = None,
     notes: list[str] | None = None,
+    groups: dict[str, list[RunSummary]] | None = None,
 ) -> Path:
-    """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path."""
+    """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path. With `groups`
+    (policy label -> its runs over seeds), a mean ± std table comes before the per-run one."""
     from finegrain.io import atomic_write_text
 
     out = Path(out_dir)
@@ -176,12 +211,10 @@ def write_report(
     evaluated = [r for r in runs if r.metrics is not None]
     if evaluated:
         m = evaluated[0].metrics
-        lines += [
-            f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.",
-            "",
-            metrics_table(runs),
-            "",
-        ]
+        lines += [f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.", ""]
+        if groups:
+            lines += ["Mean ± standard deviation over seeds:", "", spread_table(groups), "", "Each run:", ""]
+        lines += [metrics_table(runs), ""]
     trained = [r for r in runs if r.steps]
     if trained:
         lines += ["| Run | Steps | Training time | Last-10-step toxicity | Last-10-step KL |", "|---|---:|---:|---:|---:|"]

@@ -37,6 +37,7 @@ class Scores:
     raw: list["SegmentScores"]  # (K,) raw segment scores of each source: scores (B, S_k)
     per_source: torch.Tensor  # (K, B, T) float32: mapped, unweighted reward of source k on token t
     total: torch.Tensor  # (B, T) float32: weighted sum over sources (before the KL penalty)
+    ends: torch.Tensor  # (B, T) bool: True where a segment of some source ends (its reward lands there)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Rollout:
     ref_logprobs: torch.Tensor  # (B, T) float32: log pi_ref(y_t | x, y_<t), the frozen reference
     values: torch.Tensor  # (B, T) float32: V_old(x, y_<t), the value before token t
     entropy: torch.Tensor  # (B, T) float32: entropy of pi_old at token t (for logging)
-    scores: torch.Tensor  # (B, T) float32: weighted reward-source total on token t (no KL)
+    scores: torch.Tensor  # (B, T) float32: the task reward PPO optimised on token t: the weighted source total, normalised per ppo.reward_norm (no KL)
     kl: torch.Tensor  # (B, T) float32: per-token KL(pi_old || pi_ref) estimate
     rewards: torch.Tensor  # (B, T) float32: scores - kl_coef * kl, 0 on padding
     advantages: torch.Tensor  # (B, T) float32: GAE advantages (whitened when configured)
@@ -106,7 +107,7 @@ def score(
     raw = [ws.source.score(examples, texts) for ws in sources]
     T = samples.response_ids.shape[1]
     composed = compose([ws.term for ws in sources], raw, texts, offsets, T, samples.response_mask)
-    return Scores(texts, composed.names, raw, composed.per_source.float(), composed.total.float())
+    return Scores(texts, composed.names, raw, composed.per_source.float(), composed.total.float(), composed.ends)
 
 
 # --- 3. one forward pass per model ------------------------------------------------------------
@@ -169,14 +170,17 @@ def forward(
 # --- 4. advantages ------------------------------------------------------------------------------
 
 
-def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float, ppo: "PPOConfig") -> Rollout:
+def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float, ppo: "PPOConfig",
+                  task_rewards: torch.Tensor | None = None) -> Rollout:
     """Per-token rewards with the KL penalty, then GAE, then (optionally) whitened advantages.
+    `task_rewards` are the source rewards after normalisation (default: `scores.total` as it is).
 
     Shape: everything (B, T) -> Rollout.
     """
     mask = samples.response_mask
+    task = scores.total if task_rewards is None else task_rewards
     kl = maths.kl_penalty(fwd.logprobs, fwd.ref_logprobs, ppo.kl_estimator) * mask
-    rewards = maths.penalised_rewards(scores.total, kl, kl_coef, mask)
+    rewards = maths.penalised_rewards(task, kl, kl_coef, mask)
     values = fwd.values * mask
     adv = maths.gae(rewards, values, mask, ppo.gamma, ppo.lam)
     advantages = maths.whiten(adv.advantages, mask) if ppo.whiten_advantages else adv.advantages
@@ -189,7 +193,7 @@ def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float
         ref_logprobs=fwd.ref_logprobs,
         values=values,
         entropy=fwd.entropy,
-        scores=scores.total,
+        scores=task,
         kl=kl,
         rewards=rewards,
         advantages=advantages,

@@ -61,10 +61,11 @@ def build_mapping(r: "RewardConfig", card: "RMCard | None" = None) -> "Mapping":
 
 
 def build_sources(
-    rewards: Sequence["RewardConfig"], cards: Sequence["RMCard | None"] | None = None, *, device: str | None = None, bf16: bool = True
+    rewards: Sequence["RewardConfig"], cards: Sequence["RMCard | None"] | None = None, *, device: str | None = None, bf16: bool | None = None
 ) -> list["WeightedSource"]:
     """Load every configured source, with its weight and mapping, on `device` (None: the best one
-    available). `cards`: what `check_sources` returned (read again when not given)."""
+    available; bf16 None: where the hardware runs it natively). `cards`: what `check_sources`
+    returned (read again when not given)."""
     from finegrain.rewards.compose import RewardTerm, WeightedSource
 
     cards = list(cards) if cards is not None else check_sources(rewards)

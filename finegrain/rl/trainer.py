@@ -43,6 +43,7 @@ class TrainerState(RunState):
     """A PPO checkpoint's state: the kernel's (step, best evaluation) and the KL coefficient."""
 
     kl_coef: float = 0.0  # current beta (changes when adaptive)
+    reward_moments: list[float] | None = None  # ppo.reward_norm=running: (count, sum, sum of squares) of every total so far
 
 
 @dataclass
@@ -144,9 +145,10 @@ def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: I
     from finegrain.kernel.optim import build_optimizer, build_scheduler
     from finegrain.models import load_tokenizer
     from finegrain.rl.policy import build_actor_critic
+    from finegrain.precision import use_bf16
     from finegrain.rl.sources import build_sources
 
-    bf16 = cfg.model.precision == "bf16"
+    bf16 = use_bf16(cfg.model.precision, accelerator.device.type)
     model = build_actor_critic(inputs.policy_path, cfg.model.value_model)
     ref = load_frozen(inputs.ref_path).to(accelerator.device)
     tokenizer = load_tokenizer(inputs.policy_path, padding_side="left")
@@ -188,13 +190,14 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     problem = None
     try:
         samples, scores, fwd = collect(run, examples, cfg.sampling.samples_per_prompt, times, keep_graph=keep)
-        rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo)
+        task, norm_row = normalise_rewards(run, state, scores, samples.response_mask.to(scores.total.device))
+        rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo, task)
         bad = [n for n in ("logprobs", "ref_logprobs", "values", "advantages", "returns") if not torch.isfinite(getattr(rollout, n)).all()]
         problem = f"the rollout's {bad[0]} hold NaN or inf" if bad else None
     except TrainingError as err:  # a non-finite reward (compose names the source and response)
         problem = str(err)
     R.stop_together(acc, problem)
-    row = rollout_metrics(rollout, scores, state.kl_coef)
+    row = {**rollout_metrics(rollout, scores, state.kl_coef), **norm_row}
 
     t0 = time.perf_counter()
     run.model.train(False)  # dropout stays off during the update too
@@ -224,6 +227,34 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     return row
 
 
+def normalise_rewards(run: Run, state: TrainerState, scores, mask: "torch.Tensor") -> tuple["torch.Tensor", dict[str, float]]:
+    """The source rewards PPO optimises, normalised per `ppo.reward_norm` with statistics pooled over
+    every process (and, for `running`, over every step so far: kept in the trainer state, so a resumed
+    run normalises exactly as an uninterrupted one). Returns the (B, T) rewards and what to log."""
+    import torch
+
+    from finegrain.rl import maths
+
+    mode, acc = run.cfg.ppo.reward_norm, run.accelerator
+    if mode == "none":
+        return scores.total, {}
+    ends = scores.ends.to(mask.device) & mask
+    values = scores.total[ends] if mode == "segment" else maths.sequence_sums(scores.total, mask)
+    moments = maths.Moments.of(values)
+    if acc.num_processes > 1:
+        pooled = acc.reduce(torch.tensor(list(moments), dtype=torch.float64, device=acc.device), reduction="sum")
+        moments = maths.Moments(*pooled.tolist())
+    if mode == "running":
+        moments = moments + maths.Moments(*state.reward_moments) if state.reward_moments else moments
+        state.reward_moments = list(moments)
+    if mode == "segment":
+        task = maths.normalise_segment_rewards(scores.total, ends, moments.mean, moments.std)
+    else:
+        task = maths.normalise_sequence_rewards(scores.total, maths.last_reward_token(ends, mask), moments.mean, moments.std)
+    return task, {"reward_norm/mean": moments.mean, "reward_norm/std": moments.std,
+                  "reward/normalised": maths.sequence_sums(task, mask).mean().item()}
+
+
 def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times: dict[str, float], keep_graph: bool = False):
     """Generation, scoring and the forward passes, timed. Returns (Samples, Scores, Forward).
     With `keep_graph` the policy's forward keeps its graph for the first PPO step."""
@@ -247,7 +278,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     t3 = time.perf_counter()
     times.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2})
     device = fwd.logprobs.device
-    scores.total, scores.per_source = scores.total.to(device), scores.per_source.to(device)
+    scores.total, scores.per_source, scores.ends = scores.total.to(device), scores.per_source.to(device), scores.ends.to(device)
     return samples, scores, fwd
 
 

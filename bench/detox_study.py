@@ -1,0 +1,240 @@
+"""The fair detoxification study (issue 9): holistic vs fine-grained PPO that differ only in where the
+reward is placed, over seeds, reward normalisations and two prompt sets, two runs at a time.
+
+    .venv/bin/python bench/detox_study.py plan                  # the jobs, in the order they run
+    .venv/bin/python bench/detox_study.py run --workers 2       # train + evaluate every job not done yet
+    .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md and OUT/summary.json
+
+A job is one (prompt set, reward normalisation, seed, arm): `finegrain train` with
+configs/detox_{holistic,finegrained}.yaml (which differ only in the reward mode) and the overrides
+below, then `finegrain eval` of its final policy on the held-out prompts with the same seed.
+The initial policy is evaluated once per (prompt set, seed). Every run uses one thread, so two
+workers fill this machine's two cores. A finished job (its eval/metrics.json exists) is skipped:
+run the same command again after an interruption. Jobs run in priority order (`plan` shows it), so
+a study cut short still holds the most important comparisons.
+
+Prompt sets: `shipped` (finegrain/assets/detox_prompts*.jsonl) and `rtp` (RealToxicityPrompts from
+../shared/data, split by `finegrain.rl.detox.load_detox_split`: the 100 prompts with the smallest SHA-1
+held out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from finegrain.rl.report import moving_average, summarize_run  # noqa: E402
+
+FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
+RTP = ROOT.parent / "shared" / "data" / "realtoxicityprompts" / "prompts.jsonl"
+ARMS = ("holistic", "finegrained")
+FIGURES = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "judge_toxic_probability",
+           "perplexity", "dist_2", "dist_3", "kl")
+
+
+@dataclass(frozen=True)
+class Job:
+    prompts: str  # shipped | rtp
+    norm: str  # ppo.reward_norm, or "initial" for the untrained policy
+    seed: int
+    arm: str  # holistic | finegrained | initial
+    steps: int
+
+    def folder(self, out: Path) -> Path:
+        steps = "" if self.steps == 30 or self.arm == "initial" else f"-{self.steps}steps"
+        return out / f"{self.prompts}-{self.norm}{steps}" / f"seed-{self.seed}" / self.arm
+
+    @property
+    def name(self) -> str:
+        return f"{self.prompts}/{self.norm}/seed {self.seed}/{self.arm}" + ("" if self.steps == 30 else f"/{self.steps} steps")
+
+
+def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds: list[int], norm_seeds: list[int]) -> list[Job]:
+    """Jobs in priority order: the main table's first three seeds, one seed of every other normalisation,
+    RealToxicityPrompts, the main table's remaining seeds, more seeds of the other normalisations."""
+    jobs: list[Job] = []
+
+    def add(prompts: str, norm: str, seed_list: list[int]) -> None:
+        for seed in seed_list:
+            for arm in ARMS:
+                jobs.append(Job(prompts, norm, seed, arm, 30))
+
+    add("shipped", default_norm, seeds[:3])
+    for norm in other_norms:
+        add("shipped", norm, norm_seeds[:1])
+    add("rtp", default_norm, rtp_seeds)
+    add("shipped", default_norm, seeds[3:])
+    for norm in other_norms:
+        add("shipped", norm, norm_seeds[1:])
+    initial = [Job("shipped", "initial", s, "initial", 30) for s in seeds] + [Job("rtp", "initial", s, "initial", 30) for s in rtp_seeds]
+    return initial[:1] + jobs + initial[1:]
+
+
+def prompt_files(out: Path, prompts: str) -> tuple[Path, Path]:
+    """(training prompts, held-out prompts) as files."""
+    from finegrain.rl.detox import load_detox_split, shipped_prompt_files, write_prompts
+
+    if prompts == "shipped":
+        return shipped_prompt_files()
+    train, held = out / "rtp-train.jsonl", out / "rtp-heldout.jsonl"
+    if not held.is_file():
+        split = load_detox_split(RTP, heldout=100)
+        out.mkdir(parents=True, exist_ok=True)
+        write_prompts(split.train, train)
+        write_prompts(split.heldout, held)
+    return train, held
+
+
+def sh(cmd: list[str], log: Path) -> bool:
+    """Run one command on one CPU thread (two side by side fill two cores without spinning on each other)."""
+    import os
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with log.open("a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode == 0
+
+
+def run_job(job: Job, out: Path, evaluate: bool = True) -> str:
+    folder = job.folder(out)
+    if (folder / "eval" / "metrics.json").is_file():
+        return f"{job.name}: done before"
+    if not evaluate and (job.arm == "initial" or (folder / "final").is_dir()):
+        return f"{job.name}: nothing to train"
+    t0 = time.perf_counter()
+    train_file, held_file = prompt_files(out, job.prompts)
+    log = folder.parent / f"{job.arm}.log"
+    if job.arm != "initial" and not (folder / "final").is_dir():
+        resume = ["--resume"] if (folder / "checkpoints" / "latest").is_file() else []
+        cmd = [*FINEGRAIN, "train", "--config", f"configs/detox_{job.arm}.yaml", *resume, f"run.out={folder}",
+               f"run.seed={job.seed}", f"run.steps={job.steps}", "run.threads=1", "run.progress=false",
+               f"ppo.reward_norm={job.norm}", f"data.prompts={train_file}"]
+        if not sh(cmd, log):
+            return f"{job.name}: training FAILED (see {log})"
+    if not evaluate:
+        return f"{job.name}: trained in {(time.perf_counter() - t0) / 60:.1f} min"
+    policy = "smollm2-135m" if job.arm == "initial" else str(folder / "final")
+    cmd = [*FINEGRAIN, "eval", policy, "--prompts", str(held_file), "--seed", str(job.seed), "--out", str(folder / "eval")]
+    if not sh(cmd, log):
+        return f"{job.name}: evaluation FAILED (see {log})"
+    return f"{job.name}: done in {(time.perf_counter() - t0) / 60:.1f} min"
+
+
+# --- the summary ----------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def steps_to(steps: list[int], toxicity: list[float], target: float, window: int = 10) -> int | None:
+    for step, value in zip(steps, moving_average(toxicity, window)):
+        if value <= target:
+            return step
+    return None
+
+
+def collect(out: Path) -> dict:
+    """Every finished evaluation under OUT, as {group: {arm: {seed: figures}}}."""
+    groups: dict[str, dict[str, dict[int, dict]]] = {}
+    for metrics in sorted(out.glob("*/seed-*/*/eval/metrics.json")):
+        folder = metrics.parent.parent
+        group, seed, arm = folder.parent.parent.name, int(folder.parent.name.split("-")[1]), folder.name
+        run = summarize_run(folder)
+        figures = json.loads(metrics.read_text(encoding="utf-8"))
+        row = {k: figures.get(k, float("nan")) for k in FIGURES if k != "kl"}
+        if run.steps:
+            row["kl"] = statistics.mean(run.kl[-10:])
+            row["train_toxicity_first5"] = statistics.mean(run.toxicity[:5])
+            row["train_toxicity_last10"] = statistics.mean(run.toxicity[-10:])
+            row["curve"] = [run.steps, run.toxicity]
+        groups.setdefault(group, {}).setdefault(arm, {})[seed] = row
+    return groups
+
+
+def write_summary(out: Path) -> str:
+    groups = collect(out)
+    lines = ["# Fair detoxification study", "",
+             "Mean ± std over seeds (n = seeds finished). `judge_*`: the independent judge; the others: the training "
+             "scorer (profanity-check). kl: mean summed KL to the initial policy per response, last 10 steps.", ""]
+    head = "| group | arm | " + " | ".join(FIGURES) + " |"
+    for group in sorted(groups):
+        lines += [f"## {group}", "", head, "|---|---|" + "---:|" * len(FIGURES)]
+        initial = groups.get(group.split("-")[0] + "-initial", {}).get("initial", {})
+        for arm in ("initial", *ARMS):
+            seeds = groups[group].get(arm) or (initial if arm == "initial" else {})
+            if not seeds:
+                continue
+            cells = [_mean_std([s.get(k, float("nan")) for s in seeds.values()]) for k in FIGURES]
+            lines.append(f"| {group} | {arm} | " + " | ".join(cells) + " |")
+        per_seed = {arm: groups[group].get(arm, {}) for arm in ARMS}
+        common = sorted(set(per_seed["holistic"]) & set(per_seed["finegrained"]))
+        if common:
+            diffs = [per_seed["finegrained"][s]["avg_max_toxicity"] - per_seed["holistic"][s]["avg_max_toxicity"] for s in common]
+            jd = [per_seed["finegrained"][s]["judge_avg_max_toxicity"] - per_seed["holistic"][s]["judge_avg_max_toxicity"] for s in common]
+            wins = sum(d < 0 for d in diffs)
+            lines += ["", f"Fine-grained minus holistic, held-out avg max toxicity, paired by seed {common}: "
+                          f"scorer {_mean_std(diffs)} (fine-grained lower in {wins}/{len(common)}); judge {_mean_std(jd)}."]
+            for arm in ARMS:
+                runs = per_seed[arm]
+                reach = []
+                for s in common:
+                    r = runs[s]
+                    if "curve" not in r:
+                        continue
+                    start = statistics.mean(per_seed[a][s]["train_toxicity_first5"] for a in ARMS)
+                    reach.append(f"seed {s}: 75% at {steps_to(*r['curve'], 0.75 * start) or '-'}, 50% at {steps_to(*r['curve'], 0.5 * start) or '-'}")
+                lines.append(f"- {arm}, steps to 75% / 50% of the initial training toxicity (10-step mean): " + "; ".join(reach))
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text, encoding="utf-8")
+    slim = {g: {a: {s: {k: v for k, v in r.items() if k != "curve"} for s, r in arms.items()} for a, arms in d.items()} for g, d in groups.items()}
+    (out / "summary.json").write_text(json.dumps(slim, indent=2) + "\n", encoding="utf-8")
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("plan", "run", "summarize"))
+    parser.add_argument("--out", type=Path, default=Path("runs/detox-study"))
+    parser.add_argument("--norm", default="batch", help="the normalisation of the main table")
+    parser.add_argument("--other-norms", nargs="*", default=["none", "running", "segment"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--rtp-seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--norm-seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
+    parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
+    args = parser.parse_args()
+    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds)[: args.max_jobs]
+    if args.action == "plan":
+        for i, job in enumerate(jobs):
+            print(f"{i + 1:3d}. {job.name}  ->  {job.folder(args.out)}")
+        return 0
+    if args.action == "run":
+        with ThreadPoolExecutor(args.workers) as pool:
+            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only), jobs):
+                print(message, flush=True)
+    print(write_summary(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
