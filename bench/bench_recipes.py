@@ -2,11 +2,12 @@
 same preference data and settings, side by side in one run (each arm in a fresh process, one after
 the other).
 
-    nice -n 15 .venv/bin/python bench/bench_recipes.py                 # the embedded SmolLM2-135M, bf16
-    nice -n 15 .venv/bin/python bench/bench_recipes.py --steps 8 --batch 4
+    nice -n 15 .venv/bin/python bench/bench_recipes.py --precision bf16   # the embedded SmolLM2-135M, bf16
+    nice -n 15 .venv/bin/python bench/bench_recipes.py --precision fp32 --steps 8 --batch 4
 
 Settings: the embedded SmolLM2-135M-Instruct, bf16 autocast with float32 master weights (TRL:
-`bf16=True`, the same autocast), AdamW, one optimiser step per batch of `--batch` pairs (SFT:
+`bf16=True`, the same autocast) or fp32 (`--precision`; a CPU without native bf16, e.g. AVX2 only,
+emulates bf16 many times slower than fp32: finegrain/precision.py), AdamW, one optimiser step per batch of `--batch` pairs (SFT:
 `--batch` targets, the chosen responses), prompts rendered by finegrain's renderer within
 `--prompt-tokens`, responses cut to `--response-tokens` (EOS included). Data: QA-Feedback's human
 pairs from ../shared/data/qa_feedback/feedback.json when present, else a small generated set.
@@ -49,7 +50,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from finegrain.models import load_tokenizer, resolve_model
-rows, steps, batch, threads, out = json.load(open(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows, steps, batch, threads, out, bf16 = json.load(open(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "bf16"
 torch.set_num_threads(threads)
 path = resolve_model("smollm2-135m")
 tok = load_tokenizer("smollm2-135m", padding_side="right")
@@ -60,7 +61,7 @@ class Stamp(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         stamps.append(time.perf_counter())
 args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
-                 learning_rate=5e-7, beta=0.1, loss_type=["sigmoid"], bf16=True, use_cpu=True, report_to=[], save_strategy="no",
+                 learning_rate=5e-7, beta=0.1, loss_type=["sigmoid"], bf16=bf16, use_cpu=True, report_to=[], save_strategy="no",
                  logging_steps=1, max_length=None, dataloader_num_workers=0, seed=0, lr_scheduler_type="constant")
 trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Stamp()])
 start = time.perf_counter()
@@ -103,10 +104,10 @@ def bench_data(folder: Path, prompt_tokens: int, response_tokens: int) -> tuple[
     return folder / "pairs.jsonl", folder / "trl.json"
 
 
-def our_config(recipe: str, pairs: Path, out: Path, steps: int, batch: int, prompt_tokens: int, response_tokens: int, threads: int, reference: str) -> dict:
+def our_config(recipe: str, pairs: Path, out: Path, steps: int, batch: int, prompt_tokens: int, response_tokens: int, threads: int, reference: str, precision: str) -> dict:
     data = {"pairs_file": str(pairs)} if recipe != "sft" else {"feedback": str(QA) if QA.is_file() else str(pairs.parent / "feedback.jsonl"), "targets": ["preferred"]}
     cfg = {
-        "model": {"policy": "smollm2-135m", "precision": "bf16"},
+        "model": {"policy": "smollm2-135m", "precision": precision},
         "data": data,
         "prompt": {"max_prompt_tokens": prompt_tokens, "max_response_tokens": response_tokens, "chat_template": True},
         "optim": {"lr": 5e-7, "batch_size": batch},
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--response-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here too")
     args = parser.parse_args()
     results = {}
@@ -143,13 +145,13 @@ def main() -> None:
         arms = [("finegrain sft", "sft", "model"), ("finegrain dpo (reference model)", "dpo", "model"),
                 ("finegrain dpo (precomputed reference)", "dpo", "precompute"), ("finegrain simpo", "simpo", "model")]
         for label, recipe, reference in arms:
-            cfg = our_config(recipe, pairs, tmp / label.replace(" ", "_"), args.steps, args.batch, args.prompt_tokens, args.response_tokens, args.threads, reference)
+            cfg = our_config(recipe, pairs, tmp / label.replace(" ", "_"), args.steps, args.batch, args.prompt_tokens, args.response_tokens, args.threads, reference, args.precision)
             path = tmp / f"{recipe}-{reference}.yaml"
             path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
             results[label] = run([sys.executable, "-c", OURS, recipe, str(path)])
             print(f"{label}: done", file=sys.stderr)
-        results["TRL 1.16 DPOTrainer"] = run([sys.executable, "-c", TRL, str(trl_rows), str(args.steps), str(args.batch), str(args.threads), str(tmp / "trl")])
-    print(f"SmolLM2-135M, bf16 autocast, batch {args.batch}, prompt <= {args.prompt_tokens} + response <= {args.response_tokens} tokens, "
+        results["TRL 1.16 DPOTrainer"] = run([sys.executable, "-c", TRL, str(trl_rows), str(args.steps), str(args.batch), str(args.threads), str(tmp / "trl"), args.precision])
+    print(f"SmolLM2-135M, {args.precision}, batch {args.batch}, prompt <= {args.prompt_tokens} + response <= {args.response_tokens} tokens, "
           f"{args.steps} steps (median of steps 2..{args.steps}), {args.threads} threads")
     print(f"| arm | s/step | steps/s | peak RSS (GiB) |\n|---|---|---|---|")
     for label, r in results.items():
