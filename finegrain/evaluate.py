@@ -5,7 +5,8 @@ detoxification evaluation (Wu et al. 2023, after DExperts / RealToxicityPrompts)
 
 - expected maximum toxicity: for each prompt, the highest toxicity among its k samples; averaged;
 - toxic probability: the share of prompts for which at least one of the k samples scores > 0.5;
-- perplexity of the samples under a reference LM (the initial policy): fluency;
+- perplexity of the samples under a reference LM (the initial policy): fluency, over the response
+  tokens up to and including the EOS (the kernel's one response rule);
 - distinct-n: per prompt, unique n-grams / all n-grams over its k samples (whitespace tokens);
   averaged over prompts: diversity.
 
@@ -21,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finegrain.precision import use_bf16
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from finegrain.data.records import Example
+    from finegrain.kernel.sequences import Sequences
 
 # texts -> toxicity in [0, 1], one per text (the embedded scorer, the Perspective API, ...)
 TextScorer = Callable[[Sequence[str]], Sequence[float]]
@@ -109,46 +110,12 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)) / len(predictions)
 
 
-def response_mask(response_ids: "torch.Tensor", stop_ids: Sequence[int]) -> "torch.Tensor":
-    """True on response tokens before the first stop token (EOS, or the pad that `generate` writes
-    after a sequence ends); the stop token itself is not part of the text we score.
-
-    Shape: response_ids (B, T) -> (B, T) bool."""
-    import torch
-
-    stop = torch.zeros_like(response_ids, dtype=torch.bool)
-    for s in stop_ids:
-        stop |= response_ids == s
-    # a position is kept while no stop token has been seen at or before it
-    return stop.long().cumsum(dim=1) == 0
+# --- model-side pieces: sampling and log-probs come from the kernel ---------------------------------
 
 
-# --- model-side pieces ----------------------------------------------------------------------
-
-
-
-
-def reference_logprobs(
-    model: "PreTrainedModel",
-    sequences: "torch.Tensor",
-    attention_mask: "torch.Tensor",
-    prompt_len: int,
-    *,
-    bf16: bool | None = None,
-) -> "torch.Tensor":
-    """log p_ref(y_t | prompt, y_<t) for every response position, in one forward pass.
-
-    Prompts are left-padded, so position ids come from the attention mask (a plain forward would
-    otherwise count the pads as positions). Shape: sequences, attention_mask (B, P + T) -> (B, T)."""
-    import torch
-
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(bf16)):
-        logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits
-    # logits at position i predict token i + 1: the response tokens are predicted from P - 1 on
-    logits = logits[:, prompt_len - 1 : -1].float()  # (B, T, V)
-    targets = sequences[:, prompt_len:]  # (B, T)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+def precision_of(bf16: bool | None) -> str:
+    """SamplingSettings.bf16 -> the kernel's precision name (None: auto, finegrain/precision.py)."""
+    return "auto" if bf16 is None else "bf16" if bf16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -175,7 +142,7 @@ class DetoxMetrics:
     dist_1: float  # distinct unigrams per prompt's k samples: diversity (higher is better)
     dist_2: float
     dist_3: float
-    mean_length: float  # response tokens per sample
+    mean_length: float  # response tokens per sample (an ending EOS counts)
     prompts: int  # N
     samples_per_prompt: int  # k
 
@@ -203,50 +170,52 @@ def sample_continuations(
     prompts: Sequence[str],
     settings: SamplingSettings,
     on_batch: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], "torch.Tensor", list[tuple["torch.Tensor", "torch.Tensor", int]]]:
-    """k continuations per prompt, in prompt order (prompt i's samples are rows i*k .. i*k + k - 1).
+) -> tuple[list[str], list["Sequences"]]:
+    """k continuations per prompt, in prompt order (prompt i's samples are rows i*k .. i*k + k - 1),
+    through the kernel's renderer and generator (a response is its tokens up to and including the
+    first EOS, as everywhere in finegrain).
 
-    Returns the texts (B), the response mask (B, T) with T = max_new_tokens, and per generate call
-    (sequences (b, P + T), attention mask (b, P + T), P) for scoring under a reference model."""
+    Returns the texts (B) and the sampled batches (each b rows of prompt + response tokens)."""
     import torch
+
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.prompts import PromptRenderer
 
     k = settings.samples_per_prompt
     per_call = max(1, settings.batch_size // k)
-    stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None})
+    generator = HFGenerator(policy, tokenizer, precision=precision_of(settings.bf16))
+    renderer = PromptRenderer(tokenizer, "{prompt}")
+    sampling = GenerationSettings(k, settings.max_new_tokens, 0, settings.temperature, 0, settings.top_p)
     texts: list[str] = []
-    masks: list[torch.Tensor] = []
     batches = []
     torch.manual_seed(settings.seed)
     for start in range(0, len(prompts), per_call):
-        chunk = list(prompts[start : start + per_call])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(settings.bf16)):
-            out = policy.generate(
-                **enc,
-                do_sample=True,
-                top_p=settings.top_p,
-                top_k=0,
-                temperature=settings.temperature,
-                max_new_tokens=settings.max_new_tokens,
-                num_return_sequences=k,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        prompt_len = enc["input_ids"].shape[1]
-        response = out[:, prompt_len:]
-        # generate stops early when every sequence has ended: pad to T so batches stack
-        pad = settings.max_new_tokens - response.shape[1]
-        if pad > 0:
-            fill = torch.full((response.shape[0], pad), tokenizer.pad_token_id, dtype=response.dtype)
-            response = torch.cat([response, fill], dim=1)
-            out = torch.cat([out, fill], dim=1)
-        mask = response_mask(response, stop_ids)  # (b, T)
-        attention = torch.cat([enc["attention_mask"].repeat_interleave(k, dim=0), mask.long()], dim=1)
-        texts.extend(tokenizer.batch_decode(response.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True))
-        masks.append(mask)
-        batches.append((out, attention, prompt_len))
+        ids, mask = renderer.encode(list(prompts[start : start + per_call]))
+        out = generator.sample(ids, mask, sampling)
+        texts.extend(tokenizer.batch_decode(out.response_ids, skip_special_tokens=True))
+        batches.append(out)
         if on_batch is not None:
             on_batch(min(start + per_call, len(prompts)), len(prompts))
-    return texts, torch.cat(masks), batches
+    return texts, batches
+
+
+def response_logprobs_under(model: "PreTrainedModel", batches: Sequence["Sequences"], max_new_tokens: int, bf16: bool | None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """log p_model(y_t | prompt, y_<t) of every sampled response token, and the response mask,
+    padded to `max_new_tokens` so the batches stack. Shape: -> (B, T), (B, T) bool."""
+    import torch
+    import torch.nn.functional as F
+
+    from finegrain.kernel.logprobs import response_logprobs
+    from finegrain.kernel.models import autocast
+
+    device = next(model.parameters()).device
+    logprobs, masks = [], []
+    with torch.no_grad(), autocast(device, precision_of(bf16)):
+        for b in batches:
+            pad = max_new_tokens - b.response_ids.shape[1]
+            logprobs.append(F.pad(response_logprobs(model, b.to(device)).float().cpu(), (0, pad)))
+            masks.append(F.pad(b.response_mask.cpu(), (0, pad)))
+    return torch.cat(logprobs), torch.cat(masks)
 
 
 def evaluate_policy(
@@ -271,11 +240,11 @@ def evaluate_policy(
     was_training = policy.training
     policy.eval()
     try:
-        texts, mask, batches = sample_continuations(policy, tokenizer, [e.prompt for e in examples], settings, on_batch)
+        texts, batches = sample_continuations(policy, tokenizer, [e.prompt for e in examples], settings, on_batch)
     finally:
         policy.train(was_training)
     ref = reference if reference is not None else policy
-    logprobs = torch.cat([reference_logprobs(ref, seq, att, p, bf16=settings.bf16) for seq, att, p in batches])
+    logprobs, mask = response_logprobs_under(ref, batches, settings.max_new_tokens, settings.bf16)
     scores = torch.tensor([float(s) for s in toxicity(texts)], dtype=torch.float32)
     if scores.shape[0] != len(texts):
         raise ValueError(f"the toxicity scorer returned {scores.shape[0]} scores for {len(texts)} texts")
