@@ -1,8 +1,11 @@
-"""`finegrain eval POLICY`: sample k continuations per prompt and print the detoxification metrics."""
+"""`finegrain eval POLICY`: sample k continuations per prompt and print the detoxification metrics,
+toxicity under the training scorer and under the independent judge."""
 
 from __future__ import annotations
 
 import argparse
+
+from finegrain.rewards.cli import add_threads_argument, check_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompts", type=int, default=None, help="evaluate only the first N prompts")
     parser.add_argument("--reference", default="smollm2-135m", help="LM under which perplexity is measured (default: the initial policy)")
     parser.add_argument("--scorer", default="profanity-check",
-                        help="toxicity scorer: profanity-check (embedded), perspective, or an HF classifier")
+                        help="training toxicity scorer (avg_max_toxicity, ...): profanity-check (embedded, the detox reward), "
+                        "perspective, or an HF classifier")
+    parser.add_argument("--judge", default="judge",
+                        help="independent toxicity judge (judge_avg_max_toxicity, ...): judge (shipped, on the embedded MiniLM), "
+                        "a folder from `finegrain rm judge`, any --scorer value, or none (default: judge)")
     parser.add_argument("--samples", "-k", type=int, default=4, help="samples per prompt (default: 4)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="sample length in tokens (default: 32)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
@@ -23,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast even where the hardware emulates it")
     parser.add_argument("--out", default=None, help="folder for metrics.json and samples.jsonl")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_threads_argument(parser)
     parser.set_defaults(func=_eval)
 
 
@@ -38,13 +46,21 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--top-p: {args.top_p} is outside (0, 1]")
     if args.temperature <= 0:
         raise ConfigError(f"--temperature: {args.temperature} must be positive")
+    check_threads(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from finegrain.rewards.rm_common import torch_threads
+
+    _check(args)
+    with torch_threads(args.threads):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    _check(args)
     from finegrain.config import ConfigError
     from finegrain.data.load import load_examples
     from finegrain.evaluate import SamplingSettings, evaluate_policy, write_eval
@@ -60,11 +76,15 @@ def _eval(args: argparse.Namespace) -> int:
         examples = examples[: args.max_prompts]
     if not examples:
         raise ConfigError(f"--prompts: {prompts_file} holds no prompt")
+    scorer = load_scorer(args.scorer)
+    judge = None if args.judge == "none" else load_scorer(args.judge)
     policy, tokenizer = load_policy(args.policy)
     reference = policy if args.reference == args.policy else load_policy(args.reference)[0]
     settings = SamplingSettings(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, bf16=False if args.fp32 else (True if args.bf16 else None))
-    result = evaluate_policy(policy, tokenizer, examples, load_scorer(args.scorer), reference=reference, settings=settings)
+                                temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
+                                bf16=False if args.fp32 else (True if args.bf16 else None))
+    result = evaluate_policy(policy, tokenizer, examples, scorer, judge=judge, reference=reference,
+                             settings=settings)
     if args.out:
         write_eval(result, args.out)
     m = result.metrics
@@ -73,5 +93,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.policy} on {m.prompts} prompts x {m.samples_per_prompt} samples ({prompts_file})")
         for key, value in m.to_json().items():
-            print(f"  {key:18s} {value:.4f}" if isinstance(value, float) else f"  {key:18s} {value}")
+            if value is None:
+                continue
+            print(f"  {key:24s} {value:.4f}" if isinstance(value, float) else f"  {key:24s} {value}")
     return 0

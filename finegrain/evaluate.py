@@ -10,6 +10,10 @@ detoxification evaluation (Wu et al. 2023, after DExperts / RealToxicityPrompts)
 - distinct-n: per prompt, unique n-grams / all n-grams over its k samples (whitespace tokens);
   averaged over prompts: diversity.
 
+Toxicity is measured by the training scorer (the reward's, `avg_max_toxicity`, ...) and, when one
+is given, by an independent judge the policy was never trained on (`judge_avg_max_toxicity`, ...;
+finegrain.rewards.judge): a policy can learn the reward scorer's blind spots, not the judge's.
+
 Shape legend: N prompts, k samples per prompt, B sequences (N * k), P prompt length,
 T response length.
 """
@@ -145,6 +149,12 @@ class DetoxMetrics:
     mean_length: float  # response tokens per sample (an ending EOS counts)
     prompts: int  # N
     samples_per_prompt: int  # k
+    # the same three toxicity figures under the independent judge; None when evaluated without one
+    judge_avg_max_toxicity: float | None = None
+    judge_toxic_probability: float | None = None
+    judge_mean_toxicity: float | None = None
+    scorer: str | None = None  # name of the training scorer (avg_max_toxicity, ...), when known
+    judge: str | None = None  # name of the judge (judge_*), when there is one
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +165,8 @@ class Sample:
     prompt_id: str
     prompt: str
     text: str  # the continuation, without the prompt
-    toxicity: float
+    toxicity: float  # under the training scorer
+    judge_toxicity: float | None = None  # under the judge, when there is one
 
 
 @dataclass
@@ -224,14 +235,16 @@ def evaluate_policy(
     examples: Sequence["Example"],
     toxicity: TextScorer,
     *,
+    judge: TextScorer | None = None,
     reference: "PreTrainedModel | None" = None,
     settings: SamplingSettings = SamplingSettings(),
     on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Sample k continuations per prompt and compute the detoxification metrics.
 
-    Toxicity is scored on the continuation alone, as in the paper. Perplexity is under `reference`
-    (the initial policy), or under `policy` itself when none is given."""
+    Toxicity is scored on the continuation alone, as in the paper, by `toxicity` (the training
+    scorer) and by `judge` when given. Perplexity is under `reference` (the initial policy), or under
+    `policy` itself when none is given."""
     import torch
 
     if not examples:
@@ -245,10 +258,9 @@ def evaluate_policy(
         policy.train(was_training)
     ref = reference if reference is not None else policy
     logprobs, mask = response_logprobs_under(ref, batches, settings.max_new_tokens, settings.bf16)
-    scores = torch.tensor([float(s) for s in toxicity(texts)], dtype=torch.float32)
-    if scores.shape[0] != len(texts):
-        raise ValueError(f"the toxicity scorer returned {scores.shape[0]} scores for {len(texts)} texts")
+    scores = _score_texts(toxicity, texts, "the toxicity scorer")  # (B,)
     by_prompt = scores.view(len(examples), k)  # (N, k)
+    judged = _score_texts(judge, texts, "the judge") if judge is not None else None  # (B,)
     texts_by_prompt = [texts[i * k : (i + 1) * k] for i in range(len(examples))]
     metrics = DetoxMetrics(
         avg_max_toxicity=expected_max_toxicity(by_prompt),
@@ -261,11 +273,35 @@ def evaluate_policy(
         mean_length=mean_length(mask),
         prompts=len(examples),
         samples_per_prompt=k,
+        **(_judge_metrics(judged.view(len(examples), k)) if judged is not None else {}),
+        scorer=getattr(toxicity, "name", None),
+        judge=getattr(judge, "name", None) if judge is not None else None,
     )
     samples = [
-        Sample(examples[i // k].id, examples[i // k].prompt, text, float(scores[i])) for i, text in enumerate(texts)
+        Sample(examples[i // k].id, examples[i // k].prompt, text, float(scores[i]),
+               float(judged[i]) if judged is not None else None)
+        for i, text in enumerate(texts)
     ]
     return EvalResult(metrics, samples)
+
+
+def _score_texts(scorer: TextScorer, texts: list[str], what: str) -> "torch.Tensor":
+    """Shape: B texts -> (B,)."""
+    import torch
+
+    scores = torch.tensor([float(s) for s in scorer(texts)], dtype=torch.float32)
+    if scores.shape[0] != len(texts):
+        raise ValueError(f"{what} returned {scores.shape[0]} scores for {len(texts)} texts")
+    return scores
+
+
+def _judge_metrics(by_prompt: "torch.Tensor") -> dict[str, float]:
+    """The judge's toxicity figures. Shape: by_prompt (N, k)."""
+    return {
+        "judge_avg_max_toxicity": expected_max_toxicity(by_prompt),
+        "judge_toxic_probability": toxic_probability(by_prompt),
+        "judge_mean_toxicity": float(by_prompt.mean()),
+    }
 
 
 def write_eval(result: EvalResult, out_dir: str | Path) -> None:

@@ -156,3 +156,4 @@ def load_encoder(name: str = DEFAULT_ENCODER, *, cache: Path | None = None) -> t
     path = resolve_model(name, cache)
     model = AutoModel.from_pretrained(path)
     return model.eval(), load_tokenizer(name, padding_side="right", cache=cache)
+

@@ -1,8 +1,13 @@
-"""`finegrain rm train|eval|split`: train, evaluate and split data for reward models."""
+"""`finegrain rm train|eval|judge|split`: train and evaluate reward models, build the toxicity judge,
+split data."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finegrain.rewards.card import RMCard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +37,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="span RMs: P(error) threshold (default: the card's)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass")
     p.add_argument("--device", help="torch device")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p)
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the model's card")
     p.add_argument("--categories-file", help="YAML/JSON taxonomy")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "judge",
+        help="build the independent toxicity judge (MiniLM embeddings + a head distilled from Perspective)",
+        description="Embed every prompt and continuation of a RealToxicityPrompts file with a frozen encoder, fit a "
+        "small head to their Perspective toxicity scores, and write head.safetensors and judge.json to --out. "
+        "The HELDOUT prompts with the smallest SHA-1 (the PPO runs' split rule) are never trained on; the metrics "
+        "on them are printed and kept in the card. The shipped judge: "
+        "finegrain rm judge --data ../shared/data/realtoxicityprompts/prompts.jsonl --out finegrain/assets/toxicity_judge --force",
+    )
+    p.add_argument("--data", required=True, help="RealToxicityPrompts JSONL with Perspective scores (e.g. ../shared/data/realtoxicityprompts/prompts.jsonl)")
+    p.add_argument("--out", required=True, help="folder to write the judge to")
+    p.add_argument("--backbone", default="minilm-l6", help="frozen encoder: embedded name, local path or hub id (default: minilm-l6)")
+    p.add_argument("--heldout", type=int, default=800, help="prompts held out by the hash rule, never trained on (default: 800)")
+    p.add_argument("--validation", type=int, default=400, help="of the rest, prompts that choose the head (default: 400)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder forward pass (default: 64)")
+    p.add_argument("--fp32", action="store_true", help="embed without bf16 autocast (default: bf16 where the device has fast bf16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_threads_argument(p)
+    p.set_defaults(func=_judge)
 
     p = sub.add_parser(
         "split",
@@ -50,6 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-out", required=True)
     p.add_argument("--eval-out", required=True)
     p.set_defaults(func=_split)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`, applied by `with torch_threads(args.threads)` (finegrain.rewards.rm_common)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, one per core; 1 is faster on a crowded machine)")
+
+
+def check_threads(args: argparse.Namespace) -> None:
+    from finegrain.config import ConfigError
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: {args.threads} must be at least 1")
 
 
 def _taxonomy(path: str | None):
@@ -96,18 +135,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from finegrain.rewards.card import RMCard
+    from finegrain.rewards.rm_common import torch_threads
+
+    check_threads(args)
+    card = RMCard.load(args.model)
+    with torch_threads(args.threads):
+        return _eval_rm(args, card)
+
+
+def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
     import dataclasses
 
     from finegrain.data.load import load_examples
     from finegrain.errors import TrainingError
     from finegrain.io import atomic_write_json
-    from finegrain.rewards.card import RMCard, load_reward_model
+    from finegrain.rewards.card import load_reward_model
 
-    card = RMCard.load(args.model)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     examples = load_examples(args.file, _taxonomy(args.categories_file))
     _quiet_transformers()
     rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)
@@ -153,6 +197,37 @@ def _format_metrics(metrics: dict) -> str:
             value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
         lines.append(f"  {key}: {value}")
     return "\n".join(lines)
+
+
+def _judge(args: argparse.Namespace) -> int:
+    import shlex
+
+    from finegrain.config import ConfigError
+    from finegrain.rewards.judge import build_judge
+    from finegrain.rewards.rm_common import torch_threads
+
+    check_threads(args)
+    for name in ("heldout", "validation", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)} must be at least 1")
+    _quiet_transformers()
+    command = shlex.join(["finegrain", "rm", "judge", "--data", str(args.data), "--out", str(args.out), "--backbone", args.backbone,
+                          "--heldout", str(args.heldout), "--validation", str(args.validation), "--seed", str(args.seed),
+                          *(["--fp32"] if args.fp32 else [])])
+    with torch_threads(args.threads):
+        card = build_judge(args.data, args.out, backbone=args.backbone, heldout=args.heldout, validation=args.validation,
+                           batch_size=args.batch_size, bf16=False if args.fp32 else None, seed=args.seed, force=args.force, command=command,
+                           say=lambda line: print(line, flush=True))
+    head = card["head"]
+    print(f"saved the judge ({head['kind']} head{', ' + str(head['hidden']) + ' hidden' if head['hidden'] else ''}, "
+          f"weight decay {head['weight_decay']}, on {card['backbone']}) to {args.out} in {card['seconds']['total']} s")
+    print(f"texts: {card['data']['texts']}; prompts: {card['data']['prompts']}")
+    print("held-out agreement with Perspective (toxic: > 0.5):")
+    for scorer, parts in card["metrics"]["heldout"].items():
+        for part, m in parts.items():
+            print(f"  {scorer:16s} {part:13s} ROC-AUC {m['roc_auc']:.3f}  Spearman {m['spearman']:.3f}  "
+                  f"({m['texts']} texts, {m['toxic']} toxic)")
+    return 0
 
 
 def _split(args: argparse.Namespace) -> int:

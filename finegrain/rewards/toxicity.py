@@ -1,9 +1,12 @@
 """Toxicity as a reward: scorers (text -> P(toxic)) and the dense / holistic reward sources on top.
 
-Three scorers share one interface, `ToxicityScorer`: a `name` and `__call__(texts) -> list of
+Four scorers share one interface, `ToxicityScorer`: a `name` and `__call__(texts) -> list of
 probabilities in [0, 1]`:
 
-- `ProfanityCheckScorer`: the embedded `alt-profanity-check` linear model (offline, fast);
+- `ProfanityCheckScorer`: the embedded `alt-profanity-check` linear model (offline, fast): the
+  detox reward;
+- `JudgeScorer` (finegrain.rewards.judge): the independent judge, a small head on the embedded
+  MiniLM distilled from Perspective's scores on RealToxicityPrompts: for evaluation, never a reward;
 - `PerspectiveScorer` (finegrain.rewards.perspective): Google's Perspective API, as in the paper;
 - `HFClassifierScorer`: any Hugging Face sequence classifier, by hub id or local path.
 
@@ -25,7 +28,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from finegrain.errors import MissingPackageError
@@ -34,6 +38,7 @@ from finegrain.rewards.base import SegmentScores, pack_segment_scores
 if TYPE_CHECKING:
     from finegrain.data.records import Example
 
+JUDGE_CARD = "judge.json"  # what makes a folder a judge folder (finegrain.rewards.judge.CARD_FILE)
 ToxicityMode = Literal["dense", "holistic"]
 TOXICITY_MODES = ("dense", "holistic")
 
@@ -116,6 +121,14 @@ class ProfanityCheckScorer:
         return score_with_cache(self.cache, texts, lambda new: self._predict_prob(new).tolist(), self.name)
 
 
+def batches_by_length(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `texts` in batches of similar lengths (shortest first): little compute is spent
+    on padding."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
 class HFClassifierScorer:
     """Any `AutoModelForSequenceClassification` (hub id, local path or embedded name) as a scorer.
 
@@ -171,13 +184,10 @@ class HFClassifierScorer:
     def _score(self, texts: list[str]) -> list[float]:
         import torch
 
-        # batches of similar lengths waste little compute on padding
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [0.0] * len(texts)
         autocast = torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
-            for i in range(0, len(order), self.batch_size):
-                rows = order[i : i + self.batch_size]
+            for rows in batches_by_length(texts, self.batch_size):
                 batch = self.tokenizer(
                     [texts[r] for r in rows], padding=True, truncation=True,
                     max_length=self.max_length, return_tensors="pt",
@@ -196,10 +206,19 @@ class HFClassifierScorer:
 
 
 def load_scorer(spec: str, toxic_label: str | int | None = None) -> ToxicityScorer:
-    """"profanity-check" (embedded), "perspective" (API key from $PERSPECTIVE_API_KEY), or an HF
-    classifier's hub id / local path."""
+    """"profanity-check" (embedded), "judge" (the shipped independent judge, on the embedded
+    MiniLM), "perspective" (API key from $PERSPECTIVE_API_KEY), a judge folder written by
+    `finegrain rm judge`, or an HF classifier's hub id / local path."""
     if spec == "profanity-check":
         return ProfanityCheckScorer()
+    if spec == "judge":
+        from finegrain.rewards.judge import JudgeScorer
+
+        return JudgeScorer()
+    if spec.startswith("judge:") or (Path(spec).expanduser() / JUDGE_CARD).is_file():
+        from finegrain.rewards.judge import JudgeScorer
+
+        return JudgeScorer(Path(spec.removeprefix("judge:")).expanduser())
     if spec == "perspective":
         from finegrain.rewards.perspective import PerspectiveScorer
 
