@@ -15,9 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
     "train": ("finegrain.recipes.cli", "train a policy: sft, dpo, simpo, or ppo (fine-grained or holistic rewards)"),
     "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
-    "demo": ("finegrain.rl.demo_cli", "the detoxification demo: holistic vs fine-grained PPO on the embedded models"),
+    "demo": ("finegrain.experiments.detox.demo_cli", "the detoxification demo: holistic vs fine-grained PPO on the embedded models"),
     "eval": ("finegrain.eval_cli", "evaluate a policy on prompts: toxicity, perplexity, diversity"),
-    "report": ("finegrain.rl.report_cli", "compare runs: report.md table and curves.png"),
+    "report": ("finegrain.experiments.detox.report_cli", "compare runs: report.md table and curves.png"),
 }
 
 

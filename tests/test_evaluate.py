@@ -1,4 +1,5 @@
-"""Evaluation metrics on hand-made inputs, and evaluate_policy on a tiny random model."""
+"""Evaluation metrics (the generic ones and the detox experiment's) on hand-made inputs, and the
+detox experiment's evaluate_policy on a tiny random model."""
 
 from __future__ import annotations
 
@@ -8,17 +9,12 @@ import pytest
 import torch
 
 from finegrain.data.records import Example
-from finegrain.evaluate import (
+from finegrain.evaluate import SamplingSettings, distinct_n, mean_length, perplexity, response_logprobs_under, rouge_l
+from finegrain.experiments.detox.metrics import (
     DetoxMetrics,
-    SamplingSettings,
-    distinct_n,
     evaluate_policy,
     expected_max_toxicity,
-    mean_length,
-    perplexity,
     read_metrics,
-    response_logprobs_under,
-    rouge_l,
     toxic_probability,
     write_eval,
 )
