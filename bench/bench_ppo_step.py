@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_ppo_step.py                       # holistic and fine-grained, shared value head
     .venv/bin/python bench/bench_ppo_step.py --value-model separate --modes dense
+    .venv/bin/python bench/bench_ppo_step.py --code /tmp/ppo-before . --repeat 3   # an older commit's worktree vs this one
 
 The setting of DESIGN.md's "What a step costs here": the embedded SmolLM2-135M, 32 responses x 20
 new tokens per step (8 RealToxicityPrompts prompts x 4 samples, EOS forbidden before 20 tokens so
@@ -36,20 +37,19 @@ CHILD = """
 import json, resource, sys
 from finegrain.config import load_config
 from finegrain.rl.config import TrainConfig
-from finegrain.rl.metrics import read_metrics
 from finegrain.rl.trainer import run_training
 cfg = load_config(TrainConfig, sys.argv[1])
 out = run_training(cfg)
-rows = [r for r in read_metrics(out / "metrics.jsonl") if "time/step" in r]
+rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "time/step" in r]
 peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print("RESULT " + json.dumps({"rows": rows, "peak_rss_gib": peak_gib}))
 """
 
 
-def config(mode: str, value_model: str, steps: int, out: Path, threads: int, epochs: int) -> dict:
+def config(mode: str, value_model: str, steps: int, out: Path, threads: int, epochs: int, precision: str = "bf16") -> dict:
     data = {"prompts": str(RTP), "max_prompt_tokens": 64} if RTP.is_file() else {"prompt_list": FALLBACK_PROMPTS}
     return {
-        "model": {"policy": "smollm2-135m", "value_model": value_model, "precision": "bf16"},
+        "model": {"policy": "smollm2-135m", "value_model": value_model, "precision": precision},
         "data": data,
         "sampling": {"max_new_tokens": 20, "min_new_tokens": 20, "samples_per_prompt": 4},
         "ppo": {"prompts_per_step": 8, "epochs": epochs, "minibatch_size": 32, "grad_accum": 1, "forward_batch_size": 32},
@@ -58,13 +58,17 @@ def config(mode: str, value_model: str, steps: int, out: Path, threads: int, epo
     }
 
 
-def run_one(mode: str, value_model: str, steps: int, threads: int, epochs: int) -> dict:
+def run_one(mode: str, value_model: str, steps: int, threads: int, epochs: int, precision: str = "bf16", code: Path | None = None) -> dict:
+    """One configuration in a fresh process; `code`: the checkout whose finegrain runs (default: this one)."""
+    import os
+
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
         cfg_path = Path(tmp) / "c.yaml"
-        cfg_path.write_text(yaml.safe_dump(config(mode, value_model, steps, Path(tmp) / "run", threads, epochs)))
-        done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_path)], capture_output=True, text=True)
+        cfg_path.write_text(yaml.safe_dump(config(mode, value_model, steps, Path(tmp) / "run", threads, epochs, precision)))
+        env = {**os.environ, "PYTHONPATH": str(code or Path(__file__).resolve().parents[1])}
+        done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_path)], capture_output=True, text=True, env=env, cwd=code)
         if done.returncode != 0:
             raise SystemExit(f"{mode}/{value_model} failed:\n{done.stderr[-3000:]}")
         line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
@@ -81,19 +85,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per run, the first one a warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 4], help="PPO epochs per rollout (one optimiser step each)")
+    parser.add_argument("--precision", default="bf16", help="model.precision of every run (bf16, fp32; auto where the code knows it)")
+    parser.add_argument("--code", type=Path, nargs="+", default=[None],
+                        help="checkouts to compare side by side (e.g. a `git worktree` of an older commit, then this one); runs alternate between them")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration per checkout, alternating")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = []
     settings = [(e, v, m) for e in args.epochs for v in args.value_model for m in args.modes]
-    for epochs, value_model, mode in settings:
-        r = run_one(mode, value_model, args.steps, args.threads, epochs)
+    runs = [(e, v, m, code) for e, v, m in settings for _ in range(args.repeat) for code in args.code]
+    for epochs, value_model, mode, code in runs:
+        r = run_one(mode, value_model, args.steps, args.threads, epochs, args.precision, code)
+        r["code"] = str(code or "this checkout")
         results.append(r)
         phases = "  ".join(f"{p.split('/')[1]} {r[p]:.2f}s" for p in PHASES)
         print(
-            f"{mode:<9} epochs={epochs} value={value_model:<8} {phases}  "
+            f"{r['code']:<24} {mode:<9} epochs={epochs} value={value_model:<8} {phases}  "
             f"peak RSS {r['peak_rss_gib']:.2f} GiB  (median of {r['steps_measured']})",
             flush=True,
         )
+    if len(args.code) > 1:  # the ratio of each checkout's median step time to the first's, per setting
+        for e, v, m in settings:
+            base = statistics.median(r["time/step"] for r in results if (r["epochs"], r["value_model"], r["mode"], r["code"]) == (e, v, m, str(args.code[0])))
+            for code in args.code[1:]:
+                t = statistics.median(r["time/step"] for r in results if (r["epochs"], r["value_model"], r["mode"], r["code"]) == (e, v, m, str(code)))
+                print(f"{m} epochs={e} value={v}: {code} / {args.code[0]} step time = {t / base:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

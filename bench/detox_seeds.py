@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from finegrain.rl.report import moving_average, summarize_run  # noqa: E402
+from finegrain.experiments.detox.report import moving_average, summarize_run  # noqa: E402
 
 RUNS = ("holistic", "finegrained")
 FIGURES = ("avg_max_toxicity", "toxic_probability", "perplexity", "dist_2", "dist_3")

@@ -14,7 +14,7 @@ run the same command again after an interruption. Jobs run in priority order (`p
 a study cut short still holds the most important comparisons.
 
 Prompt sets: `shipped` (finegrain/assets/detox_prompts*.jsonl) and `rtp` (RealToxicityPrompts from
-../shared/data, split by `finegrain.rl.detox.load_detox_split`: the 100 prompts with the smallest SHA-1
+../shared/data, split by `finegrain.experiments.detox.task.load_detox_split`: the 100 prompts with the smallest SHA-1
 held out).
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from finegrain.rl.report import moving_average, summarize_run  # noqa: E402
+from finegrain.experiments.detox.report import moving_average, summarize_run  # noqa: E402
 
 FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 RTP = ROOT.parent / "shared" / "data" / "realtoxicityprompts" / "prompts.jsonl"
@@ -82,7 +82,7 @@ def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds:
 
 def prompt_files(out: Path, prompts: str) -> tuple[Path, Path]:
     """(training prompts, held-out prompts) as files."""
-    from finegrain.rl.detox import load_detox_split, shipped_prompt_files, write_prompts
+    from finegrain.experiments.detox.task import load_detox_split, shipped_prompt_files, write_prompts
 
     if prompts == "shipped":
         return shipped_prompt_files()

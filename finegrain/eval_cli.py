@@ -63,10 +63,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from finegrain.config import ConfigError
     from finegrain.data.load import load_examples
-    from finegrain.evaluate import SamplingSettings, evaluate_policy, write_eval
+    from finegrain.evaluate import SamplingSettings
+    from finegrain.experiments.detox.metrics import evaluate_policy, write_eval
     from finegrain.models import load_policy
     from finegrain.rewards.toxicity import load_scorer
-    from finegrain.rl.detox import shipped_prompt_files
+    from finegrain.experiments.detox.task import shipped_prompt_files
 
     prompts_file = Path(args.prompts) if args.prompts else shipped_prompt_files()[1]
     if not prompts_file.is_file():

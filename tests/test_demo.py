@@ -13,9 +13,9 @@ import yaml
 from finegrain.cli import main
 from finegrain.config import ConfigError, load_config
 from finegrain.data.records import Example
-from finegrain.evaluate import DetoxMetrics
+from finegrain.experiments.detox.metrics import DetoxMetrics
 from finegrain.rl.config import TrainConfig
-from finegrain.rl.detox import (
+from finegrain.experiments.detox.task import (
     SHARED,
     detox_config,
     detox_overrides,
@@ -25,7 +25,7 @@ from finegrain.rl.detox import (
     split_by_hash,
     toxicity_from_row,
 )
-from finegrain.rl.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
+from finegrain.experiments.detox.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 

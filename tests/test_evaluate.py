@@ -1,4 +1,5 @@
-"""Evaluation metrics on hand-made inputs, and evaluate_policy on a tiny random model."""
+"""Evaluation metrics (the generic ones and the detox experiment's) on hand-made inputs, and the
+detox experiment's evaluate_policy on a tiny random model."""
 
 from __future__ import annotations
 
@@ -8,18 +9,12 @@ import pytest
 import torch
 
 from finegrain.data.records import Example
-from finegrain.evaluate import (
+from finegrain.evaluate import SamplingSettings, distinct_n, mean_length, perplexity, response_logprobs_under, rouge_l
+from finegrain.experiments.detox.metrics import (
     DetoxMetrics,
-    SamplingSettings,
-    distinct_n,
     evaluate_policy,
     expected_max_toxicity,
-    mean_length,
-    perplexity,
     read_metrics,
-    reference_logprobs,
-    response_mask,
-    rouge_l,
     toxic_probability,
     write_eval,
 )
@@ -96,11 +91,9 @@ def test_perplexity_is_token_weighted_and_ignores_masked_positions():
         perplexity(logprobs, mask[:, :2])
 
 
-def test_response_mask_stops_before_the_first_stop_token():
-    ids = torch.tensor([[5, 6, 2, 2], [5, 2, 7, 2], [5, 6, 7, 8], [0, 5, 6, 7]])
-    expected = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
-    assert torch.equal(response_mask(ids, [2, 0]), expected)
-    assert mean_length(expected) == pytest.approx((2 + 1 + 4 + 0) / 4)
+def test_mean_length_counts_the_masked_tokens():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    assert mean_length(mask) == pytest.approx((3 + 2 + 4 + 0) / 4)
 
 
 def test_rouge_l():
@@ -116,21 +109,23 @@ def test_rouge_l():
 
 
 def test_reference_logprobs_with_left_padding_match_unpadded_forwards():
+    from finegrain.kernel.sequences import Sequences
+
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))
     prompts = ["the cat sat on the mat", "you idiot"]
     responses = [[10, 11, 12], [13, 14, 15]]
     enc = tok(prompts, return_tensors="pt", padding=True)
-    seq = torch.cat([enc["input_ids"], torch.tensor(responses)], dim=1)
-    att = torch.cat([enc["attention_mask"], torch.ones(2, 3, dtype=torch.long)], dim=1)
-    got = reference_logprobs(model, seq, att, enc["input_ids"].shape[1], bf16=False)  # (2, 3)
+    batch = Sequences(enc["input_ids"], enc["attention_mask"].bool(), torch.tensor(responses), torch.ones(2, 3, dtype=torch.bool))
+    got, mask = response_logprobs_under(model, [batch], 5, bf16=False)  # (2, 5): padded to 5
+    assert mask.tolist() == [[True] * 3 + [False] * 2] * 2 and (got[:, 3:] == 0).all()
     for b, prompt in enumerate(prompts):
         ids = torch.tensor([tok(prompt)["input_ids"] + responses[b]])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
         p = ids.shape[1] - 3
         want = torch.stack([logp[p - 1 + t, responses[b][t]] for t in range(3)])
-        assert torch.allclose(got[b], want, atol=1e-5), (b, got[b], want)
+        assert torch.allclose(got[b, :3], want, atol=1e-5), (b, got[b], want)
 
 
 def _bad_word_share(texts):

@@ -135,7 +135,7 @@ def test_rm_judge_builds_a_judge_that_loads_and_scores(tiny_judge, capsys):
 def test_the_judge_holds_out_the_prompts_the_policies_are_evaluated_on(tiny_judge):
     """The judge's held-out prompts are `load_detox_split`'s (the demo's), and include those of any
     smaller held-out set: the judge is never trained on a prompt a policy is evaluated on."""
-    from finegrain.rl.detox import load_detox_split
+    from finegrain.experiments.detox.task import load_detox_split
 
     data, _, _ = tiny_judge
     split = split_rtp(data, 10, 8)
@@ -166,7 +166,7 @@ def test_rm_judge_refuses_to_overwrite_and_names_bad_input(tiny_judge, tmp_path,
 def test_eval_reports_both_scorers_with_threads(tiny_judge, tmp_path, monkeypatch, capsys):
     from tests.rl_helpers import PROMPTS, make_tiny_policy
 
-    import finegrain.evaluate as evaluate
+    import finegrain.experiments.detox.metrics as evaluate
 
     _, _, judge = tiny_judge
     policy = make_tiny_policy(tmp_path / "policy")

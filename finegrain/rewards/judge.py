@@ -11,7 +11,7 @@ blind spots, so the evaluation needs a second scorer the policy never saw. The j
 - trained by distillation: soft-label binary cross-entropy against the Perspective toxicity score
   of every prompt and continuation text of RealToxicityPrompts (two labelled texts per record).
 
-Split (one rule for the judge and for the PPO runs' prompts): `finegrain.rl.detox.load_detox_split`,
+Split (one rule for the judge and for the PPO runs' prompts): `finegrain.experiments.detox.task.load_detox_split`,
 i.e. `split_by_hash` on the prompt text. The `heldout` prompts with the smallest SHA-1 (800 of
 4,000 by default) are never trained on, neither their prompt text nor their continuation; any
 `finegrain demo detox --prompts <the same file> --heldout N` with N <= 800 holds out a subset of
@@ -146,7 +146,7 @@ class JudgeSplit:
 def split_rtp(path: str | Path, heldout: int = DEFAULT_HELDOUT, validation: int = DEFAULT_VALIDATION) -> JudgeSplit:
     """The judge's three sides of a RealToxicityPrompts file, by the PPO runs' own split rule."""
     from finegrain.data.load import detect_format
-    from finegrain.rl.detox import load_detox_split, split_by_hash
+    from finegrain.experiments.detox.task import load_detox_split, split_by_hash
 
     path = Path(path)
     if not path.is_file():
@@ -388,7 +388,7 @@ def build_judge(
                  "optimizer": "full-batch AdamW", "seed": seed, "bf16_features": encoder.bf16},
         "data": {"file": str(data), "sha256": _sha256(Path(data)),
                  "texts": {name: len(texts) for name, texts in sides.items()}, "prompts": split.prompts},
-        "split": (f"finegrain.rl.detox.load_detox_split(file, heldout={heldout}) (split_by_hash: the {heldout} prompts with the "
+        "split": (f"finegrain.experiments.detox.task.load_detox_split(file, heldout={heldout}) (split_by_hash: the {heldout} prompts with the "
                   f"smallest SHA-1 of their text are held out), then split_by_hash(train, {validation}) for validation; "
                   "a prompt's continuation stays on its side"),
         "selection": {"rule": "highest validation ROC-AUC, then refitted on training + validation", "tried": tried},

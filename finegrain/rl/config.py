@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
+from finegrain.kernel.config import RunConfig
 
 REWARD_KINDS = ("toxicity", "rm")
 TOXICITY_MODES = ("dense", "holistic")
@@ -21,7 +22,6 @@ KL_ESTIMATORS = ("k1", "k3")
 REWARD_NORMS = ("none", "batch", "running", "segment")
 VALUE_MODELS = ("shared", "separate")
 PRECISIONS = ("auto", "bf16", "fp32")
-TRACKERS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -48,8 +48,9 @@ class DataConfig(ConfigBase):
     prompt_list: list[str] = field(default_factory=list, metadata={"help": "plain prompts, used when `prompts` is not set"})
     eval_prompts: int = field(default=0, metadata={"help": "prompts held out of training for evaluation (0: no evaluation)"})
     max_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts of the file (after the held-out split)"})
-    max_prompt_tokens: int = field(default=128, metadata={"help": "longer prompts keep their last tokens"})
-    template: str = field(default="{prompt}", metadata={"help": "how a prompt is shown to the policy; {prompt} is replaced"})
+    max_prompt_tokens: int = field(default=128, metadata={"help": "prompt token budget: passages lose sentences from the end first, the question is never cut"})
+    template: str = field(default="{prompt}", metadata={"help": "how an example is shown to the policy: {prompt}/{question}, {passages}"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap the rendered prompt in the tokenizer's chat template, if it has one"})
     ptx: str | None = field(
         default=None,
         metadata={"help": "PPO-ptx: file of texts for the pretraining/SFT loss (prompt + reference, or its first response)"},
@@ -60,8 +61,9 @@ class DataConfig(ConfigBase):
         check_range(self, "max_prompt_tokens", 1)
         if self.max_prompts is not None:
             check_range(self, "max_prompts", 1)
-        if "{prompt}" not in self.template:
-            raise ConfigError(f"{self._path + '.' if self._path else ''}template: {self.template!r} must contain {{prompt}}")
+        from finegrain.kernel.prompts import check_template
+
+        check_template(self.template, f"{self._path + '.' if self._path else ''}template")
 
 
 @dataclass
@@ -159,13 +161,14 @@ class RewardConfig(ConfigBase):
     std: float | None = field(default=None, metadata={"help": "standardize: score std (default: the RM card's)"})
     reward_ok: float = field(default=0.3, metadata={"help": "binary: reward of a segment without error"})
     reward_error: float = field(default=-0.3, metadata={"help": "binary: reward of a segment with an error"})
-    threshold: float = field(default=0.5, metadata={"help": "binary: P(error) above which a segment has an error"})
+    threshold: float | None = field(default=None, metadata={"help": "binary: P(error) above which a segment has an error (default: the RM card's, else 0.5)"})
 
     def __post_init__(self) -> None:
         check_choice(self, "kind", REWARD_KINDS)
         check_choice(self, "mode", TOXICITY_MODES)
         check_choice(self, "mapping", MAPPINGS)
-        check_range(self, "threshold", 0.0, 1.0)
+        if self.threshold is not None:
+            check_range(self, "threshold", 0.0, 1.0)
         if self.kind == "rm" and not self.path:
             raise ConfigError(f"{self._path + '.' if self._path else ''}path: a reward source of kind 'rm' needs the RM folder")
         if self.std is not None:
@@ -178,32 +181,6 @@ class RewardConfig(ConfigBase):
         if self.kind == "rm" and self.path:
             return Path(self.path).name
         return self.kind
-
-
-@dataclass
-class RunConfig(ConfigBase):
-    out: str = field(default="runs/ppo", metadata={"help": "run folder: metrics, checkpoints, final/ and best/ policies"})
-    seed: int = field(default=0, metadata={"help": "seed of every random number generator"})
-    steps: int = field(default=100, metadata={"help": "PPO steps (one rollout and its update each)"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate on the held-out prompts every N steps (0: never)"})
-    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (oldest deleted first)"})
-    log_with: list[str] = field(default_factory=list, metadata={"help": "extra trackers: tensorboard, wandb"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA"})
-    threads: int = field(
-        default=0,
-        metadata={"help": "CPU threads for torch in this process (0: torch's default); 1 is much faster on a busy shared CPU"},
-    )
-
-    def __post_init__(self) -> None:
-        check_range(self, "steps", 1)
-        check_range(self, "eval_every", 0)
-        check_range(self, "save_every", 0)
-        check_range(self, "keep_checkpoints", 1)
-        check_range(self, "threads", 0)
-        for i, tracker in enumerate(self.log_with):
-            if tracker not in TRACKERS:
-                raise ConfigError(f"{self._path + '.' if self._path else ''}log_with[{i}]: {tracker!r} is not allowed; choose from {', '.join(TRACKERS)}")
 
 
 @dataclass

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from finegrain.config import ConfigError
-    from finegrain.rl.demo import DemoConfig, run_demo
+    from finegrain.experiments.detox.demo import DemoConfig, run_demo
 
     task, *overrides = args.task
     overrides += args.settings

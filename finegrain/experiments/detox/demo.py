@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from finegrain.data.records import Example
-    from finegrain.evaluate import EvalResult, SamplingSettings, TextScorer
+    from finegrain.evaluate import SamplingSettings
+    from finegrain.experiments.detox.metrics import EvalResult, TextScorer
 
 INITIAL = "initial"
 LABELS = {INITIAL: "Initial policy", "holistic": "Holistic RLHF", "finegrained": "Fine-grained RLHF"}
@@ -50,7 +51,7 @@ class DemoConfig(ConfigBase):
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
 
     def __post_init__(self) -> None:
-        from finegrain.rl.detox import MODES
+        from finegrain.experiments.detox.task import MODES
 
         check_range(self, "steps", 1)
         check_range(self, "heldout", 1)
@@ -129,7 +130,7 @@ def evaluate_into(
     settings: "SamplingSettings",
     say: Progress,
 ) -> "EvalResult":
-    from finegrain.evaluate import evaluate_policy, write_eval
+    from finegrain.experiments.detox.metrics import evaluate_policy, write_eval
 
     n = len(prompts)
     say(f"{label}: sampling {settings.samples_per_prompt} continuations for each of {n} held-out prompts")
@@ -155,7 +156,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
 
     from finegrain.models import load_policy
     from finegrain.rewards.toxicity import ProfanityCheckScorer
-    from finegrain.rl.detox import detox_config, load_detox_split, shipped_prompt_files, write_prompts
+    from finegrain.experiments.detox.task import detox_config, load_detox_split, shipped_prompt_files, write_prompts
 
     say = Progress()
     if cfg.threads:
@@ -219,8 +220,8 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
 
 def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_heldout: int,
                       timings: dict[str, float], argv: list[str] | None) -> Path:
-    from finegrain.rl.detox import SHARED
-    from finegrain.rl.report import summarize_run, write_report
+    from finegrain.experiments.detox.task import SHARED
+    from finegrain.experiments.detox.report import summarize_run, write_report
 
     groups: dict[str, list] = {}
     for seed in cfg.seeds:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finegrain.evaluate import DetoxMetrics, read_metrics
+from finegrain.experiments.detox.metrics import DetoxMetrics, read_metrics
 
 EVAL_DIR = "eval"
 
@@ -55,7 +55,7 @@ def _source_name(folder: Path) -> str:
 
 
 def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
-    from finegrain.rl.detox import toxicity_from_row
+    from finegrain.experiments.detox.task import toxicity_from_row
 
     folder = Path(folder)
     if not folder.is_dir():

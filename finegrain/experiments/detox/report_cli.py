@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from finegrain.config import ConfigError
-    from finegrain.rl.report import summarize_run, write_report
+    from finegrain.experiments.detox.report import summarize_run, write_report
 
     if args.label and len(args.label) != len(args.runs):
         raise ConfigError(f"--label: {len(args.label)} labels for {len(args.runs)} runs")
