@@ -56,7 +56,7 @@ def first(c: TestClient, kind: str, title_part: str = "") -> dict:
 
 def span_body(task: dict, spans=(), key="k1", base=0, **extra) -> dict:
     body = {"response_index": task["responses"][0]["index"], "spans": list(spans), "missing": [], "corrected": None,
-            "no_error": not spans, "idempotency_key": key, "base_version": base}
+            "no_error": not spans and not extra.get("missing"), "idempotency_key": key, "base_version": base}
     return {**body, **extra}
 
 
@@ -352,7 +352,7 @@ def test_export_is_clean_finegrain_jsonl_with_annotations_and_preferences(env):
     judgements = [{"a": p["a"], "b": p["b"], "outcome": (p["a"] + p["b"]) % 3, "shown_left": p["left"]} for p in cmp_["pairs"]]
     assert post(c, f"/api/tasks/{cmp_['id']}/submit", {"judgements": judgements, "idempotency_key": "c", "base_version": 0}, cmp_["csrf_token"]).status_code == 200
     out = env["tmp"] / "export.jsonl"
-    assert export(env["engine"], out) == 1
+    assert export(env["engine"], out).records == 1
     examples, problems = read_examples(out)
     assert problems == []
     (ex,) = load_examples(out)

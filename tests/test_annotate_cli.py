@@ -30,7 +30,7 @@ def dburl(tmp_path):
 
 
 def make_token(capsys, dburl, name, role="annotator") -> str:
-    code, out, _ = run(capsys, "annotate", "token", "create", name, "--role", role, "--db", dburl)
+    code, out, _ = run(capsys, "annotate", "token", "create", name, "--role", role, "--db", dburl, "--create")
     assert code == 0
     return out.strip()
 
@@ -60,7 +60,9 @@ def test_import_qa_feedback_and_assign_per_task(capsys, dburl, tmp_path):
     write_qa_feedback(qa, examples)
     code, out, _ = run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")
     assert code == 0 and "imported 3 examples as 6 tasks; 0 new assignments" in out
-    assert "imported 0 examples" in run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")[1]
+    assert "kept the file's own feedback: 3 annotations and 0 preferences" in out
+    again = run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")[1]
+    assert "imported 0 examples" in again and "skipped 3 examples already in the database" in again
     code, out, _ = run(capsys, "annotate", "assign", "--annotators", "a,b", "--per-task", "1", "--db", dburl)
     assert code == 0 and out.startswith("6 new assignments")
     engine = db.make_engine(dburl)
@@ -81,7 +83,7 @@ def test_import_qa_feedback_and_assign_per_task(capsys, dburl, tmp_path):
 def test_import_refuses_a_bad_file_listing_the_problem(capsys, dburl, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "prompt": 3, "responses": [{"text": "t"}]}\n')
-    code, _, err = run(capsys, "annotate", "import", str(bad), "--db", dburl)
+    code, _, err = run(capsys, "annotate", "import", str(bad), "--db", dburl, "--create")
     assert code == 2 and "prompt" in err and "bad.jsonl" in err
 
 

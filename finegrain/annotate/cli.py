@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p = token.add_parser("create", help="create a user and print their token (shown once, stored hashed)")
     p.add_argument("name")
-    p.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    p.add_argument("--role", choices=["annotator", "reviewer", "admin"], default="annotator")
     _db(p)
     p.set_defaults(func=_token_create)
     p = token.add_parser("revoke", help="revoke a user's token and end their sessions (their work stays)")
@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-compare", action="store_true", help="do not make a pairwise-comparison task per example")
     p.add_argument("--no-assign", action="store_true", help="do not assign the new tasks to every annotator")
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="do not keep the file's own annotations and preferences (by default they are stored as the submissions "
+        "of a read-only source account per annotator name, e.g. 'source', and count in export and agreement)",
+    )
     p.set_defaults(func=_import)
 
     p = sub.add_parser("assign", help="assign tasks to annotators (default: every task to every annotator)")
@@ -63,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("export", help="export annotations as finegrain JSONL")
     _db(p)
-    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--out", required=True, help="output .jsonl (a new file; see --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link, device or folder)")
     p.add_argument("--all-versions", action="store_true", help="every submitted version, not only the latest")
     p.set_defaults(func=_export)
 
@@ -79,13 +86,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy database URL (default: {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy database URL (default: {DEFAULT_DB}, in the current folder)")
+    p.add_argument("--create", action="store_true", help="create the database if it does not exist (otherwise a missing one is an error)")
 
 
 def _engine(args: argparse.Namespace):
-    from finegrain.annotate.db import make_engine
+    """The database of --db, refused when it does not exist unless --create; says which it used."""
+    import sys
 
-    return make_engine(args.db)
+    from finegrain.annotate.db import describe, make_engine
+    from finegrain.config import ConfigError
+
+    try:
+        engine = make_engine(args.db, create=args.create)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print(f"finegrain annotate: database {describe(args.db)}", file=sys.stderr)
+    return engine
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,9 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from finegrain.annotate.server import ServerConfig, create_app
 
+    from finegrain.annotate.db import describe
+
     config = ServerConfig(db_url=args.db, trusted_origins=tuple(args.trusted_origin), secure_cookies=args.secure_cookies)
-    app = create_app(config)
-    print(f"finegrain annotate: serving {args.db} on http://{args.host}:{args.port}", flush=True)
+    app = create_app(config, _engine(args))
+    print(f"finegrain annotate: serving {describe(args.db)} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
@@ -119,19 +138,25 @@ def _token_revoke(args: argparse.Namespace) -> int:
 def _users(args: argparse.Namespace) -> int:
     from finegrain.annotate.store import progress
 
-    for u in progress(_engine(args))["annotators"]:
+    found = progress(_engine(args))
+    for u in found["annotators"]:
         state = " (revoked)" if u["revoked"] else ""
         print(f"{u['name']}\t{u['role']}{state}\t{u['done']}/{u['total']} tasks done")
+    for u in found["staff"]:
+        state = " (revoked)" if u["revoked"] else ""
+        print(f"{u['name']}\t{u['role']}{state}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from finegrain.annotate.importer import import_file
 
-    added, tasks, made = import_file(
-        _engine(args), args.file, annotate=args.annotate, compare=not args.no_compare, assign_all=not args.no_assign
+    report = import_file(
+        _engine(args), args.file, annotate=args.annotate, compare=not args.no_compare, assign_all=not args.no_assign,
+        keep_feedback=not args.no_feedback,
     )
-    print(f"imported {added} examples as {tasks} tasks; {made} new assignments")
+    for line in report.lines():
+        print(line)
     return 0
 
 
@@ -146,8 +171,12 @@ def _assign(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from finegrain.annotate.export import export
 
-    n = export(_engine(args), args.out, all_versions=args.all_versions)
-    print(f"wrote {n} records to {args.out}")
+    import sys
+
+    result = export(_engine(args), args.out, all_versions=args.all_versions, force=args.force)
+    print(f"wrote {result.records} records to {args.out}")
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
     return 0
 
 
