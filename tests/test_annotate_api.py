@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from annotate_helpers import EMOJI, XSS, login, page_data, write_examples
+from annotate_helpers import DATABASES, EMOJI, XSS, database_url, login, page_data, write_examples
 from finegrain.annotate import auth, db, store
 from finegrain.annotate.export import build_examples, export
 from finegrain.annotate.importer import import_file
@@ -18,9 +18,9 @@ from finegrain.data.load import load_examples, read_examples
 ORIGIN = "http://testserver"
 
 
-@pytest.fixture()
-def env(tmp_path):
-    url = f"sqlite:///{tmp_path / 'a.db'}"
+@pytest.fixture(params=DATABASES)
+def env(request, tmp_path):
+    url = database_url(request.param, tmp_path)
     engine = db.make_engine(url)
     tokens = {
         "alice": auth.create_token(engine, "alice"),
