@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("agreement", help="inter-annotator agreement per category (kappa, span F1, pairwise kappa)")
     _db(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--by", choices=["item", "annotator"], help="one row per item (task) or per annotator instead of per category")
     p.set_defaults(func=_agreement)
 
 
@@ -183,8 +184,12 @@ def _export(args: argparse.Namespace) -> int:
 def _agreement(args: argparse.Namespace) -> int:
     import json
 
-    from finegrain.annotate.agreement import agreement, format_report
+    from finegrain.annotate.agreement import agreement, agreement_by, format_by, format_report
 
+    if args.by:
+        rows = agreement_by(_engine(args), args.by)
+        print(json.dumps(rows, indent=2) if args.json else format_by(rows, args.by))
+        return 0
     report = agreement(_engine(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
