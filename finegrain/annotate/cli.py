@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .jsonl (a new file; see --force)")
     p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link, device or folder)")
     p.add_argument("--all-versions", action="store_true", help="every submitted version, not only the latest")
+    p.add_argument(
+        "--adjudicated",
+        choices=["with", "only", "without"],
+        default="with",
+        help="reviewers' adjudicated versions (records '<id>#adjudicated', meta.adjudicated true): with the "
+        "annotators' records (default), only them, or without them",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("backup", help="copy a SQLite database safely while the server runs (WAL included)")
@@ -174,7 +181,7 @@ def _export(args: argparse.Namespace) -> int:
 
     import sys
 
-    result = export(_engine(args), args.out, all_versions=args.all_versions, force=args.force)
+    result = export(_engine(args), args.out, all_versions=args.all_versions, force=args.force, adjudicated=args.adjudicated)
     print(f"wrote {result.records} records to {args.out}")
     for line in result.skipped:
         print(f"skipped: {line}", file=sys.stderr)

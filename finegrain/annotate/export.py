@@ -160,12 +160,12 @@ def write_new_file(out: str | Path, data: bytes, *, force: bool) -> None:
 
 
 def export(engine: Engine, out: str | Path, *, all_versions: bool = False, force: bool = False,
-           taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> ExportResult:
+           taxonomy: Taxonomy = DEFAULT_TAXONOMY, adjudicated: str = "with") -> ExportResult:
     """Write the export atomically to a new file (or, with `force`, over a regular file); returns the
     number of records and the submissions left out because today's rules refuse them (made by an
     older version of the app, e.g. an empty annotation without an explicit no_error)."""
     check_destination(out, force=force)
-    examples, skipped = build_checked(engine, all_versions=all_versions, taxonomy=taxonomy)
+    examples, skipped = build_checked(engine, all_versions=all_versions, taxonomy=taxonomy, adjudicated=adjudicated)
     write_new_file(out, "".join(to_jsonl_line(ex) for ex in examples).encode("utf-8"), force=force)
     return ExportResult(len(examples), skipped)
 
@@ -185,13 +185,47 @@ def _payload_problem(row, data: dict, taxonomy: Taxonomy) -> str | None:
     return f"{c.problems[0].field}: {c.problems[0].message}"
 
 
-def build_checked(engine: Engine, *, all_versions: bool = False, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> tuple[list[Example], list[str]]:
-    """build_examples, each record checked by the rules `finegrain data check` applies; a record that
-    fails is left out and named, so the file always passes the check."""
+def adjudicated_examples(engine: Engine) -> list[Example]:
+    """One record per example with an adjudicated response: id `<example id>#adjudicated`, the
+    latest adjudication of each of its tasks as the annotation (annotator: the reviewer), and
+    `meta.adjudicated: true` with the reviewer, the version and the annotator versions it merged."""
+    from finegrain.annotate.review import latest_adjudications
+
+    by_example: dict[int, list] = {}
+    for r in latest_adjudications(engine):
+        by_example.setdefault(r.example_pk, []).append(r)
+    out = []
+    for rows in by_example.values():
+        data = json.loads(rows[0].data)
+        annotations = {r.response_index: _annotation(json.loads(r.payload), r.reviewer) for r in rows}
+        responses = tuple(Response(t, annotations.get(i)) for i, t in enumerate(data["responses"]))
+        passages = tuple(Passage(p["title"], tuple(p["sentences"])) for p in data["passages"])
+        meta = {
+            **(data.get("meta") or {}),
+            "example_id": rows[0].ext_id,
+            "adjudicated": True,
+            "adjudications": [
+                {"task": r.task_id, "version": r.version, "reviewer": r.reviewer, "record_id": r.id, "adjudicated_at": r.created_at,
+                 "based_on": json.loads(r.payload).get("based_on", {})}
+                for r in rows
+            ],
+        }
+        out.append(Example(f"{rows[0].ext_id}#adjudicated", data["prompt"], responses, passages, (), data.get("reference"), meta))
+    return out
+
+
+def build_checked(engine: Engine, *, all_versions: bool = False, taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+                  adjudicated: str = "with") -> tuple[list[Example], list[str]]:
+    """build_examples (and adjudicated_examples: `adjudicated` "with", "only" or "without"), each
+    record checked by the rules `finegrain data check` applies; a record that fails is left out and
+    named, so the file always passes the check."""
     from finegrain.data.jsonl import example_to_json, parse_example
 
     good, skipped = [], []
-    for ex in build_examples(engine, all_versions=all_versions, taxonomy=taxonomy, skipped=skipped):
+    records = [] if adjudicated == "only" else build_examples(engine, all_versions=all_versions, taxonomy=taxonomy, skipped=skipped)
+    if adjudicated != "without":
+        records += adjudicated_examples(engine)
+    for ex in records:
         c = Collector("export")
         if parse_example(c, example_to_json(ex), taxonomy) is None:
             subs = ", ".join(f"task {s['task']} v{s['version']}" for s in ex.meta.get("submissions", []))

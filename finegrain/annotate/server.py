@@ -27,7 +27,7 @@ from markupsafe import Markup
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from finegrain.annotate import auth, store
+from finegrain.annotate import auth, review, store
 from finegrain.annotate.db import make_engine
 from finegrain.annotate.validate import MAX_BODY_BYTES, Invalid
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
@@ -127,7 +127,8 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
         response = await call_next(request)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
-        if request.url.path.startswith("/api/") or request.url.path in ("/", "/admin") or request.url.path.startswith("/task/"):
+        path = request.url.path
+        if path.startswith(("/api/", "/task/", "/review")) or path in ("/", "/admin"):
             response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -292,7 +293,15 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
         return {"user": s.user.name, "role": s.user.role, "csrf_token": s.csrf_token, **found}
 
     def admin_data(s: auth.Session) -> dict:
-        return {"user": s.user.name, "role": s.user.role, "csrf_token": s.csrf_token, **store.progress(engine)}
+        from finegrain.annotate.agreement import agreement_by
+
+        return {"user": s.user.name, "role": s.user.role, "csrf_token": s.csrf_token, **store.progress(engine),
+                "agreement": agreement_by(engine, "annotator"), "review_tasks": len(review.review_queue(engine))}
+
+    def need_role(s: auth.Session, roles: tuple[str, ...], api: bool) -> None:
+        if s.user.role not in roles:
+            msg = f"{' or '.join(roles)} only"
+            raise _Refused(_error(403, msg) if api else HTMLResponse(msg, status_code=403))
 
     @app.get("/")
     async def queue_page(request: Request):
@@ -319,7 +328,124 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
             return HTMLResponse("admins only", status_code=403)
         return render("admin.html", await run_in_threadpool(admin_data, s))
 
+    @app.get("/review")
+    async def review_list_page(request: Request):
+        s = await session(request, page=True)
+        need_role(s, review.REVIEW_ROLES, api=False)
+        tasks = await run_in_threadpool(review.review_queue, engine)
+        return render("review.html", {"user": s.user.name, "role": s.user.role, "csrf_token": s.csrf_token, "tasks": tasks})
+
+    @app.get("/review/{task_id}")
+    async def merge_page(request: Request, task_id: int):
+        check_id(task_id)
+        s = await session(request, page=True)
+        need_role(s, review.REVIEW_ROLES, api=False)
+        try:
+            data = await run_in_threadpool(review.review_json, engine, task_id, s.csrf_token, config.taxonomy)
+        except store.NotFound as err:
+            return HTMLResponse(str(err), status_code=404)
+        return render("merge.html", {**data, "user": s.user.name, "role": s.user.role})
+
     # --- API --------------------------------------------------------------------------------
+
+    @app.get("/api/review")
+    async def api_review_list(request: Request):
+        s = await session(request, page=False)
+        need_role(s, review.REVIEW_ROLES, api=True)
+        return {"tasks": await run_in_threadpool(review.review_queue, engine), "csrf_token": s.csrf_token}
+
+    @app.get("/api/review/{task_id}")
+    async def api_review(request: Request, task_id: int):
+        check_id(task_id)
+        s = await session(request, page=False)
+        need_role(s, review.REVIEW_ROLES, api=True)
+        try:
+            return await run_in_threadpool(review.review_json, engine, task_id, s.csrf_token, config.taxonomy)
+        except store.NotFound as err:
+            return _error(404, str(err))
+
+    @app.post("/api/review/{task_id}/adjudicate")
+    async def api_adjudicate(request: Request, task_id: int):
+        check_id(task_id)
+        s = await post_session(request)
+        need_role(s, review.REVIEW_ROLES, api=True)
+        body = await read_json(request)
+        try:
+            stored = await run_in_threadpool(review.adjudicate, engine, task_id, s.user.id, body, config.taxonomy)
+        except Invalid as err:
+            return _error(422, str(err))
+        except store.NotFound as err:
+            return _error(404, str(err))
+        except store.Conflict as err:
+            return _error(409, str(err))
+        log.info("adjudicated: task %d version %d by %s", task_id, stored.version, s.user.name)
+        return {"version": stored.version, "record_id": stored.record_id}
+
+    @app.get("/api/admin/agreement")
+    async def api_agreement(request: Request):
+        from finegrain.annotate.agreement import agreement, agreement_by
+
+        s = await session(request, page=False)
+        need_role(s, ("admin",), api=True)
+        by = request.query_params.get("by")
+        if by is None:
+            return await run_in_threadpool(agreement, engine, config.taxonomy)
+        if by not in ("item", "annotator"):
+            return _error(422, f"by: {by[:40]!r} is not one of item, annotator")
+        return {"by": by, "rows": await run_in_threadpool(agreement_by, engine, by, config.taxonomy)}
+
+    @app.get("/api/admin/export")
+    async def api_export(request: Request):
+        from finegrain.annotate.export import build_checked
+        from finegrain.data.jsonl import to_jsonl_line
+
+        s = await session(request, page=False)
+        need_role(s, ("admin",), api=True)
+        which = request.query_params.get("adjudicated", "with")
+        if which not in ("with", "only", "without"):
+            return _error(422, f"adjudicated: {which[:40]!r} is not one of with, only, without")
+        examples, skipped = await run_in_threadpool(lambda: build_checked(engine, taxonomy=config.taxonomy, adjudicated=which))
+        body = "".join(to_jsonl_line(ex) for ex in examples).encode("utf-8")
+        log.info("export: %d records by %s (%d skipped)", len(examples), s.user.name, len(skipped))
+        return Response(body, media_type="application/x-ndjson", headers={
+            "Content-Disposition": 'attachment; filename="feedback.jsonl"', "X-Records": str(len(examples)),
+            "X-Skipped": str(len(skipped))})
+
+    @app.post("/api/admin/tokens")
+    async def api_token_create(request: Request):
+        """The CLI's `token create`, with the same checks (auth.create_token); the token is shown once."""
+        from finegrain.config import ConfigError
+
+        s = await post_session(request)
+        need_role(s, ("admin",), api=True)
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"name", "role"} or not isinstance(body.get("name"), str):
+            return _error(422, 'body: expected {"name": "...", "role": "annotator|reviewer|admin"}')
+        role = body.get("role", "annotator")
+        try:
+            token = await run_in_threadpool(auth.create_token, engine, body["name"], role if isinstance(role, str) else repr(role))
+        except ConfigError as err:
+            return _error(422, str(err))
+        log.info("token: created for %s (%s) by %s", body["name"], role, s.user.name)
+        return {"name": body["name"], "role": role, "token": token}
+
+    @app.post("/api/admin/tokens/revoke")
+    async def api_token_revoke(request: Request):
+        from finegrain.config import ConfigError
+
+        s = await post_session(request)
+        need_role(s, ("admin",), api=True)
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) != {"name"} or not isinstance(body["name"], str):
+            return _error(422, 'body: expected {"name": "..."}')
+        if body["name"] == s.user.name:
+            return _error(422, "name: you cannot revoke your own token here (another admin, or the CLI, can)")
+        try:
+            await run_in_threadpool(auth.revoke_token, engine, body["name"])
+        except ConfigError as err:
+            return _error(422, str(err))
+        log.info("token: revoked %s by %s", body["name"], s.user.name)
+        return {"revoked": body["name"]}
 
     @app.get("/api/queue")
     async def api_queue(request: Request):
