@@ -256,7 +256,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> FastAPI:
             return response
         cookie, sess = result
         log.info("login: %s (%s) from %s", sess.user.name, sess.user.role, client)
-        response = RedirectResponse("/admin" if sess.user.role != "annotator" else "/", status_code=303)
+        response = RedirectResponse({"admin": "/admin", "reviewer": "/review"}.get(sess.user.role, "/"), status_code=303)
         set_cookie(response, auth.SESSION_COOKIE, cookie, max_age=auth.SESSION_SECONDS)
         response.delete_cookie(auth.LOGIN_CSRF_COOKIE, path="/login")
         return response

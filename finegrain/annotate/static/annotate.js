@@ -99,7 +99,6 @@ function addSpan(category) {
   selectedSpan = st().spans.indexOf(st().spans.find((x) => x.start === span.start && x.end === span.end));
   warn('');
   render();
-  document.querySelector(`#span-list li[data-index="${selectedSpan}"] input.explanation`)?.focus();
 }
 
 function removeSpan(i) {
