@@ -86,6 +86,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the copy, a new SQLite file")
     p.set_defaults(func=_backup)
 
+    p = sub.add_parser("suggest", help="order the queues by the trained reward models' uncertainty (uncertainty sampling)")
+    _db(p)
+    p.add_argument("--rm", nargs="+", required=True, metavar="DIR", help="trained RM folders (span and/or pairwise; several seeds of one category add their disagreement)")
+    p.add_argument("--apply", action="store_true", help="store the priorities: every queue lists the most uncertain examples first")
+    p.add_argument("--top", type=int, default=20, help="how many examples to print (default 20)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    p.add_argument("--json", action="store_true", help="print every example's priority as JSON")
+    p.set_defaults(func=_suggest)
+
+    p = sub.add_parser("unsuggest", help="forget the priorities of `suggest --apply`: queues go back to import order")
+    _db(p)
+    p.set_defaults(func=_unsuggest)
+
     p = sub.add_parser("agreement", help="inter-annotator agreement per category (kappa, span F1, pairwise kappa)")
     _db(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -199,6 +212,33 @@ def _agreement(args: argparse.Namespace) -> int:
         return 0
     report = agreement(_engine(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from dataclasses import asdict
+
+    from finegrain.annotate.suggest import apply_priorities, suggest
+
+    engine = _engine(args)
+    found = suggest(engine, args.rm, device=args.device, log=lambda s: print(s, file=sys.stderr))
+    if args.json:
+        print(json.dumps([asdict(s) for s in found], indent=2))
+    else:
+        for s in found[: args.top]:
+            print(f"{s.priority:.3f}\t{s.example_id}\t{s.where}")
+    if args.apply:
+        print(f"set the priority of {apply_priorities(engine, found)} tasks of {len(found)} examples; queues list the most uncertain first",
+              file=sys.stderr)
+    return 0
+
+
+def _unsuggest(args: argparse.Namespace) -> int:
+    from finegrain.annotate.suggest import clear_priorities
+
+    print(f"cleared the priority of {clear_priorities(_engine(args))} tasks")
     return 0
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
     event,
 )
 
-SCHEMA_VERSION = 2  # 1: the first release; 2: adjudications, the migrations table
+SCHEMA_VERSION = 2  # 1: the first release; 2: adjudications, the migrations table, tasks.priority
 BUSY_TIMEOUT_MS = 30_000
 
 metadata = MetaData()
@@ -78,6 +78,7 @@ tasks = Table(
     Column("kind", String(16), nullable=False),  # annotate | compare
     Column("response_index", Integer),  # annotate tasks: the response to annotate
     Column("created_at", Float, nullable=False),
+    Column("priority", Float),  # set by `annotate suggest`: the queue lists higher first; NULL: import order
     UniqueConstraint("example_id", "kind", "response_index", name="uq_task"),
 )
 
@@ -142,9 +143,13 @@ migrations = Table(
 
 
 def _migrate_1_to_2(conn: Connection) -> None:
-    """Version 2 adds tables (adjudications, migrations) and changes none: nothing to copy."""
+    """Version 2 adds two tables (adjudications, migrations) and one nullable column
+    (tasks.priority); every existing row stays as it was."""
+    from sqlalchemy import text
+
     for table in (adjudications, migrations):
         table.create(conn, checkfirst=True)
+    conn.execute(text("ALTER TABLE tasks ADD COLUMN priority FLOAT"))
 
 
 # from-version -> the step to the next version; each runs in the one transaction of the upgrade

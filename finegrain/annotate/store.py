@@ -373,13 +373,15 @@ def queue_page(engine: Engine, user_id: int, *, status: str | None = None, kind:
 
 
 def queue(engine: Engine, user_id: int) -> list[dict]:
-    """The user's tasks with status todo | draft | done, in import order."""
+    """The user's tasks with status todo | draft | done: by `annotate suggest` priority when set,
+    else in import order."""
     with db.read_tx(engine) as conn:
         rows = conn.execute(
             select(db.tasks.c.id, db.tasks.c.kind, db.tasks.c.response_index, db.examples.c.data, db.examples.c.ext_id)
             .join(db.assignments, and_(db.assignments.c.task_id == db.tasks.c.id, db.assignments.c.user_id == user_id))
             .join(db.examples, db.examples.c.id == db.tasks.c.example_id)
-            .order_by(db.tasks.c.example_id, db.tasks.c.id)
+            # `annotate suggest` priorities first (most uncertain first), then import order
+            .order_by(db.tasks.c.priority.is_(None), db.tasks.c.priority.desc(), db.tasks.c.example_id, db.tasks.c.id)
         ).all()
         done = set(
             conn.execute(select(db.submissions.c.task_id).where(db.submissions.c.user_id == user_id).distinct()).scalars()
