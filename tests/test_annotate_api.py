@@ -35,7 +35,8 @@ def env(request, tmp_path):
         for t in conn.execute(select(db.tasks.c.id).where(db.tasks.c.example_id == last)).scalars().all():
             conn.execute(db.assignments.insert().values(task_id=t, user_id=bob, created_at=0.0))
     app = create_app(ServerConfig(db_url=url, trusted_origins=("https://proxy.example.org",)), engine)
-    return {"engine": engine, "tokens": tokens, "app": app, "url": url, "tmp": tmp_path}
+    yield {"engine": engine, "tokens": tokens, "app": app, "url": url, "tmp": tmp_path}
+    engine.dispose()  # a PostgreSQL server has a connection limit; give this test's back
 
 
 def client_for(env, name: str | None) -> TestClient:

@@ -336,3 +336,17 @@ def test_admin_lands_on_the_admin_page_and_is_not_an_annotator(env):
     assert [a["name"] for a in progress["annotators"]] == ["alice"]
     assert [s["name"] for s in progress["staff"]] == ["boss"]
     assert progress["overall"]["total"] == 122
+
+
+def test_a_draft_may_be_unfinished_but_not_wrong(env):
+    """Drafts skip the rules about finishing (explicit no error, evidence), not the others."""
+    c = client_for(env, "alice")
+    task = grapheme_task(c)
+    url, csrf = f"/api/tasks/{task['id']}/draft", {"X-CSRF-Token": task["csrf_token"]}
+    base = {"response_index": 0, "corrected": "Family.", "idempotency_key": "d", "base_version": 0}
+    r = c.post(url, json={**base, "spans": [], "missing": [{"type": "Missing-Answer", "passage": 1, "sentences": []}], "no_error": False}, headers=csrf)
+    assert r.status_code == 200, r.text
+    r = c.post(url, json={**base, "spans": [span(FAMILY, cut_end=2)], "missing": [], "no_error": False}, headers=csrf)
+    assert r.status_code == 422 and "spans[0].end" in r.json()["error"]
+    r = submit(c, task, {"spans": [], "missing": [], "no_error": False, "corrected": "Family."})
+    assert r.status_code == 422 and "no_error" in r.json()["error"]

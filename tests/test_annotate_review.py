@@ -32,7 +32,8 @@ def env(request, tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [Example("ex-1", "Tell me about tea", (Response(TEXT), Response("Tea.")), passages)])
     import_file(engine, tmp_path / "in.jsonl", compare=False)
     app = create_app(ServerConfig(db_url=url), engine)
-    return {"engine": engine, "tokens": tokens, "app": app, "url": url, "tmp": tmp_path}
+    yield {"engine": engine, "tokens": tokens, "app": app, "url": url, "tmp": tmp_path}
+    engine.dispose()
 
 
 def client_for(env, name: str) -> TestClient:

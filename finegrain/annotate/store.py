@@ -435,7 +435,7 @@ def _body_hash(body: dict) -> str:
 def _payload(conn: Connection, body: dict, task_id: int, user_id: int, user_name: str, taxonomy: Taxonomy, *, partial: bool):
     view = task_view(_task_row(conn, task_id, user_id))
     if view.kind == "annotate":
-        return annotate_payload(body, view, taxonomy)
+        return annotate_payload(body, view, taxonomy, partial=partial)
     return compare_payload(body, view, user_name, partial=partial)
 
 
@@ -494,6 +494,15 @@ def _replay(found, task_id: int, body_hash: str, key: str) -> Stored:
 def save_draft(engine: Engine, task_id: int, user_id: int, user_name: str, body: dict, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> None:
     """Keep the user's work in progress (last write wins). A draft based on an older version than the
     latest submission is refused, so a late draft request never hides submitted work."""
+    try:
+        _write_draft(engine, task_id, user_id, user_name, body, taxonomy)
+    except IntegrityError:
+        # two drafts of one (task, user) inserted at once (PostgreSQL has no process lock): the
+        # other one made the row; last write wins, so write again, as an update this time
+        _write_draft(engine, task_id, user_id, user_name, body, taxonomy)
+
+
+def _write_draft(engine: Engine, task_id: int, user_id: int, user_name: str, body: dict, taxonomy: Taxonomy) -> None:
     _key, base = envelope(body)
     with db.write_tx(engine) as conn:
         payload = _payload(conn, body, task_id, user_id, user_name, taxonomy, partial=True)

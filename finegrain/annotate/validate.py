@@ -91,7 +91,7 @@ ANNOTATE_FIELDS = {"response_index", "spans", "missing", "corrected", "no_error"
 COMPARE_FIELDS = {"judgements", "idempotency_key", "base_version"}
 
 
-def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
+def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy, *, partial: bool = False) -> dict:
     """The body's shape is checked here; what it says is checked by the rules every reader of
     annotations shares (`finegrain.data.annotations.check_annotation`)."""
     _only(body, ANNOTATE_FIELDS, "")
@@ -130,7 +130,7 @@ def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
     corrected = _str(body, "corrected", "", optional=True, limit=MAX_BODY_BYTES)
     c = Collector("body")
     passages = tuple(Passage(title, sentences) for title, sentences in task.passages)
-    if not check_annotation(c, spans, missing, no_error, text, passages, taxonomy):
+    if not check_annotation(c, spans, missing, no_error, text, passages, taxonomy, complete=not partial):
         p = c.problems[0]
         more = f" (and {len(c.problems) - 1} more)" if len(c.problems) > 1 else ""
         raise Invalid(f"{p.field}: {p.message}; value {_show(p.value)}{more}")

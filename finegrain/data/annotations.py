@@ -86,9 +86,13 @@ def check_annotation(
     passages: tuple[Passage, ...],
     taxonomy: Taxonomy,
     where: str = "",
+    *,
+    complete: bool = True,
 ) -> bool:
     """Every rule of the module docstring for one annotation: `spans` as (span, quote or None),
-    `no_error` as given (None: not said). Problems go to `c`; True when there were none."""
+    `no_error` as given (None: not said). Problems go to `c`; True when there were none.
+    `complete=False` (a draft, work in progress) leaves out the two rules about finishing: the
+    explicit "no error" and the evidence of a missing-information note."""
     start = len(c.problems)
     pre = f"{where}." if where else ""
     good: list[tuple[int, Span]] = []
@@ -101,10 +105,11 @@ def check_annotation(
         rule = "mark it once" if same and a.category == b.category else "one category per stretch of text (the more severe one)"
         c.add(f"{pre}spans[{j}]", [b.start, b.end, b.category], f"{what} spans[{i}] {[a.start, a.end, a.category]}: {rule}")
     for i, info in enumerate(missing):
-        check_missing(c, info, passages, taxonomy, f"{pre}missing[{i}]")
+        if complete or info.sentences:
+            check_missing(c, info, passages, taxonomy, f"{pre}missing[{i}]")
     if no_error and (spans or missing):
         c.add(f"{pre}no_error", True, f"no_error is true, but {len(spans)} span(s) and {len(missing)} missing-information note(s) are marked")
-    if not no_error and not spans and not missing:
+    if complete and not no_error and not spans and not missing:
         c.add(f"{pre}no_error", no_error, "nothing is marked: mark an error span or a missing-information note, or say no_error: true explicitly")
     return len(c.problems) == start
 
