@@ -21,7 +21,7 @@ def test_twenty_annotators_fifty_each_store_exactly_1000(tmp_path, kill, kind):
     server = ServerProcess(url, free_port(), log=tmp_path / "server.log")
     server.start()
     try:
-        result = run_load(server, tokens, kill_after=400 if kill else None, deadline_s=150)
+        result = run_load(server, tokens, kill_after=400 if kill else None, deadline_s=600)
     finally:
         server.stop()
     assert result.errors == [], (result.errors[:5], (tmp_path / "server.log").read_text()[-2000:])

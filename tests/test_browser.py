@@ -317,7 +317,9 @@ def test_select_span_with_mouse_category_key_submit_and_export(app, browser):
     assert "passage 1, sentence 1" in page.text_content("#missing-list")
     # 5. Correct the response; the draft is saved and says so.
     corrected = EMOJI_RESPONSE.replace("Rome", "Paris").replace(" Many tourists 😍 love taking photos there.", "")
-    page.fill("#corrected", corrected)
+    # wait for the draft that holds the correction (an earlier "Draft saved" may still be shown)
+    with page.expect_response(lambda r: r.url.endswith("/draft") and "is Paris" in (r.request.post_data or ""), timeout=20_000):
+        page.fill("#corrected", corrected)
     page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
     assert "Draft saved" in page.text_content("#draft-status")
     # 6. A reload brings the draft back: spans, the note and the correction.
@@ -535,8 +537,8 @@ def test_explanation_and_note_boxes_survive_reload_and_resubmission(app, browser
     page.click('.sent[data-p="2"][data-s="2"]')  # a second note, with evidence
     notes = page.locator("#missing-list input.note")
     assert notes.count() == 2
-    notes.nth(1).fill("when it was built")
-    page.locator("#draft-status", has_text="Draft saved").wait_for(timeout=10_000)
+    with page.expect_response(lambda r: r.url.endswith("/draft") and "when it was built" in (r.request.post_data or ""), timeout=20_000):
+        notes.nth(1).fill("when it was built")
     page.reload()  # the draft keeps both boxes
     assert page.locator('#span-list li[data-index="0"] input.explanation').input_value() == "the passage says Paris"
     assert page.locator("#missing-list input.note").nth(1).input_value() == "when it was built"
@@ -629,6 +631,7 @@ def test_reviewer_merges_two_annotators_in_the_merge_view(app, browser):
     page = tab.page
     assert page.url == app.base + "/review"
     page.click(f'a[href="/review/{task["id"]}"]')
+    page.wait_for_selector(".annotator-card", timeout=20_000)  # the page's script has run
     cards = page.locator(".annotator-card")
     assert cards.count() == 2  # alice (from the XSS test) and bob
     alice, bob_card = page.locator('.annotator-card[data-annotator="alice"]'), page.locator('.annotator-card[data-annotator="bob"]')
