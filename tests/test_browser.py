@@ -370,7 +370,10 @@ def test_compare_pairs_keys_transitivity_and_submit(app, browser):
     shoot(page, "compare")
     # Re-judge (0, 2) as "0 better": consistent again, ranking 0 > 1 > 2.
     i = next(k for k, p in enumerate(pairs) if (p["a"], p["b"]) == (0, 2))
-    page.click(f'.pair[data-pair="{i}"] button[data-choice="{"left" if pairs[i]["left"] == 0 else "right"}"]')
+    # wait for the draft that holds the new judgement (an earlier "Draft saved" may still be shown)
+    with page.expect_response(lambda r: r.url.endswith("/draft") and '"a":0,"b":2,"outcome":1' in (r.request.post_data or ""),
+                              timeout=20_000):
+        page.click(f'.pair[data-pair="{i}"] button[data-choice="{"left" if pairs[i]["left"] == 0 else "right"}"]')
     assert page.is_hidden("#transitivity")
     assert page.text_content("#ranking").endswith("Response 1  >  Response 2  >  Response 3")
     page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
