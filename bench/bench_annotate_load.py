@@ -1,11 +1,15 @@
-"""Throughput and latency of the annotation server under N concurrent annotators on loopback.
+"""Throughput and latency of the annotation server under N concurrent annotators on loopback, on
+SQLite and on PostgreSQL, steady and with the server SIGKILLed and restarted, side by side in one run.
 
-    .venv/bin/python bench/bench_annotate_load.py --annotators 20 --each 50 [--kill-after 400]
+    .venv/bin/python bench/bench_annotate_load.py --annotators 20 --each 50 --kill-after 400 \\
+        --backends sqlite postgresql
 
-Starts `finegrain annotate serve` on a fresh SQLite database in a temporary folder, runs the load
-loop of finegrain.annotate.loadgen (each annotator: GET the task, POST the submission; every 10th
-submission sent twice), checks the store, and prints submissions/s and latency percentiles of the
-acknowledged POSTs.
+For each backend: a fresh database (SQLite in a temporary folder, `synchronous=FULL`; PostgreSQL: a
+local server started for the run on a temporary data folder with its default durability, fsync on),
+`finegrain annotate serve` in a subprocess, the load loop of finegrain.annotate.loadgen (each
+annotator: GET the task, POST the submission; every 10th submission sent twice), a check of the
+store, and submissions/s and latency percentiles of the acknowledged POSTs; then the same with the
+server killed (SIGKILL) after `--kill-after` acknowledgements and restarted.
 """
 
 from __future__ import annotations
@@ -17,31 +21,58 @@ from pathlib import Path
 from finegrain.annotate.loadgen import ServerProcess, free_port, run_load, setup, stored
 
 
+def one_run(url: str, annotators: int, each: int, kill_after: int | None, tmp: Path) -> dict:
+    tokens = setup(url, annotators, each)
+    server = ServerProcess(url, free_port(), log=tmp / "server.log")
+    server.start()
+    try:
+        r = run_load(server, tokens, kill_after=kill_after)
+    finally:
+        server.stop()
+    rows = stored(url)
+    lost = sum(rows.get(k) != rid for k, rid in r.acknowledged.items())
+    return {
+        "acknowledged": len(r.acknowledged), "stored": len(rows), "lost": lost, "errors": r.errors, "retries": r.retries,
+        "throughput": r.throughput, "wall": r.wall, "p50": 1000 * r.percentile(0.5), "p90": 1000 * r.percentile(0.9),
+        "p99": 1000 * r.percentile(0.99), "max": 1000 * max(r.latencies),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--annotators", type=int, default=20)
     p.add_argument("--each", type=int, default=50)
-    p.add_argument("--kill-after", type=int, help="SIGKILL and restart the server after this many acknowledgements")
-    p.add_argument("--db", help="SQLAlchemy URL of an empty database (default: SQLite in a temporary folder)")
+    p.add_argument("--kill-after", type=int, default=400, help="the killed run: SIGKILL and restart after this many acknowledgements")
+    p.add_argument("--backends", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.db or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        tokens = setup(url, args.annotators, args.each)
-        server = ServerProcess(url, free_port(), log=Path(tmp) / "server.log")
-        server.start()
-        try:
-            r = run_load(server, tokens, kill_after=args.kill_after)
-        finally:
-            server.stop()
-        rows = stored(url)
     want = args.annotators * args.each
-    lost = sum(rows.get(k) != rid for k, rid in r.acknowledged.items())
-    print(f"annotators {args.annotators} x {args.each}: acknowledged {len(r.acknowledged)}/{want}, stored {len(rows)}, "
-          f"lost {lost}, errors {len(r.errors)}, retries after kill {r.retries}")
-    print(f"throughput {r.throughput:.1f} submissions/s over {r.wall:.1f} s; latency p50 {1000 * r.percentile(0.5):.0f} ms, "
-          f"p90 {1000 * r.percentile(0.9):.0f} ms, p99 {1000 * r.percentile(0.99):.0f} ms, max {1000 * max(r.latencies):.0f} ms")
-    for e in r.errors[:5]:
-        print("error:", e)
+    print(f"{args.annotators} annotators x {args.each} submissions, one server process (uvicorn), clients on the same machine")
+    print(f"{'backend':<11}{'run':<8}{'stored':>9}{'lost':>6}{'errors':>8}{'retries':>9}{'subm/s':>9}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}")
+    pg = None
+    try:
+        for backend in args.backends:
+            for kill in (None, args.kill_after):
+                with tempfile.TemporaryDirectory() as tmp:
+                    if backend == "sqlite":
+                        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+                    else:
+                        if pg is None:
+                            from finegrain.annotate.localpg import PostgresServer
+
+                            pg = PostgresServer(durable=True)
+                            why = pg.missing()
+                            if why:
+                                raise SystemExit(f"postgresql: {why}")
+                            pg.start()
+                        url = pg.new_database()
+                    r = one_run(url, args.annotators, args.each, kill, Path(tmp))
+                print(f"{backend:<11}{'killed' if kill else 'steady':<8}{r['stored']:>5}/{want:<3}{r['lost']:>6}{len(r['errors']):>8}"
+                      f"{r['retries']:>9}{r['throughput']:>9.1f}{r['p50']:>8.0f}{r['p90']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}", flush=True)
+                for e in r["errors"][:3]:
+                    print("  error:", e)
+    finally:
+        if pg is not None:
+            pg.stop()
 
 
 if __name__ == "__main__":

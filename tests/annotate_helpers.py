@@ -38,3 +38,38 @@ def login(client, token: str):
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     return client.post("/login", data={"token": token, "csrf": csrf}, follow_redirects=False)
+
+
+# --- a local PostgreSQL server for the tests ------------------------------------------------------
+
+from finegrain.annotate.localpg import PostgresServer  # noqa: E402
+
+_PG: dict[str, PostgresServer] = {}
+
+
+def postgres() -> PostgresServer:
+    """The test session's one PostgreSQL server, started on first use and stopped when the test
+    process exits; the calling test is skipped, saying why, where none can run."""
+    import atexit
+
+    import pytest
+
+    if "server" not in _PG:
+        server = PostgresServer()
+        why = server.missing()
+        if why:
+            pytest.skip(why)
+        server.start()
+        atexit.register(server.stop)
+        _PG["server"] = server
+    return _PG["server"]
+
+
+def database_url(kind: str, tmp_path: Path) -> str:
+    """A fresh database of `kind` ("sqlite" or "postgresql") for one test."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'a.db'}"
+    return postgres().new_database()
+
+
+DATABASES = ["sqlite", "postgresql"]

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from annotate_helpers import sample_examples, write_examples
 from finegrain.annotate import db, store
-from finegrain.annotate.agreement import agreement, cohen_kappa
+from finegrain.annotate.agreement import agreement, agreement_by, cohen_kappa, edit_distance, krippendorff_alpha
 from finegrain.annotate.export import build_examples
 from finegrain.cli import main
 from finegrain.data.load import load_examples
@@ -30,7 +30,7 @@ def dburl(tmp_path):
 
 
 def make_token(capsys, dburl, name, role="annotator") -> str:
-    code, out, _ = run(capsys, "annotate", "token", "create", name, "--role", role, "--db", dburl)
+    code, out, _ = run(capsys, "annotate", "token", "create", name, "--role", role, "--db", dburl, "--create")
     assert code == 0
     return out.strip()
 
@@ -60,7 +60,9 @@ def test_import_qa_feedback_and_assign_per_task(capsys, dburl, tmp_path):
     write_qa_feedback(qa, examples)
     code, out, _ = run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")
     assert code == 0 and "imported 3 examples as 6 tasks; 0 new assignments" in out
-    assert "imported 0 examples" in run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")[1]
+    assert "kept the file's own feedback: 3 annotations and 0 preferences" in out
+    again = run(capsys, "annotate", "import", str(qa), "--db", dburl, "--no-assign")[1]
+    assert "imported 0 examples" in again and "skipped 3 examples already in the database" in again
     code, out, _ = run(capsys, "annotate", "assign", "--annotators", "a,b", "--per-task", "1", "--db", dburl)
     assert code == 0 and out.startswith("6 new assignments")
     engine = db.make_engine(dburl)
@@ -81,7 +83,7 @@ def test_import_qa_feedback_and_assign_per_task(capsys, dburl, tmp_path):
 def test_import_refuses_a_bad_file_listing_the_problem(capsys, dburl, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "prompt": 3, "responses": [{"text": "t"}]}\n')
-    code, _, err = run(capsys, "annotate", "import", str(bad), "--db", dburl)
+    code, _, err = run(capsys, "annotate", "import", str(bad), "--db", dburl, "--create")
     assert code == 2 and "prompt" in err and "bad.jsonl" in err
 
 
@@ -138,10 +140,42 @@ def test_export_checks_clean_and_agreement_reports(capsys, dburl, tmp_path):
     assert code == 0 and "Irrelevant" in text and "pairwise choices: 8 shared judgements" in text
     code, text, _ = run(capsys, "annotate", "agreement", "--db", dburl, "--json")
     assert json.loads(text)["pairwise_judgements"] == 8
+    people = agreement_by(engine, "annotator")
+    assert [p["annotator"] for p in people] == ["a", "b"] and all(p["tasks"] == 6 for p in people)
+    assert all(p["f1_exact"] == pytest.approx(2 * 2 / 5) and p["pairwise_judgements"] == 8 for p in people)
+    assert all(p["edit_distance"] == 0.0 and p["corrections"] == 3 for p in people)  # nobody corrected anything
+    items = agreement_by(engine, "item")
+    annotated = [i for i in items if i["kind"] == "annotate"]
+    assert len(items) == 6 and len(annotated) == 3
+    coffee = next(i for i in annotated if i["example_id"] == "ex-plain")
+    assert coffee["f1_exact"] == 0.0 and coffee["spans"] == 1 and coffee["annotators"] == ["a", "b"]
+    assert all(i["f1_exact"] == 1.0 for i in annotated if i is not coffee)
+    code, text, _ = run(capsys, "annotate", "agreement", "--db", dburl, "--by", "item")
+    assert code == 0 and "ex-plain" in text and "seg alpha" in text
+    code, text, _ = run(capsys, "annotate", "agreement", "--db", dburl, "--by", "annotator", "--json")
+    assert [r["annotator"] for r in json.loads(text)] == ["a", "b"]
     copy = tmp_path / "backup.db"
     assert run(capsys, "annotate", "backup", "--db", dburl, "--out", str(copy))[0] == 0
     assert len(build_examples(db.make_engine(f"sqlite:///{copy}"))) == 6
     assert run(capsys, "annotate", "backup", "--db", dburl, "--out", str(copy))[0] == 2  # never overwrites
+
+
+def test_krippendorff_alpha_by_hand():
+    # coincidences: o11 = 2, o00 = 4, o10 = o01 = 1; n = 8, n1 = 3, n0 = 5
+    # D_o = 2, D_e = (5 * 3 + 3 * 5) / 7 = 30 / 7 -> alpha = 1 - 2 * 7 / 30 = 8 / 15
+    units = [[1, 1], [1, 0], [0, 0], [0, 0]]
+    assert krippendorff_alpha(units) == pytest.approx(8 / 15)
+    assert krippendorff_alpha(units + [[1], []]) == pytest.approx(8 / 15)  # unpairable units add nothing
+    assert krippendorff_alpha([[0, 0], [0, 0]]) is None  # one label used: undefined
+    assert krippendorff_alpha([[0, 1], [1, 0]]) == pytest.approx(1 - 4 / (2 * 2 * 2 / 3))
+    # three coders agree perfectly on two labels
+    assert krippendorff_alpha([[1, 1, 1], [0, 0, 0]]) == pytest.approx(1.0)
+
+
+def test_edit_distance_by_hand():
+    assert edit_distance(list("kitten"), list("sitting")) == 3
+    assert edit_distance("tea is hot".split(), "tea is very hot".split()) == 1
+    assert edit_distance([], ["a", "b"]) == 2 and edit_distance(["a"], ["a"]) == 0
 
 
 def test_cohen_kappa_by_hand():

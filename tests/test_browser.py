@@ -88,6 +88,23 @@ XSS_EXAMPLE = {
 }
 
 
+# Right to left: a Hebrew question, passage and four responses (numbers and Latin inside).
+RTL_RESPONSE = "הבירה של צרפת היא רומא. מגדל אייפל נבנה בשנת 1889 (Eiffel)."
+RTL_EXAMPLE = {
+    "schema": "finegrain.feedback",
+    "version": 1,
+    "id": "qa-rtl",
+    "prompt": "מהי בירת צרפת?",
+    "passages": [{"title": "פריז", "sentences": ["פריז היא בירת צרפת.", "מגדל אייפל נבנה בשנים 1887 עד 1889."]}],
+    "responses": [
+        {"text": RTL_RESPONSE, "annotation": None},
+        {"text": "פריז.", "annotation": None},
+        {"text": "הבירה היא פריז, ומגדל אייפל נמצא בה.", "annotation": None},
+        {"text": "אני לא יודע.", "annotation": None},
+    ],
+}
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
@@ -122,7 +139,7 @@ class App:
 
     def export(self) -> list[dict]:
         out = self.tmp / "export.jsonl"
-        _cli("annotate", "export", "--db", self.db, "--out", str(out))
+        _cli("annotate", "export", "--db", self.db, "--out", str(out), "--force")
         return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -133,9 +150,11 @@ def app(tmp_path_factory):
     a = App(tmp)
     a.chromium = chromium
     tasks = tmp / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in (QA_EXAMPLE, XSS_EXAMPLE)), "utf-8")
-    a.token = _cli("annotate", "token", "create", "alice", "--db", a.db).strip()
+    examples = (QA_EXAMPLE, XSS_EXAMPLE, RTL_EXAMPLE)
+    tasks.write_text("".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples), "utf-8")
+    a.token = _cli("annotate", "token", "create", "alice", "--db", a.db, "--create").strip()
     a.admin_token = _cli("annotate", "token", "create", "boss", "--role", "admin", "--db", a.db).strip()
+    a.reviewer_token = _cli("annotate", "token", "create", "rita", "--role", "reviewer", "--db", a.db).strip()
     _cli("annotate", "import", str(tasks), "--db", a.db)
     _cli("annotate", "assign", "--db", a.db, "--annotators", "alice")
     log = (tmp / "server.log").open("w")
@@ -145,7 +164,7 @@ def app(tmp_path_factory):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded machine takes a while to import the app
         while True:
             try:
                 with urllib.request.urlopen(a.base + "/healthz", timeout=1) as r:
@@ -194,7 +213,7 @@ class Page:
             shoot(self.page, "login")
         self.page.fill("#token", token)
         self.page.click("form button[type=submit]")
-        self.page.wait_for_url(app.base + "/")
+        self.page.wait_for_url(lambda url: "/login" not in url)  # the queue, or /admin, /review for staff
 
     def task_url(self, example_title_part: str, kind: str) -> str:
         queue = self.page.request.get(self.app.base + "/api/queue").json()
@@ -298,7 +317,9 @@ def test_select_span_with_mouse_category_key_submit_and_export(app, browser):
     assert "passage 1, sentence 1" in page.text_content("#missing-list")
     # 5. Correct the response; the draft is saved and says so.
     corrected = EMOJI_RESPONSE.replace("Rome", "Paris").replace(" Many tourists 😍 love taking photos there.", "")
-    page.fill("#corrected", corrected)
+    # wait for the draft that holds the correction (an earlier "Draft saved" may still be shown)
+    with page.expect_response(lambda r: r.url.endswith("/draft") and "is Paris" in (r.request.post_data or ""), timeout=20_000):
+        page.fill("#corrected", corrected)
     page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
     assert "Draft saved" in page.text_content("#draft-status")
     # 6. A reload brings the draft back: spans, the note and the correction.
@@ -349,7 +370,10 @@ def test_compare_pairs_keys_transitivity_and_submit(app, browser):
     shoot(page, "compare")
     # Re-judge (0, 2) as "0 better": consistent again, ranking 0 > 1 > 2.
     i = next(k for k, p in enumerate(pairs) if (p["a"], p["b"]) == (0, 2))
-    page.click(f'.pair[data-pair="{i}"] button[data-choice="{"left" if pairs[i]["left"] == 0 else "right"}"]')
+    # wait for the draft that holds the new judgement (an earlier "Draft saved" may still be shown)
+    with page.expect_response(lambda r: r.url.endswith("/draft") and '"a":0,"b":2,"outcome":1' in (r.request.post_data or ""),
+                              timeout=20_000):
+        page.click(f'.pair[data-pair="{i}"] button[data-choice="{"left" if pairs[i]["left"] == 0 else "right"}"]')
     assert page.is_hidden("#transitivity")
     assert page.text_content("#ranking").endswith("Response 1  >  Response 2  >  Response 3")
     page.wait_for_selector("#draft-status.status-ok", timeout=10_000)
@@ -446,7 +470,7 @@ def test_admin_sees_progress(app, browser):
     rows = page.locator("#annotator-rows tr")
     alice = rows.filter(has_text="alice")
     done = {s["task"] for r in app.export() if r["meta"]["annotator"] == "alice" for s in r["meta"]["submissions"]}
-    assert alice.locator("td").nth(1).text_content() == f"{len(done)} / 4"
+    assert alice.locator("td").nth(1).text_content() == f"{len(done)} / 6"
     shoot(page, "admin")
     tab.close()
 
@@ -505,3 +529,160 @@ def test_text_offsets_snapping_diff_and_transitivity_functions(app, browser):
     assert (got["cycle"], got["tieCycle"], got["consistent"]) == (1, 1, 0)
     assert got["ranking"] == [[1, 2], [0]]  # 1 and 2 each beat 0 and tie each other
     assert got["outcomes"] == [2, 1, 0, "left"]
+
+
+def test_explanation_and_note_boxes_survive_reload_and_resubmission(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("Eiffel", "annotate"))  # submitted by the first test: version 1 is loaded
+    assert page.locator("#span-list li").count() == 2
+    page.fill('#span-list li[data-index="0"] input.explanation', "the passage says Paris")
+    page.click('.sent[data-p="2"][data-s="2"]')  # a second note, with evidence
+    notes = page.locator("#missing-list input.note")
+    assert notes.count() == 2
+    with page.expect_response(lambda r: r.url.endswith("/draft") and "when it was built" in (r.request.post_data or ""), timeout=20_000):
+        notes.nth(1).fill("when it was built")
+    page.reload()  # the draft keeps both boxes
+    assert page.locator('#span-list li[data-index="0"] input.explanation').input_value() == "the passage says Paris"
+    assert page.locator("#missing-list input.note").nth(1).input_value() == "when it was built"
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    page.wait_for_url(app.base + "/", timeout=10_000)
+    # resubmitting from the page (version 3) keeps what version 2 said
+    page.goto(tab.task_url("Eiffel", "annotate"))
+    page.fill("#corrected", page.locator("#corrected").input_value() + " ")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    tab.close()
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-eiffel"]
+    ann = record["responses"][0]["annotation"]
+    assert [s["explanation"] for s in ann["spans"]] == ["the passage says Paris", ""]
+    assert [(m["passage"], m["sentences"], m["note"]) for m in ann["missing"]] == [(1, [1], ""), (2, [2], "when it was built")]
+    assert max(s["version"] for s in record["meta"]["submissions"] if s["kind"] == "annotate") == 3
+
+
+def test_right_to_left_response_is_isolated_and_annotated(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("צרפת", "annotate"))
+    assert page.text_content("#response") == RTL_RESPONSE
+    assert page.evaluate("getComputedStyle(document.querySelector('#response')).direction") == "rtl"
+    assert page.evaluate("getComputedStyle(document.querySelector('#prompt')).direction") == "rtl"
+    # select "רומא" (Rome) through the DOM and let the page take the selection as a mouse-up would
+    start = RTL_RESPONSE.index("רומא")
+    page.evaluate("""([s, e]) => {
+      const node = document.querySelector('#response').firstChild;
+      const r = document.createRange(); r.setStart(node, s); r.setEnd(node, e);
+      const sel = getSelection(); sel.removeAllRanges(); sel.addRange(r);
+      document.dispatchEvent(new MouseEvent('mouseup', {button: 0, bubbles: true}));
+    }""", [utf16(RTL_RESPONSE, start), utf16(RTL_RESPONSE, start + 4)])
+    page.keyboard.press(key_of(page, "Wrong-Grounding"))
+    item = page.locator("#span-list li").first
+    assert item.locator("q bdi").text_content() == "רומא"  # the quote is isolated from the label and offsets
+    assert f"[{start}, {start + 4})" in item.text_content()
+    assert page.locator(".sent[data-p='1'][data-s='1'] bdi").text_content() == "פריז היא בירת צרפת."
+    assert page.locator(".sent[data-p='1'][data-s='1'] .sent-no").text_content() == "1.1"
+    shoot(page, "annotate-rtl")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    tab.close()
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-rtl"]
+    (span,) = record["responses"][0]["annotation"]["spans"]
+    assert (span["start"], span["end"], span["text"]) == (start, start + 4, "רומא")
+
+
+def test_compare_four_responses_is_compact(app, browser):
+    tab = Page(browser, app, app.token)
+    page = tab.page
+    page.goto(tab.task_url("צרפת", "compare"))
+    pairs = json.loads(page.text_content("#page-data"))["pairs"]
+    assert len(pairs) == 6
+    assert page.locator(".pair-sides:visible").count() == 1  # only the pair being judged shows its texts
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 1800, height  # was 3,100 px with both texts repeated for every pair
+    assert page.evaluate("getComputedStyle(document.querySelector('.pair.current .side-left .response-text')).direction") == "rtl"
+    shoot(page, "compare-k4")
+    for _ in pairs:
+        page.keyboard.press("2")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    tab.close()
+    (record,) = [r for r in app.export() if r["meta"]["example_id"] == "qa-rtl"]
+    assert sorted((p["a"], p["b"], p["outcome"]) for p in record["preferences"]) == [
+        (a, b, 0) for a in range(4) for b in range(a + 1, 4)]
+
+
+def test_reviewer_merges_two_annotators_in_the_merge_view(app, browser):
+    from sqlalchemy import select
+
+    from finegrain.annotate import db, store
+
+    _cli("annotate", "token", "create", "bob", "--db", app.db)
+    _cli("annotate", "assign", "--db", app.db, "--annotators", "bob")
+    engine = db.make_engine(app.db, create=False)
+    with db.read_tx(engine) as conn:
+        bob = conn.execute(select(db.users.c.id).where(db.users.c.name == "bob")).scalar_one()
+    task = next(t for t in store.queue(engine, bob) if t["kind"] == "annotate" and "bold" in t["title"])
+    text = XSS_RESPONSE
+    jerry = text.index("Jerry")
+    store.submit(engine, task["id"], bob, "bob", {
+        "response_index": 0, "spans": [{"start": jerry, "end": jerry + 5, "category": "Irrelevant", "text": "Jerry", "explanation": "bob's"}],
+        "missing": [], "corrected": None, "no_error": False, "idempotency_key": "bob-1", "base_version": 0})
+    engine.dispose()
+
+    tab = Page(browser, app, app.reviewer_token)
+    page = tab.page
+    assert page.url == app.base + "/review"
+    page.click(f'a[href="/review/{task["id"]}"]')
+    page.wait_for_selector(".annotator-card", timeout=20_000)  # the page's script has run
+    cards = page.locator(".annotator-card")
+    assert cards.count() == 2  # alice (from the XSS test) and bob
+    alice, bob_card = page.locator('.annotator-card[data-annotator="alice"]'), page.locator('.annotator-card[data-annotator="bob"]')
+    alice.locator('li[data-key="alice#0"] button[data-decision="accept"]').click()
+    alice.locator('li[data-key="alice#1"] button[data-decision="reject"]').click()
+    assert "Decide every span" in page.text_content("#problems")
+    bob_card.locator('button[data-decision="edit"]').click()
+    edit = bob_card.locator(".edit-box")
+    edit.locator("select.edit-category").select_option("Redundant")
+    edit.locator("input.edit-end").fill(str(jerry + len("Jerry &amp")))
+    assert edit.locator("q bdi").text_content() == "Jerry &amp"
+    assert page.is_hidden("#problems")
+    assert page.locator("#result li").count() == 2
+    shoot(page, "merge")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#submit-status.status-ok", timeout=10_000)
+    assert "version 1" in page.text_content("#submit-status")
+    tab.close()
+    (record,) = [r for r in app.export() if r["id"] == "qa-xss#adjudicated"]
+    assert record["meta"]["adjudicated"] is True and record["meta"]["adjudications"][0]["reviewer"] == "rita"
+    spans = record["responses"][0]["annotation"]["spans"]
+    img = text.index("<img")
+    assert [(s["start"], s["end"], s["category"]) for s in spans] == [
+        (img, img + len("<img src=x onerror=alert(2)>"), "Incoherent"), (jerry, jerry + len("Jerry &amp"), "Redundant")]
+
+
+def test_the_pages_rules_give_the_servers_verdicts(app, browser):
+    """rules.js mirrors finegrain.data.annotations: the same cases, the same first refused field."""
+    from test_annotate_defects import CASES, PASSAGES, TEXT
+
+    from finegrain.data.annotations import check_annotation
+    from finegrain.data.categories import DEFAULT_TAXONOMY
+    from finegrain.data.problems import Collector
+    from finegrain.data.records import MissingInfo, Span
+
+    page = browser.new_page()
+    page.goto(app.base + "/login")
+    ctx = {"text": TEXT, "passages": [{"title": p.title, "sentences": list(p.sentences)} for p in PASSAGES],
+           "categories": list(DEFAULT_TAXONOMY.span_categories), "missingKinds": list(DEFAULT_TAXONOMY.missing_kinds)}
+    got = page.evaluate("""async ([cases, ctx]) => {
+      const r = await import('/static/rules.js');
+      return cases.map((c) => r.annotationProblems(c, ctx).map((p) => p.field));
+    }""", [[c[1] for c in CASES], ctx])
+    page.close()
+    for (name, ann, field), fields in zip(CASES, got):
+        c = Collector("x")
+        check_annotation(c, [(Span(s["start"], s["end"], s["category"]), s["text"]) for s in ann["spans"]],
+                         [MissingInfo(m["type"], m["passage"], tuple(m["sentences"])) for m in ann["missing"]],
+                         ann["no_error"], TEXT, PASSAGES, DEFAULT_TAXONOMY)
+        assert [p.field for p in c.problems] == fields, name
+        assert (fields[0] if fields else None) == field, name

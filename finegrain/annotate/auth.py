@@ -22,7 +22,7 @@ from sqlalchemy import Engine, delete, select, update
 from finegrain.annotate import db
 from finegrain.config import ConfigError
 
-ROLES = ("annotator", "admin")
+ROLES = ("annotator", "reviewer", "admin")
 SESSION_COOKIE = "fg_session"
 LOGIN_CSRF_COOKIE = "fg_login_csrf"
 SESSION_SECONDS = 12 * 3600
@@ -95,6 +95,11 @@ def login(engine: Engine, token: str) -> tuple[str, Session] | None:
     """Exchange a token for a new session; returns (cookie value, session) or None for a bad token."""
     if not token or len(token) > 256:
         return None
+    # a bad token is answered from a read: a burst of them never queues on the write lock
+    with db.read_tx(engine) as conn:
+        found = conn.execute(select(db.users.c.id).where(db.users.c.token_hash == _hash(token), db.users.c.revoked_at.is_(None))).first()
+    if found is None:
+        return None
     with db.write_tx(engine) as conn:
         row = conn.execute(
             select(db.users).where(db.users.c.token_hash == _hash(token), db.users.c.revoked_at.is_(None))
@@ -139,11 +144,16 @@ def same_secret(given: str | None, expected: str | None) -> bool:
 
 def normalise_origin(origin: str) -> str:
     """'https://Example.org:443/' -> 'https://example.org' (scheme://host[:port], default ports dropped)."""
-    parts = urlsplit(origin.strip())
+    bad = ConfigError(f"--trusted-origin {origin!r}: expected scheme://host[:port], e.g. https://annotate.example.org")
+    try:  # urlsplit and .port raise ValueError on e.g. "http://[::1" or "http://h:99999"
+        parts = urlsplit(origin.strip())
+        port_number = parts.port
+    except ValueError:
+        raise bad from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--trusted-origin {origin!r}: expected scheme://host[:port], e.g. https://annotate.example.org")
+        raise bad
     default = {"http": 80, "https": 443}[parts.scheme]
-    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    port = f":{port_number}" if port_number and port_number != default else ""
     return f"{parts.scheme}://{parts.hostname.lower()}{port}"
 
 

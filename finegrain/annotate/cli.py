@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p = token.add_parser("create", help="create a user and print their token (shown once, stored hashed)")
     p.add_argument("name")
-    p.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    p.add_argument("--role", choices=["annotator", "reviewer", "admin"], default="annotator")
     _db(p)
     p.set_defaults(func=_token_create)
     p = token.add_parser("revoke", help="revoke a user's token and end their sessions (their work stays)")
@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-compare", action="store_true", help="do not make a pairwise-comparison task per example")
     p.add_argument("--no-assign", action="store_true", help="do not assign the new tasks to every annotator")
+    p.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="do not keep the file's own annotations and preferences (by default they are stored as the submissions "
+        "of a read-only source account per annotator name, e.g. 'source', and count in export and agreement)",
+    )
     p.set_defaults(func=_import)
 
     p = sub.add_parser("assign", help="assign tasks to annotators (default: every task to every annotator)")
@@ -63,8 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("export", help="export annotations as finegrain JSONL")
     _db(p)
-    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--out", required=True, help="output .jsonl (a new file; see --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link, device or folder)")
     p.add_argument("--all-versions", action="store_true", help="every submitted version, not only the latest")
+    p.add_argument(
+        "--adjudicated",
+        choices=["with", "only", "without"],
+        default="with",
+        help="reviewers' adjudicated versions (records '<id>#adjudicated', meta.adjudicated true): with the "
+        "annotators' records (default), only them, or without them",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("backup", help="copy a SQLite database safely while the server runs (WAL included)")
@@ -72,20 +86,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the copy, a new SQLite file")
     p.set_defaults(func=_backup)
 
+    p = sub.add_parser("suggest", help="order the queues by the trained reward models' uncertainty (uncertainty sampling)")
+    _db(p)
+    p.add_argument("--rm", nargs="+", required=True, metavar="DIR", help="trained RM folders (span and/or pairwise; several seeds of one category add their disagreement)")
+    p.add_argument("--apply", action="store_true", help="store the priorities: every queue lists the most uncertain examples first")
+    p.add_argument("--top", type=int, default=20, help="how many examples to print (default 20)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    p.add_argument("--json", action="store_true", help="print every example's priority as JSON")
+    p.set_defaults(func=_suggest)
+
+    p = sub.add_parser("unsuggest", help="forget the priorities of `suggest --apply`: queues go back to import order")
+    _db(p)
+    p.set_defaults(func=_unsuggest)
+
     p = sub.add_parser("agreement", help="inter-annotator agreement per category (kappa, span F1, pairwise kappa)")
     _db(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--by", choices=["item", "annotator"], help="one row per item (task) or per annotator instead of per category")
     p.set_defaults(func=_agreement)
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy database URL (default: {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy database URL (default: {DEFAULT_DB}, in the current folder)")
+    p.add_argument("--create", action="store_true", help="create the database if it does not exist (otherwise a missing one is an error)")
 
 
 def _engine(args: argparse.Namespace):
-    from finegrain.annotate.db import make_engine
+    """The database of --db, refused when it does not exist unless --create; says which it used."""
+    import sys
 
-    return make_engine(args.db)
+    from finegrain.annotate.db import describe, make_engine
+    from finegrain.config import ConfigError
+
+    try:
+        engine = make_engine(args.db, create=args.create)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print(f"finegrain annotate: database {describe(args.db)}", file=sys.stderr)
+    return engine
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,9 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from finegrain.annotate.server import ServerConfig, create_app
 
+    from finegrain.annotate.db import describe
+
     config = ServerConfig(db_url=args.db, trusted_origins=tuple(args.trusted_origin), secure_cookies=args.secure_cookies)
-    app = create_app(config)
-    print(f"finegrain annotate: serving {args.db} on http://{args.host}:{args.port}", flush=True)
+    app = create_app(config, _engine(args))
+    print(f"finegrain annotate: serving {describe(args.db)} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
@@ -119,19 +159,25 @@ def _token_revoke(args: argparse.Namespace) -> int:
 def _users(args: argparse.Namespace) -> int:
     from finegrain.annotate.store import progress
 
-    for u in progress(_engine(args))["annotators"]:
+    found = progress(_engine(args))
+    for u in found["annotators"]:
         state = " (revoked)" if u["revoked"] else ""
         print(f"{u['name']}\t{u['role']}{state}\t{u['done']}/{u['total']} tasks done")
+    for u in found["staff"]:
+        state = " (revoked)" if u["revoked"] else ""
+        print(f"{u['name']}\t{u['role']}{state}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from finegrain.annotate.importer import import_file
 
-    added, tasks, made = import_file(
-        _engine(args), args.file, annotate=args.annotate, compare=not args.no_compare, assign_all=not args.no_assign
+    report = import_file(
+        _engine(args), args.file, annotate=args.annotate, compare=not args.no_compare, assign_all=not args.no_assign,
+        keep_feedback=not args.no_feedback,
     )
-    print(f"imported {added} examples as {tasks} tasks; {made} new assignments")
+    for line in report.lines():
+        print(line)
     return 0
 
 
@@ -146,18 +192,53 @@ def _assign(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from finegrain.annotate.export import export
 
-    n = export(_engine(args), args.out, all_versions=args.all_versions)
-    print(f"wrote {n} records to {args.out}")
+    import sys
+
+    result = export(_engine(args), args.out, all_versions=args.all_versions, force=args.force, adjudicated=args.adjudicated)
+    print(f"wrote {result.records} records to {args.out}")
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
     return 0
 
 
 def _agreement(args: argparse.Namespace) -> int:
     import json
 
-    from finegrain.annotate.agreement import agreement, format_report
+    from finegrain.annotate.agreement import agreement, agreement_by, format_by, format_report
 
+    if args.by:
+        rows = agreement_by(_engine(args), args.by)
+        print(json.dumps(rows, indent=2) if args.json else format_by(rows, args.by))
+        return 0
     report = agreement(_engine(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from dataclasses import asdict
+
+    from finegrain.annotate.suggest import apply_priorities, suggest
+
+    engine = _engine(args)
+    found = suggest(engine, args.rm, device=args.device, log=lambda s: print(s, file=sys.stderr))
+    if args.json:
+        print(json.dumps([asdict(s) for s in found], indent=2))
+    else:
+        for s in found[: args.top]:
+            print(f"{s.priority:.3f}\t{s.example_id}\t{s.where}")
+    if args.apply:
+        print(f"set the priority of {apply_priorities(engine, found)} tasks of {len(found)} examples; queues list the most uncertain first",
+              file=sys.stderr)
+    return 0
+
+
+def _unsuggest(args: argparse.Namespace) -> int:
+    from finegrain.annotate.suggest import clear_priorities
+
+    print(f"cleared the priority of {clear_priorities(_engine(args))} tasks")
     return 0
 
 

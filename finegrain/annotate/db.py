@@ -28,7 +28,7 @@ from sqlalchemy import (
     event,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: the first release; 2: adjudications, the migrations table, tasks.priority
 BUSY_TIMEOUT_MS = 30_000
 
 metadata = MetaData()
@@ -45,7 +45,7 @@ users = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
-    Column("role", String(16), nullable=False),  # annotator | admin
+    Column("role", String(16), nullable=False),  # annotator | reviewer | admin
     Column("token_hash", String(64), nullable=False, unique=True),  # sha256 of the token, never the token
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
@@ -78,6 +78,7 @@ tasks = Table(
     Column("kind", String(16), nullable=False),  # annotate | compare
     Column("response_index", Integer),  # annotate tasks: the response to annotate
     Column("created_at", Float, nullable=False),
+    Column("priority", Float),  # set by `annotate suggest`: the queue lists higher first; NULL: import order
     UniqueConstraint("example_id", "kind", "response_index", name="uq_task"),
 )
 
@@ -117,27 +118,121 @@ drafts = Table(
 )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`, with tables created. SQLite gets WAL, a busy timeout, foreign keys and
-    synchronous=FULL (an acknowledged commit survives a killed process and a power cut)."""
-    is_sqlite = url.startswith("sqlite")
+# A reviewer's adjudicated version of a span-annotation task: append-only like submissions, one row
+# per (task, version); the payload is an annotation plus, per span, where it came from and what the
+# reviewer decided (accept | edit | reject of an annotator's span, or add).
+adjudications = Table(
+    "adjudications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("reviewer_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("task_id", "version", name="uq_adjudication_version"),
+)
+
+# Which migrations ran, and when.
+migrations = Table(
+    "migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),  # the schema version it brought the database to
+    Column("applied_at", Float, nullable=False),
+)
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 2 adds two tables (adjudications, migrations) and one nullable column
+    (tasks.priority); every existing row stays as it was."""
+    from sqlalchemy import text
+
+    for table in (adjudications, migrations):
+        table.create(conn, checkfirst=True)
+    conn.execute(text("ALTER TABLE tasks ADD COLUMN priority FLOAT"))
+
+
+# from-version -> the step to the next version; each runs in the one transaction of the upgrade
+MIGRATIONS = {1: _migrate_1_to_2}
+
+
+class MissingDatabase(FileNotFoundError):
+    """--db names a database that does not exist (and --create was not given)."""
+
+
+def describe(url: str) -> str:
+    """The database a URL names, for messages: an absolute path for SQLite, the URL (password
+    hidden) otherwise."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return str(Path(parsed.database).resolve())
+    return parsed.render_as_string(hide_password=True)
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for `url`, its schema created or upgraded. `create=False` refuses a database that
+    does not exist yet (a SQLite file that is not there, or a server database without our tables),
+    so a mistyped --db or another working folder never silently starts an empty database.
+    SQLite gets WAL, a busy timeout, foreign keys and synchronous=FULL (an acknowledged commit
+    survives a killed process and a power cut)."""
+    from pathlib import Path
+
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from finegrain.config import ConfigError
+
+    try:
+        parsed = make_url(url)
+    except Exception as err:  # sqlalchemy.exc.ArgumentError
+        raise ConfigError(f"--db {url!r}: not a database URL ({err}); e.g. sqlite:///annotations.db") from None
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database and parsed.database != ":memory:" and not create:
+        path = Path(parsed.database)
+        if path.is_dir():
+            raise ConfigError(f"--db {url}: {path.resolve()} is a directory, not a database file")
+        if not path.exists():
+            raise MissingDatabase(
+                f"--db {url}: no database file {path.resolve()}; pass --create to make a new one there "
+                "(or run from the folder that holds it / give its full path)"
+            )
     kwargs: dict = {}
     if is_sqlite:
         kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         kwargs["pool_size"] = 32
         kwargs["max_overflow"] = 32
+    else:
+        kwargs["pool_size"] = 32
+        kwargs["max_overflow"] = 32
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if is_sqlite:
         _configure_sqlite(engine)
-    metadata.create_all(engine)
+    existing = set(inspect(engine).get_table_names())
+    if "settings" not in existing and not create:
+        engine.dispose()
+        raise MissingDatabase(f"--db {describe(url)}: holds no finegrain annotation tables; pass --create to make them")
     with write_tx(engine) as conn:
-        found = conn.execute(settings.select().where(settings.c.key == "schema_version")).first()
+        found = conn.execute(settings.select().where(settings.c.key == "schema_version")).first() if "settings" in existing else None
         if found is None:
+            if existing - {"settings"}:
+                raise ConfigError(f"--db {describe(url)}: has tables ({', '.join(sorted(existing)[:5])}) but no finegrain schema version")
+            metadata.create_all(conn)
             conn.execute(settings.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(found.value) != SCHEMA_VERSION:
-            from finegrain.config import ConfigError
-
-            raise ConfigError(f"--db {url}: schema version {found.value}; this finegrain uses {SCHEMA_VERSION}")
+            conn.execute(migrations.insert().values(version=SCHEMA_VERSION, applied_at=now()))
+        else:
+            have = int(found.value)
+            if have > SCHEMA_VERSION:
+                raise ConfigError(f"--db {describe(url)}: schema version {have} is newer than this finegrain's ({SCHEMA_VERSION}); upgrade finegrain")
+            while have < SCHEMA_VERSION:
+                MIGRATIONS[have](conn)
+                have += 1
+                conn.execute(migrations.insert().values(version=have, applied_at=now()))
+            conn.execute(settings.update().where(settings.c.key == "schema_version").values(value=str(have)))
     return engine
 
 

@@ -18,12 +18,13 @@ def import_file(
     annotate: str = "first",
     compare: bool = True,
     assign_all: bool = True,
+    keep_feedback: bool = True,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
-) -> tuple[int, int, int]:
+) -> store.ImportReport:
     """Import every example of `path` (refused as a whole, with every problem listed, if any record is
-    bad). Existing annotations in the file are not imported: the app collects new ones. Returns
-    (examples added, tasks added, assignments made)."""
+    bad). The file's own annotations and preferences are kept as submissions of read-only source
+    accounts unless `keep_feedback` is off; the report says what was added, kept and skipped."""
     examples = load_examples(path, taxonomy)
-    added, n_tasks = store.import_examples(engine, examples, annotate=annotate, compare=compare)
-    made = store.assign(engine) if assign_all else 0
-    return added, n_tasks, made
+    report = store.import_examples(engine, examples, annotate=annotate, compare=compare, keep_feedback=keep_feedback)
+    report.assignments = store.assign(engine) if assign_all else 0
+    return report

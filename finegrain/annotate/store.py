@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import IntegrityError
@@ -58,32 +58,150 @@ def example_data(ex: Example) -> dict:
     }
 
 
-def import_examples(engine: Engine, examples: list[Example], *, annotate: str = "first", compare: bool = True) -> tuple[int, int]:
-    """Add examples and their tasks; an example id already present is skipped. `annotate`: which
-    responses get a span-annotation task: "first" (QA-Feedback's practice), "all" or "none".
-    Returns (examples added, tasks added). One transaction: all or nothing."""
+SOURCE_ROLE = "source"  # the accounts that hold an imported file's own feedback; they cannot log in
+SOURCE_DEFAULT = "source"  # the account for feedback that names no annotator (QA-Feedback's)
+
+
+@dataclass
+class ImportReport:
+    added: int = 0  # examples
+    tasks: int = 0
+    duplicates: int = 0  # examples whose id was already in the database: skipped, feedback and all
+    no_responses: int = 0  # examples without responses: nothing to annotate, skipped
+    assignments: int = 0
+    kept_annotations: int = 0  # the file's own annotations, stored as submissions of source accounts
+    kept_preferences: int = 0
+    dropped: list[str] = field(default_factory=list)  # feedback that could not be kept, and why
+    not_kept: int = 0  # annotations + preferences left out because keep_feedback was off
+
+    def lines(self) -> list[str]:
+        out = [f"imported {self.added} examples as {self.tasks} tasks; {self.assignments} new assignments"]
+        if self.duplicates:
+            out.append(f"skipped {self.duplicates} examples already in the database (same id), with their feedback")
+        if self.no_responses:
+            out.append(f"skipped {self.no_responses} examples without responses")
+        if self.kept_annotations or self.kept_preferences:
+            out.append(
+                f"kept the file's own feedback: {self.kept_annotations} annotations and {self.kept_preferences} preferences, "
+                "as submissions of read-only source accounts (see `annotate users`)"
+            )
+        if self.not_kept:
+            out.append(f"did not keep the file's own feedback ({self.not_kept} annotations and preferences): --no-feedback")
+        out.extend(f"could not keep: {d}" for d in self.dropped)
+        return out
+
+
+def _source_user(conn: Connection, annotator: str | None, cache: dict[str, int]) -> int:
+    """The read-only account holding imported feedback of `annotator` ('source' when unnamed)."""
+    import re
+    import secrets
+
+    name = SOURCE_DEFAULT if not annotator else "source." + re.sub(r"[^A-Za-z0-9_.-]", "_", annotator)[:57]
+    if name not in cache:
+        row = conn.execute(select(db.users.c.id, db.users.c.role).where(db.users.c.name == name)).first()
+        if row is None:
+            # a random hash that no token has, revoked from the start: nobody can log in as a source
+            dead = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+            uid = conn.execute(
+                db.users.insert().values(name=name, role=SOURCE_ROLE, token_hash=dead, created_at=db.now(), revoked_at=db.now())
+            ).inserted_primary_key[0]
+        elif row.role != SOURCE_ROLE:
+            raise ConfigError(f"import: feedback by {annotator!r} would be kept as user {name!r}, which is a {row.role} account; "
+                              "rename that user or import with --no-feedback")
+        else:
+            uid = row.id
+        cache[name] = uid
+    return cache[name]
+
+
+def _keep_feedback(conn: Connection, ex: Example, ex_pk: int, data: dict, tasks: dict, report: ImportReport, users: dict) -> None:
+    """Store the example's own annotations and preferences as version-1 submissions of source accounts."""
+    now = db.now()
+
+    def add(task_id: int, user_id: int, payload: dict) -> None:
+        body = json.dumps(payload, ensure_ascii=False, sort_keys=True)
+        conn.execute(db.submissions.insert().values(
+            task_id=task_id, user_id=user_id, version=1, idempotency_key=f"import:{ex_pk}:{task_id}",
+            body_hash=hashlib.sha256(body.encode("utf-8")).hexdigest(), payload=body, created_at=now))
+
+    for i, r in ex.annotated:
+        a = r.annotation
+        if data["responses"][i] != r.text and (a.spans or a.corrected):
+            report.dropped.append(f"{ex.id} response {i}: its text changes under Unicode NFC normalisation, so its span offsets would not hold")
+            continue
+        key = ("annotate", i)
+        if key not in tasks:
+            tasks[key] = conn.execute(db.tasks.insert().values(example_id=ex_pk, kind="annotate", response_index=i, created_at=now)).inserted_primary_key[0]
+            report.tasks += 1
+        text = data["responses"][i]
+        add(tasks[key], _source_user(conn, a.annotator, users), {
+            "response_index": i,
+            "spans": [{"start": s.start, "end": s.end, "category": s.category, "text": text[s.start:s.end], "explanation": s.explanation} for s in a.spans],
+            "missing": [{"type": m.kind, "passage": m.passage, "sentences": list(m.sentences), "note": m.note} for m in a.missing],
+            "corrected": a.corrected,
+            "no_error": not a.spans and not a.missing,
+        })
+        report.kept_annotations += 1
+    by_annotator: dict[str | None, list] = {}
+    for p in ex.preferences:
+        by_annotator.setdefault(p.annotator, []).append(p)
+    for annotator, prefs in by_annotator.items():
+        key = ("compare", None)
+        if key not in tasks:
+            tasks[key] = conn.execute(db.tasks.insert().values(example_id=ex_pk, kind="compare", response_index=None, created_at=now)).inserted_primary_key[0]
+            report.tasks += 1
+        pairs = [(min(p.a, p.b), max(p.a, p.b), p.outcome if p.a < p.b else {0: 0, 1: 2, 2: 1}[p.outcome]) for p in prefs]
+        add(tasks[key], _source_user(conn, annotator, users), {
+            "judgements": [{"a": a, "b": b, "outcome": o, "shown_left": a} for a, b, o in pairs],
+            "shown": [{"a": a, "b": b, "left": a, "right": b} for a, b, _ in pairs],
+        })
+        report.kept_preferences += len(prefs)
+
+
+def import_examples(engine: Engine, examples: list[Example], *, annotate: str = "first", compare: bool = True,
+                    keep_feedback: bool = True) -> ImportReport:
+    """Add examples and their tasks; an example id already present is skipped (and counted).
+    `annotate`: which responses get a span-annotation task: "first" (QA-Feedback's practice), "all"
+    or "none". `keep_feedback`: the file's own annotations and preferences are stored as submissions
+    of read-only source accounts (so they export, and agreement compares annotators with them).
+    One transaction: all or nothing."""
     if annotate not in ("first", "all", "none"):
         raise ConfigError(f"--annotate: {annotate!r} is not allowed; choose one of 'first', 'all', 'none'")
-    added = n_tasks = 0
+    report = ImportReport()
+    users: dict[str, int] = {}
     with db.write_tx(engine) as conn:
         have = set(conn.execute(select(db.examples.c.ext_id)).scalars())
         for ex in examples:
-            if ex.id in have or not ex.responses:
+            if ex.id in have:
+                report.duplicates += 1
+                continue
+            if not ex.responses:
+                report.no_responses += 1
                 continue
             have.add(ex.id)
             now = db.now()
+            data = example_data(ex)
             ex_pk = conn.execute(
-                db.examples.insert().values(ext_id=ex.id, data=json.dumps(example_data(ex), ensure_ascii=False), created_at=now)
+                db.examples.insert().values(ext_id=ex.id, data=json.dumps(data, ensure_ascii=False), created_at=now)
             ).inserted_primary_key[0]
-            added += 1
+            report.added += 1
+            tasks: dict[tuple, int] = {}
             indices = {"first": [0], "all": list(range(len(ex.responses))), "none": []}[annotate]
             for i in indices:
-                conn.execute(db.tasks.insert().values(example_id=ex_pk, kind="annotate", response_index=i, created_at=now))
-                n_tasks += 1
+                tasks[("annotate", i)] = conn.execute(
+                    db.tasks.insert().values(example_id=ex_pk, kind="annotate", response_index=i, created_at=now)
+                ).inserted_primary_key[0]
+                report.tasks += 1
             if compare and len(ex.responses) >= 2:
-                conn.execute(db.tasks.insert().values(example_id=ex_pk, kind="compare", response_index=None, created_at=now))
-                n_tasks += 1
-    return added, n_tasks
+                tasks[("compare", None)] = conn.execute(
+                    db.tasks.insert().values(example_id=ex_pk, kind="compare", response_index=None, created_at=now)
+                ).inserted_primary_key[0]
+                report.tasks += 1
+            if keep_feedback:
+                _keep_feedback(conn, ex, ex_pk, data, tasks, report, users)
+            else:
+                report.not_kept += len(ex.annotated) + len(ex.preferences)
+    return report
 
 
 def assign(engine: Engine, annotators: list[str] | None = None, per_task: int | None = None) -> int:
@@ -215,14 +333,55 @@ def categories_json(taxonomy: Taxonomy) -> list[dict]:
     ]
 
 
+QUEUE_STATUSES = ("todo", "draft", "done")
+PER_PAGE = 50
+
+
+def _title(prompt: str, kind: str, response_index: int | None, k: int) -> str:
+    """A row's title: the prompt, shortened, and what the task is about, so that the annotate and
+    compare rows of one prompt read differently."""
+    what = f"response {response_index + 1} of {k}" if kind == "annotate" else f"compare {k} responses"
+    head = prompt if len(prompt) <= 80 else prompt[:79] + "…"
+    return f"{head} — {what}"
+
+
+def queue_page(engine: Engine, user_id: int, *, status: str | None = None, kind: str | None = None, text: str = "",
+               page: int = 1, per_page: int = PER_PAGE) -> dict:
+    """One page of the user's queue, filtered by status, kind and a case-insensitive text match on
+    the title or example id; with the counts over the whole queue (progress) and over the filter."""
+    tasks = queue(engine, user_id)
+    needle = text.casefold().strip()
+    chosen = [
+        t for t in tasks
+        if (status is None or t["status"] == status) and (kind is None or t["kind"] == kind)
+        and (not needle or needle in t["title"].casefold() or needle in t["example_id"].casefold())
+    ]
+    pages = max(1, -(-len(chosen) // per_page))
+    page = min(max(1, page), pages)
+    counts = {s: sum(t["status"] == s for t in tasks) for s in QUEUE_STATUSES}
+    return {
+        "tasks": chosen[(page - 1) * per_page : page * per_page],
+        "matching": len(chosen),
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "filter": {"status": status, "kind": kind, "q": text},
+        "counts": counts,
+        "progress": {"done": counts["done"], "total": len(tasks)},
+        "next_url": next((t["url"] for s in ("draft", "todo") for t in tasks if t["status"] == s), None),
+    }
+
+
 def queue(engine: Engine, user_id: int) -> list[dict]:
-    """The user's tasks with status todo | draft | done, in import order."""
+    """The user's tasks with status todo | draft | done: by `annotate suggest` priority when set,
+    else in import order."""
     with db.read_tx(engine) as conn:
         rows = conn.execute(
-            select(db.tasks.c.id, db.tasks.c.kind, db.tasks.c.response_index, db.examples.c.data)
+            select(db.tasks.c.id, db.tasks.c.kind, db.tasks.c.response_index, db.examples.c.data, db.examples.c.ext_id)
             .join(db.assignments, and_(db.assignments.c.task_id == db.tasks.c.id, db.assignments.c.user_id == user_id))
             .join(db.examples, db.examples.c.id == db.tasks.c.example_id)
-            .order_by(db.tasks.c.example_id, db.tasks.c.id)
+            # `annotate suggest` priorities first (most uncertain first), then import order
+            .order_by(db.tasks.c.priority.is_(None), db.tasks.c.priority.desc(), db.tasks.c.example_id, db.tasks.c.id)
         ).all()
         done = set(
             conn.execute(select(db.submissions.c.task_id).where(db.submissions.c.user_id == user_id).distinct()).scalars()
@@ -230,10 +389,10 @@ def queue(engine: Engine, user_id: int) -> list[dict]:
         drafted = set(conn.execute(select(db.drafts.c.task_id).where(db.drafts.c.user_id == user_id)).scalars())
     out = []
     for r in rows:
-        prompt = json.loads(r.data)["prompt"]
-        title = prompt if len(prompt) <= 90 else prompt[:89] + "…"
+        data = json.loads(r.data)
+        title = _title(data["prompt"], r.kind, r.response_index, len(data["responses"]))
         status = "done" if r.id in done else "draft" if r.id in drafted else "todo"
-        out.append({"id": r.id, "kind": r.kind, "title": title, "status": status, "url": f"/task/{r.id}"})
+        out.append({"id": r.id, "kind": r.kind, "title": title, "example_id": r.ext_id, "status": status, "url": f"/task/{r.id}"})
     return out
 
 
@@ -250,12 +409,16 @@ def progress(engine: Engine) -> dict:
         records = conn.execute(select(func.count()).select_from(db.submissions)).scalar_one()
         users = conn.execute(select(db.users).order_by(db.users.c.name)).all()
         n_tasks = conn.execute(select(func.count()).select_from(db.tasks)).scalar_one()
+    # admins and reviewers do not annotate: they are listed as staff, not counted as annotators
     rows = [
         {"name": u.name, "role": u.role, "revoked": u.revoked_at is not None, "done": done.get(u.id, 0), "total": assigned.get(u.id, 0)}
         for u in users
+        if u.role == "annotator"
     ]
+    staff = [{"name": u.name, "role": u.role, "revoked": u.revoked_at is not None} for u in users if u.role != "annotator"]
     return {
         "annotators": rows,
+        "staff": staff,
         "overall": {"done": sum(r["done"] for r in rows), "total": sum(r["total"] for r in rows)},
         "tasks": n_tasks,
         "records": records,
@@ -272,7 +435,7 @@ def _body_hash(body: dict) -> str:
 def _payload(conn: Connection, body: dict, task_id: int, user_id: int, user_name: str, taxonomy: Taxonomy, *, partial: bool):
     view = task_view(_task_row(conn, task_id, user_id))
     if view.kind == "annotate":
-        return annotate_payload(body, view, taxonomy)
+        return annotate_payload(body, view, taxonomy, partial=partial)
     return compare_payload(body, view, user_name, partial=partial)
 
 
@@ -331,6 +494,15 @@ def _replay(found, task_id: int, body_hash: str, key: str) -> Stored:
 def save_draft(engine: Engine, task_id: int, user_id: int, user_name: str, body: dict, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> None:
     """Keep the user's work in progress (last write wins). A draft based on an older version than the
     latest submission is refused, so a late draft request never hides submitted work."""
+    try:
+        _write_draft(engine, task_id, user_id, user_name, body, taxonomy)
+    except IntegrityError:
+        # two drafts of one (task, user) inserted at once (PostgreSQL has no process lock): the
+        # other one made the row; last write wins, so write again, as an update this time
+        _write_draft(engine, task_id, user_id, user_name, body, taxonomy)
+
+
+def _write_draft(engine: Engine, task_id: int, user_id: int, user_name: str, body: dict, taxonomy: Taxonomy) -> None:
     _key, base = envelope(body)
     with db.write_tx(engine) as conn:
         payload = _payload(conn, body, task_id, user_id, user_name, taxonomy, partial=True)

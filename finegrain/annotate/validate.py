@@ -13,7 +13,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from finegrain.data.annotations import check_annotation
 from finegrain.data.categories import Taxonomy
+from finegrain.data.problems import Collector
+from finegrain.data.records import MissingInfo, Passage, Span
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_KEY_CHARS = 128
@@ -79,8 +82,8 @@ def envelope(body: Any) -> tuple[str, int]:
     if not key:
         raise Invalid("idempotency_key: must not be empty")
     base = _int(body, "base_version", "")
-    if base < 0:
-        raise Invalid(f"base_version: must be >= 0, got {base}")
+    if not 0 <= base < 2**31:
+        raise Invalid(f"base_version: must be between 0 and {2**31 - 1}, got {_show(base)}")
     return key, base
 
 
@@ -88,7 +91,9 @@ ANNOTATE_FIELDS = {"response_index", "spans", "missing", "corrected", "no_error"
 COMPARE_FIELDS = {"judgements", "idempotency_key", "base_version"}
 
 
-def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
+def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy, *, partial: bool = False) -> dict:
+    """The body's shape is checked here; what it says is checked by the rules every reader of
+    annotations shares (`finegrain.data.annotations.check_annotation`)."""
     _only(body, ANNOTATE_FIELDS, "")
     idx = _int(body, "response_index", "")
     if idx != task.response_index:
@@ -97,7 +102,7 @@ def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
     no_error = body.get("no_error", False)
     if not isinstance(no_error, bool):
         raise Invalid(f"no_error: expected true or false, got {_show(no_error)}")
-    spans = []
+    spans: list[tuple[Span, str]] = []
     for i, s in enumerate(_list(body, "spans", "")):
         w = f"spans[{i}]."
         if not isinstance(s, dict):
@@ -107,38 +112,35 @@ def annotate_payload(body: dict, task: TaskView, taxonomy: Taxonomy) -> dict:
         cat = _str(s, "category", w, limit=64)
         quote = _str(s, "text", w, limit=len(text) + 1)
         expl = _str(s, "explanation", w, optional=True) or ""
-        if not 0 <= start < len(text):
-            raise Invalid(f"{w}start: {start} is outside the response (0..{len(text) - 1})")
-        if not start < end <= len(text):
-            raise Invalid(f"{w}end: {end} must be > start ({start}) and <= the response length ({len(text)})")
-        if cat not in taxonomy.span_categories:
-            raise Invalid(f"{w}category: unknown category {_show(cat)}; known: {', '.join(taxonomy.span_categories)}")
-        if text[start:end] != quote:
-            raise Invalid(f"{w}text: {_show(quote)} differs from response[{start}:{end}] = {_show(text[start:end])}")
-        spans.append({"start": start, "end": end, "category": cat, "text": quote, "explanation": expl})
-    if no_error and spans:
-        raise Invalid(f"no_error: true, but {len(spans)} span(s) are marked")
-    missing = []
+        spans.append((Span(start, end, cat, expl), quote))
+    missing: list[MissingInfo] = []
     for i, m in enumerate(_list(body, "missing", "")):
         w = f"missing[{i}]."
         if not isinstance(m, dict):
             raise Invalid(f"missing[{i}]: expected an object, got {_show(m)}")
         _only(m, {"type", "passage", "sentences", "note"}, w)
         kind = _str(m, "type", w, limit=64)
-        if kind not in taxonomy.missing_kinds:
-            raise Invalid(f"{w}type: unknown missing-information type {_show(kind)}; known: {', '.join(taxonomy.missing_kinds)}")
         passage = _int(m, "passage", w)
-        if not 1 <= passage <= len(task.passages):
-            raise Invalid(f"{w}passage: no passage {passage} (this task has {len(task.passages)}, numbered from 1)")
-        n = len(task.passages[passage - 1][1])
         sents = _list(m, "sentences", w)
-        for j, s in enumerate(sents):
-            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= n:
-                raise Invalid(f"{w}sentences[{j}]: no sentence {_show(s)} in passage {passage} (0 = title, 1..{n})")
+        for j, x in enumerate(sents):
+            if not isinstance(x, int) or isinstance(x, bool):
+                raise Invalid(f"{w}sentences[{j}]: expected an integer, got {_show(x)}")
         note = _str(m, "note", w, optional=True) or ""
-        missing.append({"type": kind, "passage": passage, "sentences": sorted(set(sents)), "note": note})
+        missing.append(MissingInfo(kind, passage, tuple(sorted(set(sents))), note))
     corrected = _str(body, "corrected", "", optional=True, limit=MAX_BODY_BYTES)
-    return {"response_index": idx, "spans": spans, "missing": missing, "corrected": corrected, "no_error": no_error}
+    c = Collector("body")
+    passages = tuple(Passage(title, sentences) for title, sentences in task.passages)
+    if not check_annotation(c, spans, missing, no_error, text, passages, taxonomy, complete=not partial):
+        p = c.problems[0]
+        more = f" (and {len(c.problems) - 1} more)" if len(c.problems) > 1 else ""
+        raise Invalid(f"{p.field}: {p.message}; value {_show(p.value)}{more}")
+    return {
+        "response_index": idx,
+        "spans": [{"start": s.start, "end": s.end, "category": s.category, "text": q, "explanation": s.explanation} for s, q in spans],
+        "missing": [{"type": m.kind, "passage": m.passage, "sentences": list(m.sentences), "note": m.note} for m in missing],
+        "corrected": corrected,
+        "no_error": no_error,
+    }
 
 
 def shown_pairs(task_id: int, annotator: str, k: int) -> list[dict]:

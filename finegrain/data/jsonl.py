@@ -13,12 +13,16 @@ Schema `finegrain.feedback`, version 1 (docs/data-format.md has the full descrip
                        "text": "...", "explanation": ""}],                 # "text": optional quote
             "missing": [{"type": "Missing-Answer", "passage": 2, "sentences": [8], "note": ""}],
             "corrected": "...",                                            # optional
+            "no_error": false,          # true, and nothing marked: explicitly no error
             "annotator": "ann1"}}],                                        # optional
      "preferences": [{"a": 0, "b": 1, "outcome": 1, "annotator": "ann1"}], # 0 tie, 1 a better, 2 b better
      "meta": {}}
 
 Offsets are code-point indices into `text`, end exclusive. A span's optional `text` must equal
-`response[start:end]`: the writer always includes it, so offsets that drift are caught.
+`response[start:end]`: the writer always includes it, so offsets that drift are caught. The rules an
+annotation must follow (no overlapping spans, spans on grapheme boundaries, evidence for every
+missing-information note, an explicit `no_error: true` when nothing is marked) are those of
+`finegrain.data.annotations`, shared with the annotation server.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finegrain.data.annotations import check_missing, check_preference, check_span
+from finegrain.data.annotations import check_annotation, check_preference
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.problems import Collector, Problem, jsonl_records
 from finegrain.data.records import Annotation, Example, MissingInfo, Passage, Preference, Response, Span
@@ -48,6 +52,7 @@ def example_to_json(ex: Example) -> dict[str, Any]:
                 {"type": m.kind, "passage": m.passage, "sentences": list(m.sentences), "note": m.note} for m in a.missing
             ],
             "corrected": a.corrected,
+            "no_error": not a.spans and not a.missing,
             "annotator": a.annotator,
         }
 
@@ -146,21 +151,20 @@ def parse_example(c: Collector, raw: Any, taxonomy: Taxonomy = DEFAULT_TAXONOMY)
 
 
 def _parse_annotation(c: Collector, raw: dict, text: str, passages: tuple[Passage, ...], taxonomy: Taxonomy, where: str) -> Annotation:
-    spans = []
+    start = len(c.problems)
+    spans: list[tuple[Span, str | None]] = []
     for j, s in enumerate(c.expect_type(raw, "spans", list, where, required=False) or []):
         w = f"{where}.spans[{j}]"
         if not isinstance(s, dict):
             c.add(w, s, "expected an object with start, end and category")
             continue
-        start, end = _int(c, s, "start", w), _int(c, s, "end", w)
+        begin, end = _int(c, s, "start", w), _int(c, s, "end", w)
         cat = c.expect_type(s, "category", str, w)
         quote = c.expect_type(s, "text", str, w, required=False)
         expl = c.expect_type(s, "explanation", (str, type(None)), w, required=False) or ""
-        if start is None or end is None or cat is None:
+        if begin is None or end is None or cat is None:
             continue
-        span = Span(start, end, cat, expl)
-        if check_span(c, span, text, taxonomy, w, quote):
-            spans.append(span)
+        spans.append((Span(begin, end, cat, expl), quote))
     missing = []
     for j, m in enumerate(c.expect_type(raw, "missing", list, where, required=False) or []):
         w = f"{where}.missing[{j}]"
@@ -176,12 +180,13 @@ def _parse_annotation(c: Collector, raw: dict, text: str, passages: tuple[Passag
             continue
         if kind is None or passage is None or sents is None:
             continue
-        info = MissingInfo(kind, passage, tuple(sents), note)
-        if check_missing(c, info, passages, taxonomy, w):
-            missing.append(info)
+        missing.append(MissingInfo(kind, passage, tuple(sents), note))
+    no_error = c.expect_type(raw, "no_error", bool, where, required=False)
     corrected = c.expect_type(raw, "corrected", (str, type(None)), where, required=False)
     annotator = c.expect_type(raw, "annotator", (str, type(None)), where, required=False)
-    return Annotation(tuple(spans), tuple(missing), corrected, annotator)
+    if len(c.problems) == start:
+        check_annotation(c, spans, missing, no_error, text, passages, taxonomy, where)
+    return Annotation(tuple(s for s, _ in spans), tuple(missing), corrected, annotator)
 
 
 def read_jsonl(path: str | Path, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> tuple[list[Example], list[Problem]]:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finegrain.data.annotations import check_missing, check_preference, check_span
+from finegrain.data.annotations import check_annotation, check_preference
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.problems import Collector, Problem
 from finegrain.data.records import Annotation, Example, MissingInfo, Passage, Preference, Response, Span
@@ -102,9 +102,7 @@ def _parse_feedback(c: Collector, fb: dict, text: str, passages: tuple[Passage, 
         end = c.expect_type(e, "end", int, where)
         if kind is None or start is None or end is None:
             continue
-        span = Span(start, end, kind, e.get("explanation") or "")
-        if check_span(c, span, text, taxonomy, where):
-            spans.append(span)
+        spans.append(Span(start, end, kind, e.get("explanation") or ""))
     infos = c.expect_type(fb, "missing-info", list, "feedback", required=False)
     for j, m in enumerate(infos or []):
         where = f"feedback.missing-info[{j}]"
@@ -121,11 +119,23 @@ def _parse_feedback(c: Collector, fb: dict, text: str, passages: tuple[Passage, 
             continue
         if kind is None or pid is None:
             continue
-        info = MissingInfo(kind, pid, tuple(sids))
-        if check_missing(c, info, passages, taxonomy, where):
-            missing.append(info)
+        missing.append(MissingInfo(kind, pid, tuple(sids)))
     corrected = c.expect_type(fb, "corrected-prediction", str, "feedback", required=False)
+    # QA-Feedback says "no error" explicitly, with an empty `errors` list (and no missing information)
+    if errors is not None:
+        _check_qa_annotation(c, spans, missing, text, passages, taxonomy)
     return Annotation(tuple(spans), tuple(missing), corrected)
+
+
+def _check_qa_annotation(c: Collector, spans: list[Span], missing: list[MissingInfo], text: str, passages, taxonomy) -> None:
+    """The shared rules, with problems named in QA-Feedback's own fields."""
+    inner = Collector(c.file)
+    check_annotation(inner, [(s, None) for s in spans], missing, not spans and not missing, text, passages, taxonomy)
+    rename = {"spans": "feedback.errors", "missing": "feedback.missing-info", "no_error": "feedback.errors"}
+    for p in inner.problems:
+        head, dot, rest = p.field.partition("[")
+        field = rename.get(head, head) + (dot + rest if dot else "")
+        c.add(field, p.value, p.message)
 
 
 def read_qa_feedback(path: str | Path, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> tuple[list[Example], list[Problem]]:

@@ -5,6 +5,7 @@ import {
 } from './common.js';
 import { normalise, codePoints, toCodePointOffset, snapToWords } from './text.js';
 import { renderPassages } from './passages.js';
+import { annotationProblems, graphemeBounds } from './rules.js';
 
 const task = pageData();
 fillHeader(task);
@@ -13,7 +14,7 @@ const $ = (id) => document.getElementById(id);
 // ---- state --------------------------------------------------------------------------------
 const responses = (task.responses ?? []).map((r) => {
   const text = normalise(r.text ?? '');
-  return { index: r.index, text, cps: codePoints(text) };
+  return { index: r.index, text, cps: codePoints(text), bounds: graphemeBounds(text) };
 });
 const categories = (task.categories ?? []).map((c, i) => ({ ...c, key: String(c.key ?? i + 1), slot: i % 8 }));
 const byName = new Map(categories.map((c) => [c.name, c]));
@@ -81,20 +82,23 @@ function addSpan(category) {
     warn('Select some words in the response first, then choose the category.');
     return;
   }
-  const span = { ...pending, category: category.name };
+  const span = { ...pending, category: category.name, explanation: '' };
+  const overlapping = st().spans.filter((s) => s.start < span.end && span.start < s.end);
+  if (overlapping.length) {
+    // the server refuses overlapping spans (one category per stretch of text): say so now
+    warn(`This selection overlaps ${overlapping.map((o) => `the ${o.category} span "${o.text}"`).join(' and ')}; `
+      + 'one category per stretch of text (the more severe one): remove or re-label that span instead.');
+    return;
+  }
   pending = null;
-  const overlapping = st().spans.filter((s) => s.start < span.end && span.start < s.end && s.category !== span.category);
   change((s) => {
-    if (!s.spans.some((x) => x.start === span.start && x.end === span.end && x.category === span.category)) {
-      s.spans.push(span);
-      s.spans.sort((a, b) => a.start - b.start || a.end - b.end);
-    }
+    s.spans.push(span);
+    s.spans.sort((a, b) => a.start - b.start || a.end - b.end);
     s.noError = false;
   });
-  warn(overlapping.length
-    ? `This span overlaps ${overlapping.map((o) => `a ${o.category} span`).join(' and ')}; `
-      + 'the guidelines ask for one category per span (the more severe one).'
-    : '');
+  selectedSpan = st().spans.indexOf(st().spans.find((x) => x.start === span.start && x.end === span.end));
+  warn('');
+  render();
 }
 
 function removeSpan(i) {
@@ -134,13 +138,17 @@ function selectionInResponse(precise) {
   const cps = resp().cps;
   const snapped = snapToWords(cps, toCodePointOffset(text, start16), toCodePointOffset(text, end16), precise);
   if (!snapped) return null;
+  // never split a grapheme cluster (ZWJ emoji, flag, letter + combining marks): widen to its edges
+  const { bounds } = resp();
+  while (snapped.start > 0 && !bounds.has(snapped.start)) snapped.start -= 1;
+  while (snapped.end < cps.length && !bounds.has(snapped.end)) snapped.end += 1;
   return { ...snapped, text: cps.slice(snapped.start, snapped.end).join('') };
 }
 
 // ---- missing information ----------------------------------------------------------------------
 function addNote(passage = null, sentences = []) {
   const type = activeNote >= 0 ? st().missing[activeNote].type : missingKinds[0];
-  change((s) => { s.missing.push({ type, passage, sentences }); });
+  change((s) => { s.missing.push({ type, passage, sentences, note: '' }); s.noError = false; });
   activeNote = st().missing.length - 1;
   render();
 }
@@ -225,11 +233,19 @@ function renderSpanList() {
     const category = byName.get(s.category) ?? { slot: 7, key: '?' };
     const swatch = h('span', { cls: 'swatch' }, `${category.key} ${s.category}`);
     paint(swatch, category);
-    return h('li', { cls: i === selectedSpan ? 'selected' : '' },
-      swatch,
-      h('q', { text: s.text }),
+    const explanation = h('input', {
+      cls: 'explanation',
+      attrs: { type: 'text', maxlength: '4000', placeholder: 'explanation (optional): why is this an error?', 'aria-label': `Explanation of span ${i + 1}`, dir: 'auto' },
+    });
+    explanation.value = s.explanation ?? '';
+    explanation.addEventListener('input', () => { st().spans[i].explanation = explanation.value; saveDraft(); });
+    // <bdi>: a right-to-left quote must not reorder the label, offsets and button around it
+    return h('li', { cls: i === selectedSpan ? 'selected' : '', attrs: { 'data-index': String(i) } },
+      swatch, ' ',
+      h('q', {}, h('bdi', { text: s.text })),
       h('span', { cls: 'muted small', text: ` [${s.start}, ${s.end})` }),
-      h('button', { cls: 'link remove', text: 'Remove', attrs: { type: 'button', 'aria-label': `Remove span ${s.text}` }, on: { click: () => removeSpan(i) } }));
+      h('button', { cls: 'link remove', text: 'Remove', attrs: { type: 'button', 'aria-label': `Remove span ${s.text}` }, on: { click: () => removeSpan(i) } }),
+      explanation);
   });
   list.replaceChildren(...items);
   if (!items.length) list.append(h('li', { cls: 'muted empty', text: st().noError ? 'Marked as having no error.' : 'No spans yet.' }));
@@ -245,11 +261,18 @@ function renderMissing() {
     const evidence = n.passage === null
       ? h('span', { cls: 'muted', text: 'click the passage sentences that hold it' })
       : h('span', { cls: 'evidence', text: `passage ${n.passage}, sentence${n.sentences.length > 1 ? 's' : ''} ${n.sentences.join(', ')}` });
+    const note = h('input', {
+      cls: 'note',
+      attrs: { type: 'text', maxlength: '4000', placeholder: 'note (optional): what is missing?', 'aria-label': `Note for missing information ${i + 1}`, dir: 'auto' },
+    });
+    note.value = n.note ?? '';
+    note.addEventListener('input', () => { st().missing[i].note = note.value; saveDraft(); });
     const item = h('li', { cls: i === activeNote ? 'active' : '' },
       select, ' ', evidence, ' ',
-      h('button', { cls: 'link remove', text: 'Remove', attrs: { type: 'button' }, on: { click: (e) => { e.stopPropagation(); removeNote(i); } } }));
+      h('button', { cls: 'link remove', text: 'Remove', attrs: { type: 'button' }, on: { click: (e) => { e.stopPropagation(); removeNote(i); } } }),
+      note);
     item.addEventListener('click', (e) => {
-      if (e.target === select) return;
+      if (e.target === select || e.target === note) return;
       activeNote = i;
       render();
     });
@@ -265,13 +288,15 @@ function removeNote(i) {
 }
 
 // ---- drafts and submission ------------------------------------------------------------------------
-function body() {
+/** The annotation as the server takes it. A draft leaves out notes that have no passage yet (a
+ * submission keeps them, so the rules refuse it with a message rather than drop them silently). */
+function body(draft = false) {
   const s = st();
   return {
     response_index: resp().index,
-    spans: s.spans.map(({ start, end, category, text }) => ({ start, end, category, text })),
-    missing: s.missing.filter((n) => n.passage !== null)
-      .map(({ type, passage, sentences }) => ({ type, passage, sentences })),
+    spans: s.spans.map(({ start, end, category, text, explanation }) => ({ start, end, category, text, explanation: explanation ?? '' })),
+    missing: s.missing.filter((n) => !draft || n.passage !== null)
+      .map(({ type, passage, sentences, note }) => ({ type, passage, sentences, note: note ?? '' })),
     corrected: normalise(s.corrected),
     no_error: s.noError,
   };
@@ -286,7 +311,7 @@ const saveDraft = debounce(() => { draftInFlight = writeDraft(); }, 700);
 async function writeDraft() {
   setStatus(draftStatus, 'busy', 'Saving draft…');
   try {
-    await postJSON(`/api/tasks/${task.id}/draft`, { ...body(), idempotency_key: newKey(), base_version: version },
+    await postJSON(`/api/tasks/${task.id}/draft`, { ...body(true), idempotency_key: newKey(), base_version: version },
       task.csrf_token, { retries: 3, onRetry: () => setStatus(draftStatus, 'warn', 'Draft not saved yet: retrying…') });
     setStatus(draftStatus, 'ok', `Draft saved ${new Date().toLocaleTimeString()}`);
   } catch (err) {
@@ -294,16 +319,19 @@ async function writeDraft() {
   }
 }
 
+/** What the server would refuse (the shared rules of rules.js), in the annotator's words. */
 function problems() {
   const s = st();
   const out = [];
-  if (s.noError && s.spans.length) out.push('Untick "no error" or remove the marked spans.');
   s.missing.forEach((n, i) => {
     if (n.passage === null) out.push(`Missing-information note ${i + 1} has no evidence: click a passage sentence, or remove the note.`);
   });
-  if (!s.noError && !s.spans.length && !s.missing.length && normalise(s.corrected) === resp().text) {
-    out.push('Mark at least one span, a missing-information note or a correction, or tick "no error".');
-  }
+  const b = body();
+  b.missing = b.missing.filter((n) => n.passage !== null);
+  const found = annotationProblems(b, {
+    text: resp().text, passages: task.passages ?? [], categories: categories.map((c) => c.name), missingKinds,
+  });
+  for (const p of found) out.push(`${p.field}: ${p.message}.`);
   return out;
 }
 
@@ -354,10 +382,13 @@ function restoreLatest(latest) {
   if (i < 0) return;
   const cps = responses[i].cps;
   // Keep only spans that still quote the response exactly (the stored text is immutable).
-  const spans = (latest.spans ?? []).filter((s) => cps.slice(s.start, s.end).join('') === s.text && byName.has(s.category));
+  const spans = (latest.spans ?? []).filter((s) => cps.slice(s.start, s.end).join('') === s.text && byName.has(s.category))
+    .map((s) => ({ start: s.start, end: s.end, category: s.category, text: s.text, explanation: s.explanation ?? '' }));
   Object.assign(states[i], {
     spans,
-    missing: (latest.missing ?? []).map((n) => ({ type: n.type, passage: n.passage, sentences: [...(n.sentences ?? [])] })),
+    missing: (latest.missing ?? []).map((n) => ({
+      type: n.type, passage: n.passage, sentences: [...(n.sentences ?? [])], note: n.note ?? '',
+    })),
     corrected: typeof latest.corrected === 'string' ? latest.corrected : responses[i].text,
     noError: Boolean(latest.no_error),
   });
@@ -413,9 +444,9 @@ $('redo').addEventListener('click', redo);
 $('add-missing').addEventListener('click', () => addNote());
 $('no-error').addEventListener('change', (event) => {
   const checked = event.target.checked;
-  if (checked && st().spans.length) {
+  if (checked && (st().spans.length || st().missing.length)) {
     event.target.checked = false;
-    setStatus($('submit-status'), 'warn', 'Remove the marked spans before ticking "no error".');
+    setStatus($('submit-status'), 'warn', 'Remove the marked spans and missing-information notes before ticking "no error".');
     return;
   }
   change((s) => { s.noError = checked; });
@@ -454,7 +485,7 @@ window.addEventListener('pagehide', () => {
   fetch(`/api/tasks/${task.id}/draft`, {
     method: 'POST', keepalive: true, credentials: 'same-origin',
     headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': task.csrf_token ?? '' },
-    body: JSON.stringify({ ...body(), idempotency_key: newKey(), base_version: version }),
+    body: JSON.stringify({ ...body(true), idempotency_key: newKey(), base_version: version }),
   });
 });
 

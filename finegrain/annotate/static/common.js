@@ -138,6 +138,7 @@ export function fillHeader(data) {
   if (!slot) return;
   if (data.user) slot.append(h('span', { cls: 'who-name', text: data.user }));
   if (data.role === 'admin') slot.append(h('a', { attrs: { href: '/admin' }, text: 'Admin' }));
+  if (data.role === 'admin' || data.role === 'reviewer') slot.append(h('a', { attrs: { href: '/review' }, text: 'Review' }));
   const csrf = data.csrf_token ?? data.csrf;
   if (csrf) {
     slot.append(h('button', {

@@ -39,11 +39,12 @@ $('prompt').textContent = task.prompt ?? '';
 renderPassages($('passages'), task.passages ?? [], () => {});
 $('passages-box').hidden = !(task.passages ?? []).length;
 $('responses').append(...items.map((i) => h('article', { cls: 'response-card' },
-  h('h3', { text: label(i) }), h('p', { cls: 'response-text', text: texts.get(i) }))));
+  h('h3', { text: label(i) }), h('p', { cls: 'response-text', text: texts.get(i), attrs: { dir: 'auto' } }))));
+$('response-count').textContent = `(${items.length}; each pair below shows its two side by side)`;
 
 const cards = pairs.map((pair, i) => {
   const diff = wordDiff(texts.get(pair.left) ?? '', texts.get(pair.right) ?? '');
-  const side = (parts) => h('p', { cls: 'response-text' },
+  const side = (parts) => h('p', { cls: 'response-text', attrs: { dir: 'auto' } },
     ...parts.flatMap((part) => {
       if (part.kind === 'same') return [part.text];
       const word = part.text.trimEnd(); // the space after a changed word is not itself a change

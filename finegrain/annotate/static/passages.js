@@ -14,12 +14,12 @@ export function renderPassages(container, passages, onPick) {
           click: () => onPick(p, s),
           keydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onPick(p, s); } },
         },
-      }, h('span', { cls: 'sent-no', text: `${p}.${s}` }), text);
+      }, h('span', { cls: 'sent-no', text: `${p}.${s}` }), h('bdi', { text }));
       nodes.set(`${p}.${s}`, node);
       return node;
     };
     const sentences = passage.sentences ?? [];
-    container.append(h('div', { cls: 'passage' },
+    container.append(h('div', { cls: 'passage', attrs: { dir: 'auto' } },
       h('div', { cls: 'passage-title' }, sentence(0, passage.title ?? '', 'title')),
       h('p', {}, ...sentences.flatMap((text, si) => [sentence(si + 1, text, ''), ' ']))));
   });
