@@ -77,7 +77,7 @@ def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds:
     for norm in other_norms:
         add("shipped", norm, norm_seeds[1:])
     initial = [Job("shipped", "initial", s, "initial", 30) for s in seeds] + [Job("rtp", "initial", s, "initial", 30) for s in rtp_seeds]
-    return initial[:1] + jobs + initial[1:]
+    return initial[:1] + jobs + initial[1:]  # later seeds' initial rows last: only the seeds trained need them
 
 
 def prompt_files(out: Path, prompts: str) -> tuple[Path, Path]:
@@ -107,10 +107,12 @@ def sh(cmd: list[str], log: Path) -> bool:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode == 0
 
 
-def run_job(job: Job, out: Path, evaluate: bool = True) -> str:
+def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True) -> str:
     folder = job.folder(out)
     if (folder / "eval" / "metrics.json").is_file():
         return f"{job.name}: done before"
+    if not train and job.arm != "initial" and not (folder / "final").is_dir():
+        return f"{job.name}: not trained yet"
     if not evaluate and (job.arm == "initial" or (folder / "final").is_dir()):
         return f"{job.name}: nothing to train"
     t0 = time.perf_counter()
@@ -222,6 +224,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already trained (and the initial policy)")
     args = parser.parse_args()
     jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds)[: args.max_jobs]
     if args.action == "plan":
@@ -230,7 +233,7 @@ def main() -> int:
         return 0
     if args.action == "run":
         with ThreadPoolExecutor(args.workers) as pool:
-            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only), jobs):
+            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only, not args.eval_only), jobs):
                 print(message, flush=True)
     print(write_summary(args.out))
     return 0

@@ -192,6 +192,7 @@ def test_demo_end_to_end_on_a_tiny_model(tiny, tmp_path, one_thread, capsys):
     err = capsys.readouterr().err
     assert "[demo " in err and "Initial policy: avg max toxicity" in err and "Fine-grained RLHF: training 2 PPO steps" in err
     report = (out / "report.md").read_text()
+    assert "| Judge: avg. max toxicity ↓ |" in report  # the independent judge's columns beside the reward's
     for label in ("Initial policy", "Holistic RLHF", "Fine-grained RLHF"):
         assert f"| {label} | " in report
         folder = out / {"Initial policy": "initial", "Holistic RLHF": "holistic", "Fine-grained RLHF": "finegrained"}[label]
@@ -231,7 +232,7 @@ def test_demo_end_to_end_on_a_tiny_model(tiny, tmp_path, one_thread, capsys):
 def test_demo_over_several_seeds_reports_mean_and_spread(tiny, tmp_path, one_thread, capsys):
     out = tmp_path / "demo"
     args = ["demo", "detox", *TINY_TRAINING[:-1], "--out", str(out), "--policy", str(tiny), "--steps", "1", "--eval-prompts", "2",
-            "--eval-samples", "2", "--seeds", "3", "4", "--set", TINY_TRAINING[-1], "--set", "ppo.reward_norm=segment"]
+            "--eval-samples", "2", "--seeds", "3", "4", "--judge", "none", "--set", TINY_TRAINING[-1], "--set", "ppo.reward_norm=segment"]
     assert main(args) == 0
     report = (out / "report.md").read_text()
     for seed in (3, 4):
@@ -242,6 +243,7 @@ def test_demo_over_several_seeds_reports_mean_and_spread(tiny, tmp_path, one_thr
     assert "Mean ± standard deviation over seeds" in report and "| Holistic RLHF | 2 | " in report
     assert " ± " in report.split("Each run:")[0]
     assert "- reward normalisation (both runs): `segment`" in report
+    assert "Judge:" not in report  # --judge none
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -98,9 +98,12 @@ def tiny_judge(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("judge")
     data, backbone = write_rtp(tmp / "rtp.jsonl"), make_tiny_backbone(tmp / "backbone")
     out = tmp / "judge"
-    rc = main(["rm", "judge", "--data", str(data), "--out", str(out), "--backbone", str(backbone),
-               "--heldout", "10", "--validation", "8", "--fp32", "--threads", "1"])
-    assert rc == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FINEGRAIN_CACHE", str(tmp / "cache"))
+        rc = main(["rm", "judge", "--data", str(data), "--out", str(out), "--backbone", str(backbone),
+                   "--heldout", "10", "--validation", "8", "--fp32", "--threads", "1"])
+        assert rc == 0
+        assert len(list((tmp / "cache" / "judge-embeddings").iterdir())) == 3  # one per side
     return data, backbone, out
 
 

@@ -359,7 +359,8 @@ def build_judge(
     encoder = SentenceEncoder(backbone, batch_size=batch_size, max_length=max_length, bf16=bf16)
     sides = {name: getattr(split, name) for name in ("train", "validation", "heldout")}
     say(f"embedding {sum(map(len, sides.values()))} texts with {backbone} ({'bf16' if encoder.bf16 else 'fp32'})")
-    feats = {name: encoder([t.text for t in texts]) for name, texts in sides.items()}
+    cached = all(embeddings_path(encoder, [t.text for t in texts]).is_file() for texts in sides.values())
+    feats = {name: cached_embeddings(encoder, [t.text for t in texts]) for name, texts in sides.items()}
     targets = {name: torch.tensor([t.perspective for t in texts]) for name, texts in sides.items()}
     embed_seconds = time.perf_counter() - start
     say(f"embedded in {embed_seconds:.0f} s; choosing the head among {len(grid)} on {len(sides['validation'])} validation texts")
@@ -393,7 +394,8 @@ def build_judge(
         "selection": {"rule": "highest validation ROC-AUC, then refitted on training + validation", "tried": tried},
         "metrics": {"heldout": metrics, "toxic_if": f"Perspective toxicity > {TOXIC}"},
         "check_scores": dict(zip(CHECK_TEXTS, (round(p, 4) for p in head_probs(head, encoder(list(CHECK_TEXTS)))))),
-        "seconds": {"embedding": round(embed_seconds, 1), "total": round(time.perf_counter() - start, 1)},
+        "seconds": {"embedding": round(embed_seconds, 1), "total": round(time.perf_counter() - start, 1),
+                    "embeddings_from_cache": cached},
         "command": command,
     }
     # 5. Write the folder whole, then move it into place.
@@ -410,6 +412,30 @@ def build_judge(
         if tmp.exists():
             shutil.rmtree(tmp)
     return card
+
+
+def embeddings_path(encoder: SentenceEncoder, texts: list[str]) -> Path:
+    from finegrain.models import cache_dir
+
+    key = hashlib.sha256("\0".join([encoder.backbone, str(encoder.max_length), str(encoder.bf16), *texts]).encode()).hexdigest()
+    return cache_dir() / "judge-embeddings" / f"{key[:32]}.safetensors"
+
+
+def cached_embeddings(encoder: SentenceEncoder, texts: list[str]) -> "torch.Tensor":
+    """`encoder(texts)`, kept under $FINEGRAIN_CACHE/judge-embeddings/ keyed by the backbone, its
+    settings and the texts, so rebuilding a judge with other head settings skips the slow part.
+
+    Shape: N texts -> (N, D)."""
+    from safetensors.torch import load_file, save
+
+    from finegrain.io import atomic_write_bytes
+
+    path = embeddings_path(encoder, texts)
+    if path.is_file():
+        return load_file(str(path))["embeddings"]
+    out = encoder(texts)
+    atomic_write_bytes(path, save({"embeddings": out.contiguous()}))
+    return out
 
 
 def _by_part(texts: Sequence[LabelledText], scores: Sequence[float]) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class DemoConfig(ConfigBase):
     policy: str = field(default="smollm2-135m", metadata={"help": "initial policy: embedded name, HF folder or hub id"})
     modes: list[str] = field(default_factory=lambda: ["holistic", "finegrained"], metadata={"help": "runs to train"})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value settings for both training runs"})
+    judge: str = field(default="judge", metadata={"help": "independent toxicity judge for the table (judge: the shipped one; a folder from "
+                                                          "`finegrain rm judge`; none: no judge)"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
 
     def __post_init__(self) -> None:
@@ -129,6 +131,7 @@ def evaluate_into(
     reference: "PreTrainedModel",
     settings: "SamplingSettings",
     say: Progress,
+    judge: "TextScorer | None" = None,
 ) -> "EvalResult":
     from finegrain.experiments.detox.metrics import evaluate_policy, write_eval
 
@@ -142,10 +145,11 @@ def evaluate_into(
             last[0] = time.perf_counter()
             say(f"{label}: {done}/{total} prompts sampled")
 
-    result = evaluate_policy(policy, tokenizer, prompts, scorer, reference=reference, settings=settings, on_batch=on_batch)
+    result = evaluate_policy(policy, tokenizer, prompts, scorer, judge=judge, reference=reference, settings=settings, on_batch=on_batch)
     write_eval(result, folder / "eval")
     m = result.metrics
-    say(f"{label}: avg max toxicity {m.avg_max_toxicity:.3f}, toxic prob {m.toxic_probability:.3f}, "
+    judged = f" (judge {m.judge_avg_max_toxicity:.3f})" if m.judge_avg_max_toxicity is not None else ""
+    say(f"{label}: avg max toxicity {m.avg_max_toxicity:.3f}{judged}, toxic prob {m.toxic_probability:.3f}, "
         f"perplexity {m.perplexity:.2f}, dist-2 {m.dist_2:.3f} ({time.perf_counter() - t0:.0f} s)")
     return result
 
@@ -155,7 +159,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
     import torch
 
     from finegrain.models import load_policy
-    from finegrain.rewards.toxicity import ProfanityCheckScorer
+    from finegrain.rewards.toxicity import ProfanityCheckScorer, load_scorer
     from finegrain.experiments.detox.task import detox_config, load_detox_split, shipped_prompt_files, write_prompts
 
     say = Progress()
@@ -176,6 +180,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
 
     # 2. The initial policy: the reference for perplexity, and the first row of the table.
     scorer = ProfanityCheckScorer()
+    judge = None if cfg.judge == "none" else load_scorer(cfg.judge)
     reference, tokenizer = load_policy(cfg.policy)
     for seed in cfg.seeds:
         folder = cfg.seed_folder(out, seed)
@@ -183,7 +188,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
         settings = cfg.sampling(seed)
         if not (folder / INITIAL / "eval" / "metrics.json").is_file():
             t0 = time.perf_counter()
-            evaluate_into(folder / INITIAL, LABELS[INITIAL] + tag, reference, tokenizer, heldout, scorer, reference, settings, say)
+            evaluate_into(folder / INITIAL, LABELS[INITIAL] + tag, reference, tokenizer, heldout, scorer, reference, settings, say, judge)
             timings[f"evaluate {INITIAL}{tag}"] = time.perf_counter() - t0
             report()
         # 3. Each run: train, then evaluate its final policy on the same prompts with the same seed.
@@ -208,7 +213,7 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
                 timings[f"train {mode}{tag}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             policy, _ = load_policy(str(run_folder / "final"))
-            evaluate_into(run_folder, label, policy, tokenizer, heldout, scorer, reference, settings, say)
+            evaluate_into(run_folder, label, policy, tokenizer, heldout, scorer, reference, settings, say, judge)
             timings[f"evaluate {mode}{tag}"] = time.perf_counter() - t0
             del policy
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -243,7 +248,8 @@ def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_h
     norm = [o.split("=", 1)[1] for o in cfg.overrides if o.startswith("ppo.reward_norm=")]
     settings = {
         "initial policy": cfg.policy,
-        "toxicity scorer": "profanity-check (embedded alt-profanity-check)",
+        "toxicity scorer": "profanity-check (embedded alt-profanity-check): the reward, and the table's first columns",
+        "independent judge": "none" if cfg.judge == "none" else f"{cfg.judge} (MiniLM + head distilled from Perspective scores; never a reward): the table's 'Judge' columns",
         "prompts": f"{prompts}: {n_train} to train on, {n_heldout} held out",
         "PPO steps per run": cfg.steps,
         "seeds": ", ".join(map(str, cfg.seeds)),

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", choices=["holistic", "finegrained"], default=None, help="train only this run (two processes, one --only each, can fill one --out side by side)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE", dest="settings",
                         help="a training setting for both runs (repeatable), e.g. --set ppo.lr=3e-5")
+    parser.add_argument("--judge", default="judge", help="independent toxicity judge for the table: judge (shipped), a folder from `finegrain rm judge`, or none")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is faster on a crowded machine)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
     parser.set_defaults(func=_demo)
@@ -43,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")
     kwargs = dict(out=args.out, seeds=args.seeds, prompts=args.prompts, heldout=args.heldout, eval_prompts=args.eval_prompts,
-                  eval_samples=args.eval_samples, policy=args.policy, threads=args.threads, overrides=overrides)
+                  eval_samples=args.eval_samples, policy=args.policy, judge=args.judge, threads=args.threads, overrides=overrides)
     if args.steps is not None:
         kwargs["steps"] = args.steps
     if args.only:
