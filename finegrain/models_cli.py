@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all; 50: what transformers' generate uses unasked)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
 
@@ -65,7 +66,7 @@ def _generate(args: argparse.Namespace) -> int:
     model, tok = load_policy(args.model)
     loaded = time.perf_counter() - t0
     ids, mask = PromptRenderer(tok).encode([args.prompt])
-    settings = GenerationSettings(args.samples, args.max_new_tokens, 0, args.temperature, 0, args.top_p)
+    settings = GenerationSettings(args.samples, args.max_new_tokens, 0, args.temperature, args.top_k, args.top_p)
     t0 = time.perf_counter()
     out = HFGenerator(model, tok, precision="bf16").sample(ids, mask, settings)
     for row in out.response_ids:
