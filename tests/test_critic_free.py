@@ -240,6 +240,13 @@ def test_group_advantages_rejects_bad_options():
         cf.group_advantages(per_source, torch.ones(1), mask, 2, "rloo", True)
 
 
+def test_a_reward_off_the_segment_ends_is_refused():
+    rewards, mask = torch.tensor([[0.0, 1.0], [0.0, 0.0]]), torch.ones(2, 2, dtype=torch.bool)
+    ends = torch.tensor([[True, False], [False, True]])
+    with pytest.raises(ValueError, match="response 0 has reward 1.0 on token 1, which ends no segment"):
+        cf.one_source(rewards, mask, 2, "grpo", True, ends)
+
+
 def test_kl_as_source():
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, PAD, PAD]])
     mask = _mask([3, 1], 3)

@@ -220,8 +220,13 @@ def one_source(
     and `eps` are GRPO's. Shape: rewards (B, T), mask (B, T), ends (B, T) or None -> (B, T)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown critic-free estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    if dense and ends is None:
-        raise ValueError("dense advantages need the segment-end mask `ends`")
+    if dense:
+        if ends is None:
+            raise ValueError("dense advantages need the segment-end mask `ends`")
+        stray = (rewards != 0) & mask.bool() & ~ends.bool()
+        if stray.any():
+            b, t = stray.nonzero()[0].tolist()
+            raise ValueError(f"response {b} has reward {float(rewards[b, t])} on token {t}, which ends no segment: rewards and segment ends are misaligned")
     if estimator == "grpo":
         return grpo_dense(rewards, ends, mask, group_size, scale_by_std, eps) if dense else grpo_holistic(rewards, mask, group_size, scale_by_std, eps)
     return rloo_dense(rewards, ends, mask, group_size) if dense else rloo_holistic(rewards, mask, group_size)
