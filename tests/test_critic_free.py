@@ -317,3 +317,54 @@ def test_loss_rejects_bad_options():
         cf.critic_free_loss(lp, lp, None, ADV, LOSS_MASK, 0.2, "mean")
     with pytest.raises(ValueError, match="reference's log-probs"):
         cf.critic_free_loss(lp, lp, None, ADV, LOSS_MASK, 0.2, kl_coef=0.1)
+
+
+# --- parity with plain Python loops ----------------------------------------------------------------
+
+
+def _grpo_dense_loop(rewards, ends, lengths, G, eps):
+    """The paper's recipe, one group and one segment at a time."""
+    B, T = len(rewards), len(rewards[0])
+    adv = [[0.0] * T for _ in range(B)]
+    for n in range(B // G):
+        rows = range(n * G, n * G + G)
+        segs = [rewards[b][t] for b in rows for t in range(lengths[b]) if ends[b][t]]
+        mean = sum(segs) / len(segs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in segs) / (len(segs) - 1)) if len(segs) > 1 else 0.0
+        for b in rows:
+            for t in range(lengths[b]):
+                later = [rewards[b][u] for u in range(t, lengths[b]) if ends[b][u]]
+                adv[b][t] = sum((x - mean) / (std + eps) for x in later) if std > 0 else 0.0
+    return torch.tensor(adv, dtype=torch.float64)
+
+
+def _rloo_dense_loop(rewards, ends, lengths, G):
+    B, T = len(rewards), len(rewards[0])
+
+    def to_go(b):  # reward-to-go from each segment index, then 0
+        seg_rewards = [rewards[b][t] for t in range(lengths[b]) if ends[b][t]]
+        return [sum(seg_rewards[j:]) for j in range(len(seg_rewards))]
+
+    adv = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        n = b // G
+        others = [to_go(o) for o in range(n * G, n * G + G) if o != b]
+        mine, j = to_go(b), 0
+        for t in range(lengths[b]):
+            q = mine[j] if j < len(mine) else 0.0
+            baseline = sum(o[j] if j < len(o) else 0.0 for o in others) / (G - 1)
+            adv[b][t] = q - baseline
+            j += int(ends[b][t])
+    return torch.tensor(adv, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_dense_estimators_match_python_loops(seed):
+    rewards, ends, mask = _random_case(seed, B=8, T=9)
+    ends = ends & mask
+    r64 = rewards.double()
+    lengths = mask.sum(-1).tolist()
+    args = (r64.tolist(), ends.tolist(), lengths)
+    assert torch.allclose(cf.grpo_dense(r64, ends, mask, 4, eps=1e-6), _grpo_dense_loop(*args, 4, 1e-6), atol=1e-9)
+    assert torch.allclose(cf.rloo_dense(r64, ends, mask, 4), _rloo_dense_loop(*args, 4), atol=1e-9)
+    assert torch.allclose(cf.rloo_dense(r64, ends, mask, 2), _rloo_dense_loop(*args, 2), atol=1e-9)
