@@ -25,8 +25,17 @@ def _on_last(values, lengths, T):
     return r, mask
 
 
-def _last_token(mask):
-    return mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+def _one_segment(values, lengths, T, seed):
+    """One segment per response, ending on a random real token (the tokens after it trail, as EOS
+    does after the composer's last non-space character), PAD on padding. Shape: -> rewards, ends, mask (B, T)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = _mask(lengths, T)
+    rewards = torch.where(mask, torch.zeros(len(values), T), torch.full((len(values), T), PAD))
+    ends = torch.zeros(len(values), T, dtype=torch.bool)
+    for b, (v, n) in enumerate(zip(values, lengths)):
+        t = int(torch.randint(0, n, (1,), generator=g))
+        rewards[b, t], ends[b, t] = v, True
+    return rewards, ends, mask
 
 
 # --- GRPO holistic ---------------------------------------------------------------------------------
@@ -68,8 +77,7 @@ def test_grpo_dense_on_hand_values():
 def test_grpo_dense_with_one_segment_per_response_is_holistic():
     g = torch.Generator().manual_seed(0)
     lengths = [5, 1, 3, 4, 2, 5]
-    r, mask = _on_last(torch.randn(6, generator=g).tolist(), lengths, 5)
-    ends = _last_token(mask)
+    r, ends, mask = _one_segment(torch.randn(6, generator=g).tolist(), lengths, 5, seed=0)
     for scale in (True, False):
         dense = cf.grpo_dense(r, ends, mask, 3, scale_by_std=scale)
         assert torch.allclose(dense, cf.grpo_holistic(r, mask, 3, scale_by_std=scale), atol=1e-6)
@@ -88,36 +96,35 @@ def test_rloo_holistic_on_hand_values():
 def test_rloo_dense_on_hand_values_with_different_segment_counts():
     rewards = torch.tensor(
         [
-            [0.0, 1, 0, 2, 0],  # ends t1, t3; t4 trails: reward-to-go by index 3, 2, 0
-            [0, 4, 0, PAD, PAD],  # one segment ending t1; t2 trails: 4, 0
-            [-1, 0, 0, 5, PAD],  # ends t0, t1 (reward 0), t3: 4, 5, 5, 0
+            [0.0, 1, 0, 2, 0],  # ends t1, t3; t4 trails (in segment 1): reward-to-go by index 3, 2
+            [0, 4, 0, PAD, PAD],  # one segment ending t1; t2 trails (in segment 0): 4
+            [-1, 0, 0, 5, PAD],  # ends t0, t1 (reward 0), t3: 4, 5, 5
         ]
     )
     ends = torch.tensor(
         [[False, True, False, True, False], [False, True, False, False, False], [True, True, False, True, False]]
     )
     mask = _mask([5, 3, 4], 5)
-    # missing indexes count as reward-to-go 0: Q0 = 3, 2, 0, 0; Q1 = 4, 0, 0, 0; Q2 = 4, 5, 5, 0
+    # missing indexes count as reward-to-go 0: Q0 = 3, 2, 0; Q1 = 4, 0, 0; Q2 = 4, 5, 5
+    # baselines: index 0: 4, 3.5, 3.5; index 1: 2.5, 3.5, 1; index 2: 2.5, 2.5, 0
     expected = torch.tensor(
         [
-            [3 - 4.0, 3 - 4, 2 - 2.5, 2 - 2.5, 0 - 2.5],
-            [4 - 3.5, 4 - 3.5, 0 - 3.5, 0, 0],
+            [3 - 4.0, 3 - 4, 2 - 2.5, 2 - 2.5, 2 - 2.5],
+            [4 - 3.5, 4 - 3.5, 4 - 3.5, 0, 0],
             [4 - 3.5, 5 - 1, 5 - 0, 5 - 0, 0],
         ]
     )
     adv = cf.rloo_dense(rewards, ends, mask, 3)
     assert torch.allclose(adv, expected)
-    # the group mean at every segment index is 0; index 2 sits at tokens t4 and t2 of responses 0 and 2,
-    # and response 1 has no token there (its advantage would be 0 - (0 + 5) / 2)
-    by_index = [adv[0, 0] + adv[1, 0] + adv[2, 0], adv[0, 2] + adv[1, 2] + adv[2, 1], adv[0, 4] + (0 - 2.5) + adv[2, 2]]
-    assert all(abs(float(x)) < 1e-6 for x in by_index)
+    assert torch.equal(cf.segment_index(ends, mask), torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 2, 2, 0]]))
+    assert float(adv[:, 0].sum()) == 0.0  # every response is at index 0 on token 0: the group's advantages sum to 0
 
 
 def test_rloo_dense_with_one_segment_per_response_is_holistic_and_means_are_zero():
     g = torch.Generator().manual_seed(1)
     lengths = [5, 1, 3, 4, 2, 5, 3, 3]
-    r, mask = _on_last(torch.randn(8, generator=g).tolist(), lengths, 5)
-    dense = cf.rloo_dense(r, _last_token(mask), mask, 4)
+    r, ends, mask = _one_segment(torch.randn(8, generator=g).tolist(), lengths, 5, seed=1)
+    dense = cf.rloo_dense(r, ends, mask, 4)
     holistic = cf.rloo_holistic(r, mask, 4)
     assert torch.allclose(dense, holistic, atol=1e-6)
     first = holistic[:, 0].view(2, 4)  # every response has a token 0
@@ -142,7 +149,7 @@ def _random_case(seed, B=6, T=7):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, T + 1, (B,), generator=g).tolist()
     mask = _mask(lengths, T)
-    ends = (torch.rand(B, T, generator=g) < 0.4) | _last_token(mask)
+    ends = torch.rand(B, T, generator=g) < 0.35  # some responses end without a segment, some have none
     rewards = torch.randn(B, T, generator=g) * ends
     return rewards, ends, mask
 
@@ -172,28 +179,6 @@ def test_groups_of_equal_rewards_get_exactly_zero(estimator, dense):
     rewards = torch.tensor([[0.0, 0.1, 0, 0.1]] * 3 + [[0.3, 0.3, 0, 0]] * 3)
     adv = cf.one_source(rewards, mask, 3, estimator, dense, ends, eps=0.0)
     assert torch.equal(adv, torch.zeros_like(adv))
-
-
-def test_rloo_dense_group_mean_is_zero_at_every_segment_index():
-    rewards, ends, mask = _random_case(3, B=8, T=9)
-    adv = cf.rloo_dense(rewards, ends, mask, 4)
-    index = (ends & mask).long().cumsum(-1) - (ends & mask).long()
-    for n in range(2):
-        rows = range(4 * n, 4 * n + 4)
-        for j in range(int(index.max()) + 1):
-            total = 0.0
-            for b in rows:
-                at = ((index[b] == j) & mask[b]).nonzero()
-                if len(at):
-                    total += float(adv[b, at[0, 0]])
-                else:  # no token at this index: its reward-to-go is 0, its advantage 0 - baseline
-                    others = [b2 for b2 in rows if b2 != b]
-                    q = []
-                    for b2 in others:
-                        at2 = ((index[b2] == j) & mask[b2]).nonzero()
-                        q.append(float((rewards[b2] * mask[b2])[at2[0, 0] :].sum()) if len(at2) else 0.0)
-                    total += -sum(q) / 3
-            assert abs(total) < 1e-5
 
 
 # --- several sources -----------------------------------------------------------------------------------
@@ -332,8 +317,10 @@ def _grpo_dense_loop(rewards, ends, lengths, G, eps):
         mean = sum(segs) / len(segs)
         std = math.sqrt(sum((x - mean) ** 2 for x in segs) / (len(segs) - 1)) if len(segs) > 1 else 0.0
         for b in rows:
+            last_end = max([u for u in range(lengths[b]) if ends[b][u]], default=-1)
             for t in range(lengths[b]):
-                later = [rewards[b][u] for u in range(t, lengths[b]) if ends[b][u]]
+                start = min(t, last_end) if last_end >= 0 else t  # trailing tokens: with the last segment
+                later = [rewards[b][u] for u in range(start, lengths[b]) if ends[b][u]]
                 adv[b][t] = sum((x - mean) / (std + eps) for x in later) if std > 0 else 0.0
     return torch.tensor(adv, dtype=torch.float64)
 
@@ -351,8 +338,9 @@ def _rloo_dense_loop(rewards, ends, lengths, G):
         others = [to_go(o) for o in range(n * G, n * G + G) if o != b]
         mine, j = to_go(b), 0
         for t in range(lengths[b]):
-            q = mine[j] if j < len(mine) else 0.0
-            baseline = sum(o[j] if j < len(o) else 0.0 for o in others) / (G - 1)
+            k = min(j, max(len(mine) - 1, 0))  # trailing tokens: with the last segment
+            q = mine[k] if k < len(mine) else 0.0
+            baseline = sum(o[k] if k < len(o) else 0.0 for o in others) / (G - 1)
             adv[b][t] = q - baseline
             j += int(ends[b][t])
     return torch.tensor(adv, dtype=torch.float64)

@@ -110,25 +110,51 @@ def grpo_holistic(rewards: torch.Tensor, mask: torch.Tensor, group_size: int, sc
     return adv[:, None] * mask.to(adv.dtype)
 
 
+def segment_index(ends: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The segment each token belongs to: the number of segment ends before it, except that the
+    tokens after a response's last end (the trailing whitespace and EOS that the composer's
+    last-non-space-character rule leaves after the reward) belong to the last segment. 0 on padding
+    and in responses without a segment.
+
+    Shape: ends (B, T) bool, mask (B, T) bool -> (B, T) long.
+    """
+    m = mask.bool()
+    seg = (ends.bool() & m).long()
+    before = seg.cumsum(-1) - seg  # (B, T) ends strictly before t
+    last = (seg.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1) index of the last segment
+    return torch.minimum(before, last).masked_fill(~m, 0)
+
+
+def _to_go(x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per response, the sum of x over segments j, j+1, ... for every segment index j; 0 past a
+    response's last segment. Shape: x (B, T), index (B, T) long, mask (B, T) -> (B, J), J = max index + 1."""
+    B = x.shape[0]
+    J = int(index.max()) + 1 if index.numel() else 1
+    per_segment = torch.zeros(B, J, dtype=x.dtype, device=x.device).scatter_add_(1, index, x * mask.to(x.dtype))  # (B, J)
+    return reverse_cumsum(per_segment)
+
+
 def grpo_dense(
     rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
     """DeepSeekMath's process supervision (arXiv 2402.03300, 4.1.3): every segment reward is
     normalised by the mean and std of all segment rewards in the group (all G responses' segments
     together), and token t gets the sum of the normalised rewards of its response's segments that
-    end at or after t. With one segment per response, on its last token, this is `grpo_holistic`.
-    Advantages are 0 only where every segment of the group has the same reward: identical
-    responses whose segments differ still rank those segments against each other.
+    end at or after t; tokens after the last end belong to the last segment (`segment_index`).
+    With one segment per response this is `grpo_holistic`. Advantages are 0 only where every
+    segment of the group has the same reward: identical responses whose segments differ still rank
+    those segments against each other.
 
-        r~_ij = (r_ij - mean_group r) / (std_group r + eps),   A_it = sum_{j: end_ij >= t} r~_ij
+        r~_ij = (r_ij - mean_group r) / (std_group r + eps),   A_it = sum_{j >= j(t)} r~_ij
 
     Shape: rewards (B, T), ends (B, T) bool, mask (B, T) -> (B, T).
     """
     B, T = rewards.shape
     seg = ends.bool() & mask.bool()
     x = _groups(rewards, group_size).flatten(1)  # (N, G * T)
-    normalised = group_zscore(x, _groups(seg, group_size).flatten(1), scale_by_std, eps).reshape(B, T)
-    return reverse_cumsum(normalised) * mask.to(rewards.dtype)
+    normalised = group_zscore(x, _groups(seg, group_size).flatten(1), scale_by_std, eps).reshape(B, T)  # r~ on end tokens
+    index = segment_index(seg, mask)
+    return _to_go(normalised, index, mask).gather(1, index) * mask.to(rewards.dtype)
 
 
 def rloo_holistic(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -146,42 +172,36 @@ def rloo_holistic(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) ->
 
 
 def rloo_dense(rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
-    """RLOO with reward-to-go: token t of response i lies in segment j(t) = the number of segment
-    ends before t; its advantage is the response's reward-to-go from that segment, Q_ij = sum of the
-    rewards of its segments j, j+1, ..., minus the mean of the other G - 1 responses' reward-to-go
-    Q_i'j at the same segment index.
+    """RLOO with reward-to-go: token t of response i lies in segment j(t) (`segment_index`: the
+    number of segment ends before t; trailing tokens in the last segment); its advantage is the
+    response's reward-to-go from that segment, Q_ij = the sum of the rewards of its segments j,
+    j+1, ..., minus the mean of the other G - 1 responses' reward-to-go at the same index.
 
         A_it = Q_{i,j(t)} - 1 / (G - 1) * sum_{i' != i} Q_{i',j(t)}
 
     Different numbers of segments: a response with S_i segments has collected all its reward by
-    index S_i, so Q_ij = 0 for j >= S_i (tokens after its last segment end, such as a trailing EOS,
-    have index S_i and reward-to-go 0). Every baseline then averages exactly G - 1 values, the group
-    mean of the advantages at every index is 0, index 0 is holistic RLOO, and with one segment per
-    response ending on its last token the whole thing equals `rloo_holistic`.
+    index S_i, so Q_ij = 0 for j >= S_i. Every baseline then averages exactly G - 1 values, the
+    advantages Q_ij - b_ij sum to 0 over a group at every index j, index 0 is holistic RLOO, and
+    with one segment per response (the sequence level) the whole thing is `rloo_holistic`.
 
-    Bias: the baseline of token t, b(x, j(t), other responses), depends on the other responses,
-    drawn independently of response i given the prompt, and on the index j(t). It is unbiased
-    (E_{y_t ~ pi(.|s_t)}[grad log pi(y_t|s_t) b] = 0, in the on-policy, unclipped gradient) exactly
-    when j(t) is a function of the prefix y_<t, i.e. when whether a segment has ended before token t
-    never depends on token t or later ones: true for the sequence level (j = 0 up to the last
-    segment's end token), fixed token windows, and splitters that close a segment on its last
-    character without looking ahead. Where a source's splitter looks ahead (a sentence splitter that
-    decides "Dr." is not a sentence end from the next word, or a segment whose end token is moved
-    forward because an earlier segment took it), j(t) depends on y_t and later, and the baseline
-    carries that much bias. The reward-to-go itself is a sample of the return, so it adds no bias.
+    Bias: token t's baseline b(x, j(t), other responses) uses the other responses, drawn
+    independently of response i given the prompt, and the index j(t). It is unbiased
+    (E_{y_t ~ pi(.|s_t)}[grad log pi(y_t|s_t) b] = 0 in the on-policy, unclipped gradient) wherever
+    j(t) is fixed by the prefix y_<t: every token of a sequence-level source (j = 0 throughout:
+    exactly holistic RLOO) and of a source whose segment ends are fixed in advance (token windows),
+    and the tokens inside a segment. It is biased where y_t itself moves the index: (1) the first
+    token after a segment end that the source could only place by seeing that token (a sentence
+    splitter ends a sentence at ". The" but not at "3.5"), and (2) the tokens after a response's
+    last end, whose index holds only because no further end follows. There the bias is
+    E[grad log pi(y_t|s_t) b_{j(t)}], which vanishes when the baselines of neighbouring indexes are
+    equal. The reward-to-go itself is a sample of the return, so it adds no bias.
 
     Shape: rewards (B, T), ends (B, T) bool, mask (B, T) -> (B, T).
     """
-    B, T = rewards.shape
-    m = mask.bool()
-    seg = ends.bool() & m
-    r = rewards * m.to(rewards.dtype)
-    index = (seg.long().cumsum(-1) - seg.long()).masked_fill(~m, 0)  # (B, T) j(t): ends strictly before t
-    J = int(seg.sum(-1).max()) + 1 if B else 1
-    per_segment = torch.zeros(B, J, dtype=r.dtype, device=r.device).scatter_add_(1, index, r)  # (B, J) reward of segment j
-    to_go = reverse_cumsum(per_segment)  # (B, J) Q_ij, 0 beyond a response's last segment
+    index = segment_index(ends, mask)
+    to_go = _to_go(rewards, index, mask)  # (B, J) Q_ij, 0 beyond a response's last segment
     adv = leave_one_out(_groups(to_go, group_size)).flatten(0, 1)  # (B, J)
-    return adv.gather(1, index) * m.to(r.dtype)
+    return adv.gather(1, index) * mask.to(adv.dtype)
 
 
 def segment_end_mask(token_index: torch.Tensor, segment_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
