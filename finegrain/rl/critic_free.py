@@ -9,7 +9,8 @@ whose reward is 0 is still a segment (it counts in the group's statistics).
 
 Holistic: each response's reward is the sum of its segment rewards (one number), and every token
 of the response gets the same advantage. Fine-grained (dense): token t's advantage is built from
-the rewards of the segments that end at or after t.
+the rewards of the segments that end at or after t (the tokens after a response's last segment
+end, such as EOS, belong to that segment: `segment_index`).
 
 A group whose values are all equal (every response scored the same) gets advantage 0, never NaN.
 """
