@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("finegrain.models_cli", "load, cache and try the embedded models"),
     "annotate": ("finegrain.annotate.cli", "the feedback-collection web app: serve, tokens, import, export, agreement"),
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
-    "train": ("finegrain.rl.cli", "PPO on dense, weighted, multi-source rewards (fine-grained or holistic)"),
+    "train": ("finegrain.recipes.cli", "train a policy: sft, dpo, simpo, or ppo (fine-grained or holistic rewards)"),
     "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
     "demo": ("finegrain.rl.demo_cli", "the detoxification demo: holistic vs fine-grained PPO on the embedded models"),
     "eval": ("finegrain.eval_cli", "evaluate a policy on prompts: toxicity, perplexity, diversity"),
@@ -38,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `finegrain train sft --config F key=value`: overrides may follow options (argparse alone
+    # takes positionals only up to the first option)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "trailing_overrides", False) or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     func = getattr(args, "func", None)
     if func is None:
         # a command group without its subcommand: show that group's help

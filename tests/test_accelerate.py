@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from finegrain.rl.metrics import read_metrics
+from finegrain.kernel.run import read_metrics
 from rl_helpers import make_tiny_policy, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]

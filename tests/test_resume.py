@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from finegrain.config import load_config
-from finegrain.rl.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from finegrain.kernel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from finegrain.rl.trainer import TrainerState
 from finegrain.rl.config import TrainConfig
-from finegrain.rl.metrics import read_metrics, without_timings
+from finegrain.kernel.run import read_metrics, without_timings
 from rl_helpers import make_tiny_policy, tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(acc, tmp_path, TrainerState(step=2, kl_coef=0.3), keep=2)
     assert latest_checkpoint(tmp_path) == first
-    state = load_checkpoint(acc, first)
+    state = load_checkpoint(acc, first, TrainerState)
     assert state.step == 1 and state.kl_coef == 0.3
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 

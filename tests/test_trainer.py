@@ -16,9 +16,7 @@ from finegrain.config import ConfigError, load_config
 from finegrain.data.problems import DataError
 from finegrain.errors import MissingPackageError, TrainingError
 from finegrain.rl.config import TrainConfig
-from finegrain.rl.metrics import read_metrics
-from finegrain.rl.prompts import prompt_indices
-from finegrain.rl.rollout import response_mask
+from finegrain.kernel.run import read_metrics
 from rl_helpers import PROMPTS, make_tiny_policy, tiny_config, write_config
 
 
@@ -41,32 +39,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# --- pure pieces -------------------------------------------------------------------------------
-
-
-def test_response_mask_ends_after_the_first_eos():
-    ids = torch.tensor([[5, 6, 2, 2, 2], [2, 7, 8, 9, 9], [5, 6, 7, 8, 9]])
-    assert response_mask(ids, [2]).tolist() == [
-        [True, True, True, False, False],
-        [True, False, False, False, False],
-        [True, True, True, True, True],
-    ]
-
-
-def test_prompt_indices_split_processes_and_cover_each_pass():
-    n, per, procs = 8, 2, 2
-    seen = []
-    for step in range(4):  # 4 steps x 2 processes x 2 prompts = two passes over 8 prompts
-        a = prompt_indices(step, n, per, procs, 0, seed=3)
-        b = prompt_indices(step, n, per, procs, 1, seed=3)
-        assert not set(a) & set(b)
-        seen += a + b
-    assert sorted(seen[:8]) == list(range(8)) and sorted(seen[8:]) == list(range(8))
-    assert seen[:8] != seen[8:]  # a fresh order for each pass
-    assert prompt_indices(4, n, per, procs, 1, seed=3) == prompt_indices(4, n, per, procs, 1, seed=3)
-    assert prompt_indices(0, n, per, procs, 0, seed=3) != prompt_indices(0, n, per, procs, 0, seed=4)
-
-
 # --- rollout -------------------------------------------------------------------------------------
 
 
@@ -76,18 +48,21 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     log-prob an unpadded forward gives it; and the first PPO forward reproduces pi_old."""
     from finegrain.models import load_tokenizer
     from finegrain.rl import maths
-    from finegrain.rl.config import PPOConfig, SamplingConfig
-    from finegrain.rl.policy import build_actor_critic, load_reference
-    from finegrain.rl.rollout import Scores, build_rollout, forward, sample, tokenize_prompts
+    from finegrain.rl.config import PPOConfig
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.models import load_frozen as load_reference
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.rl.policy import build_actor_critic
+    from finegrain.rl.rollout import Scores, build_rollout, forward
     from finegrain.rl.update import ppo_losses
 
     torch.manual_seed(0)
     tok = load_tokenizer(str(tiny))
     model = build_actor_critic(str(tiny), "shared").eval()
     ref = load_reference(str(tiny), torch.float32)
-    ids, mask = tokenize_prompts(tok, PROMPTS[:3], 64)
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
     assert not mask[:, -1].logical_not().any() and mask.sum(-1).min() < mask.shape[1]  # left-padded
-    samples = sample(model.policy, tok, ids, mask, SamplingConfig(max_new_tokens=8, samples_per_prompt=2, top_k=0))
+    samples = HFGenerator(model.policy, tok).generate(ids, mask, GenerationSettings(max_new_tokens=8, samples_per_prompt=2))
     fwd = forward(model, ref, samples, batch_size=4)
     assert fwd.logprobs.shape == samples.response_ids.shape == fwd.values.shape
     for b in range(samples.response_ids.shape[0]):
@@ -111,9 +86,12 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     """The rollout's policy forward, graph kept, gives the first PPO step the loss and gradients a
     second forward would: skipping that forward changes nothing but the time."""
     from finegrain.models import load_tokenizer
-    from finegrain.rl.config import PPOConfig, SamplingConfig
-    from finegrain.rl.policy import build_actor_critic, load_reference
-    from finegrain.rl.rollout import Scores, build_rollout, forward, sample, tokenize_prompts
+    from finegrain.rl.config import PPOConfig
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.models import load_frozen as load_reference
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.rl.policy import build_actor_critic
+    from finegrain.rl.rollout import Scores, build_rollout, forward
     from finegrain.rl.update import ppo_losses
 
     torch.manual_seed(1)
@@ -121,8 +99,8 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     model = build_actor_critic(str(tiny), "shared").eval()
     torch.nn.init.normal_(model.value_head.weight, std=0.1)  # values that depend on the backbone
     ref = load_reference(str(tiny))
-    ids, mask = tokenize_prompts(tok, PROMPTS[:2], 64)
-    samples = sample(model.policy, tok, ids, mask, SamplingConfig(max_new_tokens=6, samples_per_prompt=2, top_k=0))
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:2])
+    samples = HFGenerator(model.policy, tok).generate(ids, mask, GenerationSettings(max_new_tokens=6, samples_per_prompt=2))
     ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
     kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
     T = samples.response_ids.shape[1]

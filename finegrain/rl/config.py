@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
+from finegrain.kernel.config import RunConfig
 
 REWARD_KINDS = ("toxicity", "rm")
 TOXICITY_MODES = ("dense", "holistic")
@@ -20,7 +21,6 @@ SCHEDULES = ("constant", "linear", "cosine")
 KL_ESTIMATORS = ("k1", "k3")
 VALUE_MODELS = ("shared", "separate")
 PRECISIONS = ("bf16", "fp32")
-TRACKERS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -47,8 +47,9 @@ class DataConfig(ConfigBase):
     prompt_list: list[str] = field(default_factory=list, metadata={"help": "plain prompts, used when `prompts` is not set"})
     eval_prompts: int = field(default=0, metadata={"help": "prompts held out of training for evaluation (0: no evaluation)"})
     max_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts of the file (after the held-out split)"})
-    max_prompt_tokens: int = field(default=128, metadata={"help": "longer prompts keep their last tokens"})
-    template: str = field(default="{prompt}", metadata={"help": "how a prompt is shown to the policy; {prompt} is replaced"})
+    max_prompt_tokens: int = field(default=128, metadata={"help": "prompt token budget: passages lose sentences from the end first, the question is never cut"})
+    template: str = field(default="{prompt}", metadata={"help": "how an example is shown to the policy: {prompt}/{question}, {passages}"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap the rendered prompt in the tokenizer's chat template, if it has one"})
     ptx: str | None = field(
         default=None,
         metadata={"help": "PPO-ptx: file of texts for the pretraining/SFT loss (prompt + reference, or its first response)"},
@@ -59,8 +60,9 @@ class DataConfig(ConfigBase):
         check_range(self, "max_prompt_tokens", 1)
         if self.max_prompts is not None:
             check_range(self, "max_prompts", 1)
-        if "{prompt}" not in self.template:
-            raise ConfigError(f"{self._path + '.' if self._path else ''}template: {self.template!r} must contain {{prompt}}")
+        from finegrain.kernel.prompts import check_template
+
+        check_template(self.template, f"{self._path + '.' if self._path else ''}template")
 
 
 @dataclass
@@ -169,32 +171,6 @@ class RewardConfig(ConfigBase):
         if self.kind == "rm" and self.path:
             return Path(self.path).name
         return self.kind
-
-
-@dataclass
-class RunConfig(ConfigBase):
-    out: str = field(default="runs/ppo", metadata={"help": "run folder: metrics, checkpoints, final/ and best/ policies"})
-    seed: int = field(default=0, metadata={"help": "seed of every random number generator"})
-    steps: int = field(default=100, metadata={"help": "PPO steps (one rollout and its update each)"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate on the held-out prompts every N steps (0: never)"})
-    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (oldest deleted first)"})
-    log_with: list[str] = field(default_factory=list, metadata={"help": "extra trackers: tensorboard, wandb"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar with ETA"})
-    threads: int = field(
-        default=0,
-        metadata={"help": "CPU threads for torch in this process (0: torch's default); 1 is much faster on a busy shared CPU"},
-    )
-
-    def __post_init__(self) -> None:
-        check_range(self, "steps", 1)
-        check_range(self, "eval_every", 0)
-        check_range(self, "save_every", 0)
-        check_range(self, "keep_checkpoints", 1)
-        check_range(self, "threads", 0)
-        for i, tracker in enumerate(self.log_with):
-            if tracker not in TRACKERS:
-                raise ConfigError(f"{self._path + '.' if self._path else ''}log_with[{i}]: {tracker!r} is not allowed; choose from {', '.join(TRACKERS)}")
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from finegrain.kernel.logprobs import token_logprobs  # noqa: F401  (log pi(y_t), one home for every recipe)
+
 KLEstimator = Literal["k1", "k3"]
 
 
@@ -134,16 +136,6 @@ def value_loss(
 
 
 # --- per-token quantities --------------------------------------------------------------------
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token], computed in float32 whatever the logits' dtype.
-
-    Shape: logits (B, T, V), tokens (B, T) -> (B, T).
-    """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

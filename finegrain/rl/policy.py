@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
+from finegrain.kernel.models import position_ids
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -25,15 +27,6 @@ VALUE_MODELS = ("shared", "separate")
 class PolicyOutput(NamedTuple):
     logits: torch.Tensor  # (B, T, V) policy logits predicting response token t
     values: torch.Tensor | None  # (B, T) float32 V(state before token t); None when not asked for
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` uses them: a forward pass must use the same
-    or the log-probs of the sampled tokens would not be those they were sampled from.
-
-    Shape: attention_mask (B, L) -> (B, L) long.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class ActorCritic(nn.Module):
@@ -86,13 +79,6 @@ class ActorCritic(nn.Module):
         return PolicyOutput(logits, values)
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for every forward of the step (generation included), or nothing for fp32.
-    Done here rather than by accelerate's `mixed_precision`, which is fixed once per process:
-    two runs with different precisions can then share a process (a notebook, the demo)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def build_actor_critic(policy_path: str, value_model: str, dtype: torch.dtype = torch.float32) -> ActorCritic:
     """Load the policy (and, for `separate`, a second copy of its backbone as the critic)."""
     from transformers import AutoModel, AutoModelForCausalLM
@@ -102,30 +88,3 @@ def build_actor_critic(policy_path: str, value_model: str, dtype: torch.dtype = 
     policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
     critic = AutoModel.from_pretrained(policy_path, dtype=dtype) if value_model == "separate" else None
     return ActorCritic(policy, critic)
-
-
-def load_reference(policy_path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
-    """The frozen reference policy. Kept in float32 and run under autocast like the policy: on the
-    2-core CPU we measure on, a bf16-stored SmolLM2 forward took 7 s where float32 weights under
-    bf16 autocast took 1.7 s (32 x 30 tokens), since autocast keeps norms and softmax in float32."""
-    from transformers import AutoModelForCausalLM
-
-    ref = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
-    ref.requires_grad_(False)
-    return ref.eval()
-
-
-@torch.no_grad()
-def reference_logits(ref: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> torch.Tensor:
-    """The reference policy's logits for the response tokens.
-
-    Shape: input_ids (B, P + T), attention_mask (B, P + T) -> (B, T, V).
-    """
-    out = ref(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        logits_to_keep=num_response + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1]

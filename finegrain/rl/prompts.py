@@ -1,12 +1,9 @@
-"""Prompts for PPO: read them, hold some out for evaluation, and say which ones step s uses.
-
-Which prompts a step uses is a pure function of (seed, step, process): a resumed run needs no
-saved data-loader state beyond the step number, and every process takes its own slice.
+"""Prompts for PPO: read them and hold some out for evaluation (kernel.data.hold_out); which ones
+step s uses is kernel.run.batch_indices; how the policy sees them is kernel.prompts.PromptRenderer.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,44 +39,12 @@ def load_prompts(data: "DataConfig", seed: int) -> PromptSplit:
     empty = [i for i, e in enumerate(examples) if not e.prompt.strip()]
     if empty:
         raise ConfigError(f"{source}: record {empty[0]} has an empty prompt ({len(empty)} empty in all)")
-    if len(examples) <= data.eval_prompts:
-        raise ConfigError(
-            f"data.eval_prompts: {data.eval_prompts} held-out prompts leave none to train on ({source} has {len(examples)})"
-        )
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    held_out = sorted(order[: data.eval_prompts])
-    train = [examples[i] for i in sorted(order[data.eval_prompts :])]
+    from finegrain.kernel.data import hold_out
+
+    train, held_out = hold_out(examples, data.eval_prompts, seed, "data.eval_prompts", source)
     if data.max_prompts is not None:
         train = train[: data.max_prompts]
-    return PromptSplit(train=train, eval=[examples[i] for i in held_out])
-
-
-def format_prompt(template: str, example: "Example") -> str:
-    return template.replace("{prompt}", example.prompt)
-
-
-def prompt_indices(step: int, n_prompts: int, per_process: int, n_processes: int, rank: int, seed: int) -> list[int]:
-    """Indices of the training prompts that process `rank` uses at `step` (0-based).
-
-    The prompts are walked in a fresh seeded permutation per pass over the data; step s of the
-    whole run takes the global slice [s * G, (s + 1) * G) with G = per_process * n_processes, and
-    process r takes its r-th part of it.
-    """
-    import torch
-
-    per_step = per_process * n_processes
-    start = step * per_step + rank * per_process
-    out: list[int] = []
-    cached_pass, perm = -1, None
-    for position in range(start, start + per_process):
-        data_pass, offset = divmod(position, n_prompts)
-        if data_pass != cached_pass:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + data_pass)
-            perm = torch.randperm(n_prompts, generator=g).tolist()
-            cached_pass = data_pass
-        out.append(perm[offset])  # type: ignore[index]
-    return out
+    return PromptSplit(train=train, eval=held_out)
 
 
 def load_ptx_texts(path: str) -> list[str]:

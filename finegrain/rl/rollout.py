@@ -1,5 +1,6 @@
-"""Rollout: sample responses with the KV cache, score them with the reward sources, run one forward
-pass per model (policy + values, frozen reference), and turn the rewards into advantages.
+"""Rollout: responses sampled through the kernel's generator are scored by the reward sources, one
+forward pass per model (policy + values, frozen reference) gives their log-probs and values, and the
+rewards become advantages.
 
 Each phase is one function; `Rollout` is the typed container the PPO update reads.
 Shape legend: B responses (prompts x samples per prompt), P prompt tokens (left-padded),
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from finegrain.kernel.logprobs import response_logits
+from finegrain.kernel.sequences import Sequences as Samples  # what generation produced
 from finegrain.rl import maths
-from finegrain.rl.policy import reference_logits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -23,30 +25,7 @@ if TYPE_CHECKING:
     from finegrain.data.records import Example
     from finegrain.rewards.base import SegmentScores
     from finegrain.rewards.compose import WeightedSource
-    from finegrain.rl.config import PPOConfig, SamplingConfig
-
-
-@dataclass
-class Samples:
-    """What generation produced."""
-
-    query_ids: torch.Tensor  # (B, P) long: prompt tokens, left-padded
-    query_mask: torch.Tensor  # (B, P) bool: True on real prompt tokens
-    response_ids: torch.Tensor  # (B, T) long: sampled tokens, right-padded with the pad token
-    response_mask: torch.Tensor  # (B, T) bool: True up to and including the first end-of-sequence token
-
-    def to(self, device: str | torch.device) -> "Samples":
-        return Samples(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
+    from finegrain.rl.config import PPOConfig
 
 
 @dataclass
@@ -104,74 +83,7 @@ class Rollout:
         return torch.cat([self.query_mask, self.response_mask], dim=1).long()
 
 
-# --- 1. generation --------------------------------------------------------------------------------
-
-
-def tokenize_prompts(tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt tokens; a prompt longer than `max_tokens` keeps its end (what the response continues).
-
-    Shape: -> ids (B, P) long, mask (B, P) bool.
-    """
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_tokens, add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"].bool()
-
-
-def eos_token_ids(policy: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> list[int]:
-    """Every token that ends a response: the tokenizer's EOS and any the generation config adds."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen = getattr(policy, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids.update([extra] if isinstance(extra, int) else (extra or []))
-    return sorted(ids)
-
-
-def response_mask(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
-    """True up to and including the first EOS: stopping is an action the policy took.
-
-    Shape: response_ids (B, T) -> (B, T) bool.
-    """
-    is_eos = torch.isin(response_ids, torch.tensor(list(eos_ids), dtype=response_ids.dtype))
-    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before t
-    return eos_before == 0
-
-
-@torch.no_grad()
-def sample(
-    policy: "PreTrainedModel",
-    tokenizer: "PreTrainedTokenizerBase",
-    query_ids: torch.Tensor,
-    query_mask: torch.Tensor,
-    sampling: "SamplingConfig",
-) -> Samples:
-    """`samples_per_prompt` responses to each prompt, with the KV cache (`generate`).
-    Responses to prompt i are rows i * n .. i * n + n - 1.
-
-    Shape: query_ids (N, P), query_mask (N, P) -> Samples with B = N * samples_per_prompt.
-    """
-    n = sampling.samples_per_prompt
-    ids = query_ids.repeat_interleave(n, dim=0)
-    mask = query_mask.repeat_interleave(n, dim=0)
-    eos = eos_token_ids(policy, tokenizer)
-    out = policy.generate(
-        input_ids=ids,
-        attention_mask=mask.long(),
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k if sampling.top_k > 0 else None,
-        top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens,
-        min_new_tokens=sampling.min_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    responses = out[:, ids.shape[1] :]  # (B, T)
-    rmask = response_mask(responses, eos)
-    width = int(rmask.sum(-1).max().clamp(min=1))
-    responses, rmask = responses[:, :width], rmask[:, :width]
-    responses = torch.where(rmask, responses, torch.full_like(responses, tokenizer.pad_token_id))
-    return Samples(ids, mask, responses, rmask)
+# --- 1. generation: kernel.generation (HFGenerator.generate -> Sequences) ----------------------
 
 
 # --- 2. scoring ---------------------------------------------------------------------------------
@@ -237,7 +149,7 @@ def forward(
     ids, attn, tokens, T = samples.input_ids, samples.attention_mask, samples.response_ids, samples.response_ids.shape[1]
     chunks = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
     with torch.no_grad():
-        ref_logprobs = torch.cat([maths.token_logprobs(reference_logits(ref, ids[c], attn[c], T), tokens[c]) for c in chunks])
+        ref_logprobs = torch.cat([maths.token_logprobs(response_logits(ref, ids[c], attn[c], T), tokens[c]) for c in chunks])
     if keep_graph:
         out = model(ids, attn, T)
         logprobs = maths.token_logprobs(out.logits, tokens)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from finegrain.errors import TrainingError
+from finegrain.kernel.models import autocast
+from finegrain.kernel.run import check_finite, stop_together  # noqa: F401  (stop_together: the trainer's too)
+from finegrain.kernel.stats import add_stats, divide_stats
 from finegrain.rl import maths
-from finegrain.rl.policy import autocast
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -69,6 +70,18 @@ def ptx_loss(model: "ActorCritic", batch: PtxBatch) -> torch.Tensor:
     return model.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels, use_cache=False).loss
 
 
+class StepStats(NamedTuple):
+    """One optimiser step's losses and diagnostics (a micro-batch's share of them), summed by name."""
+
+    policy_loss: float
+    value_loss: float
+    ptx_loss: float
+    entropy: float
+    approx_kl: float
+    clip_frac: float
+    value_clip_frac: float
+
+
 @dataclass
 class UpdateStats:
     policy_loss: float
@@ -89,22 +102,6 @@ def reuses_rollout_forward(ppo: "PPOConfig", rollout_size: int) -> bool:
     return ppo.minibatch_size == rollout_size and ppo.grad_accum == 1
 
 
-def stop_together(accelerator: "Accelerator", problem: str | None) -> None:
-    """Raise TrainingError on every process when any process found a problem: a process that
-    stopped alone would leave the others waiting at their next collective operation."""
-    if accelerator.num_processes > 1:
-        flag = torch.tensor([1.0 if problem else 0.0], device=accelerator.device)
-        if float(accelerator.reduce(flag, reduction="sum")) > 0 and problem is None:
-            problem = "another process met a NaN or inf value"
-    if problem:
-        raise TrainingError(problem)
-
-
-def _check_finite(accelerator: "Accelerator", name: str, value: torch.Tensor) -> None:
-    bad = not torch.isfinite(value).all()
-    stop_together(accelerator, f"the {name} loss is {float(value)}: stopping (look for NaN/inf rewards or a too-high learning rate)" if bad else None)
-
-
 def ppo_update(
     accelerator: "Accelerator",
     model: torch.nn.Module,
@@ -123,7 +120,7 @@ def ppo_update(
         raise ValueError("first_pass needs minibatch_size == the rollout's size and grad_accum == 1")
     B, mb = len(rollout), ppo.minibatch_size
     n_mb = B // mb  # a last partial minibatch is dropped: every optimiser step sees mb responses
-    sums = torch.zeros(7, dtype=torch.float64)
+    parts: list[StepStats] = []
     count, grad_norm, stopped, done = 0, 0.0, False, 0.0
     unwrapped = accelerator.unwrap_model(model)
     for epoch in range(ppo.epochs):
@@ -134,7 +131,7 @@ def ppo_update(
             if ptx_batches is not None and ppo.ptx_coef > 0:
                 with accelerator.no_sync(model), autocast(accelerator.device, precision):
                     ptx_value = ptx_loss(unwrapped, next(ptx_batches))
-                    _check_finite(accelerator, "PPO-ptx", ptx_value)
+                    check_finite(accelerator, "PPO-ptx", ptx_value)
                     accelerator.backward(ppo.ptx_coef * ptx_value)
             for j, idx in enumerate(micro):
                 last = j == len(micro) - 1
@@ -147,12 +144,13 @@ def ppo_update(
                         if float(kl_now) > ppo.early_stop_kl:
                             stopped = True
                             break
-                    _check_finite(accelerator, "PPO", losses.total)
+                    check_finite(accelerator, "PPO", losses.total)
                     accelerator.backward(losses.total / len(micro))
-                sums += torch.tensor(
-                    [losses.policy, losses.value, float(ptx_value.detach()), losses.entropy, losses.approx_kl, losses.clip_frac, losses.value_clip_frac],
-                    dtype=torch.float64,
-                ) / len(micro)
+                part = StepStats(
+                    float(losses.policy), float(losses.value), float(ptx_value.detach()), float(losses.entropy),
+                    float(losses.approx_kl), float(losses.clip_frac), float(losses.value_clip_frac),
+                )
+                parts.append(divide_stats(part, len(micro)))
             if stopped:
                 optimizer.zero_grad(set_to_none=True)
                 break
@@ -164,5 +162,5 @@ def ppo_update(
             done = epoch + (i + 1) / n_mb
         if stopped:
             break
-    means = (sums / max(count, 1)).tolist()
-    return UpdateStats(*means, grad_norm=grad_norm, epochs=done, early_stopped=stopped)  # type: ignore[misc]
+    means = divide_stats(add_stats(parts), max(count, 1)) if parts else StepStats(*[0.0] * len(StepStats._fields))
+    return UpdateStats(**means._asdict(), grad_norm=grad_norm, epochs=done, early_stopped=stopped)

@@ -1,14 +1,14 @@
 """Checkpoints that survive a kill at any moment, and the HF-format policy folders of a run.
 
-A checkpoint is accelerate's `save_state` (model = policy + value model, optimiser, scheduler, the
-RNG states of every process) plus `trainer_state.json` (step = data position, KL coefficient, best
-evaluation). It is written into a hidden temporary folder, fsynced, renamed into place, and only
+A checkpoint is accelerate's `save_state` (the trained model, optimiser, scheduler, the RNG states
+of every process) plus `trainer_state.json`, the recipe's state dataclass (step = data position,
+best evaluation, and what else the recipe carries, e.g. PPO's KL coefficient). It is written into a hidden temporary folder, fsynced, renamed into place, and only
 then named in `checkpoints/latest`: a kill during a save leaves the previous checkpoint as the
 latest and a `.tmp-*` folder that the next save removes.
 
 Layout of a run folder:
     config.yaml          the resolved config
-    metrics.jsonl        one row per step (and per evaluation)
+    metrics.jsonl        one row per step (and per evaluation); tensorboard/, wandb/ when asked for
     checkpoints/step-000010/   checkpoints/latest
     best/  final/        the policy in HF format (+ tokenizer), loadable with from_pretrained
 """
@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from finegrain.io import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -33,11 +33,15 @@ LATEST = "latest"
 
 
 @dataclass
-class TrainerState:
-    step: int = 0  # PPO steps completed; also the data position (see prompts.prompt_indices)
-    kl_coef: float = 0.0  # current beta (changes when adaptive)
-    best_eval: float | None = None  # best mean held-out reward so far
+class RunState:
+    """What a checkpoint holds besides accelerate's state; recipes extend it with their own fields."""
+
+    step: int = 0  # optimiser steps completed; also the data position (see run.batch_indices)
+    best_eval: float | None = None  # best held-out score so far (what keep-best compares)
     best_step: int | None = None
+
+
+State = TypeVar("State", bound=RunState)
 
 
 def checkpoint_root(out: Path) -> Path:
@@ -61,7 +65,7 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def save_checkpoint(accelerator: "Accelerator", out: Path, state: TrainerState, keep: int, name: str | None = None) -> Path:
+def save_checkpoint(accelerator: "Accelerator", out: Path, state: RunState, keep: int, name: str | None = None) -> Path:
     """Write a checkpoint atomically; every process must call it. `name` (default `step-NNNNNN`)
     other than the default is not made `latest` (used for the state saved when a run stops on NaN)."""
     root = checkpoint_root(out)
@@ -97,17 +101,18 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: "Accelerator", folder: Path) -> TrainerState:
-    """Restore model, optimiser, scheduler and RNG states; return the trainer state."""
+def load_checkpoint(accelerator: "Accelerator", folder: Path, state_type: type[State] = RunState) -> State:  # type: ignore[assignment]
+    """Restore model, optimiser, scheduler and RNG states; return the recipe's state."""
     accelerator.load_state(str(folder))
     raw: dict[str, Any] = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    return TrainerState(**raw)
+    return state_type(**raw)
 
 
 def save_policy(
     policy: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path, info: dict[str, Any] | None = None
 ) -> Path:
-    """The policy in HF format (what `from_pretrained` and the evaluation read), replaced atomically."""
+    """The policy in HF format (what `from_pretrained` and the evaluation read), replaced atomically.
+    A `.tmp-*` or `.old-*` folder left by a kill is removed by the next save."""
     tmp = folder.parent / f".tmp-{folder.name}"
     if tmp.exists():
         shutil.rmtree(tmp)

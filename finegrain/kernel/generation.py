@@ -1,0 +1,145 @@
+"""The generation seam: prompts in, sampled responses with their mask out.
+
+A recipe holds a `Generator` and calls `generate(query_ids, query_mask, settings)`; after each
+optimiser step that changed the weights it calls `sync_weights()`. `HFGenerator` samples with the
+trained model itself through Hugging Face `generate` (KV cache), so its `sync_weights` has nothing to
+push; an engine that keeps its own copy of the weights (vLLM) implements the same two methods and
+copies the weights there, and no recipe changes.
+
+This module holds the library's only call of `generate(`: rollouts, evaluation, annotation
+sampling and `finegrain models generate` all come through `HFGenerator`.
+Shape legend: N prompts, G samples per prompt, B = N * G responses, P prompt tokens, T response tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from finegrain.kernel.models import autocast
+from finegrain.kernel.sequences import Sequences, eos_token_ids, response_mask
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How responses are sampled (each caller maps its own config onto these)."""
+
+    samples_per_prompt: int = 1  # G
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0  # EOS is forbidden before this many tokens
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0
+    do_sample: bool = True  # False: greedy
+
+
+class Generator(Protocol):
+    """What a recipe needs from a generation backend."""
+
+    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
+        """G responses to each prompt; responses to prompt i are rows i * G .. i * G + G - 1.
+
+        Shape: query_ids (N, P), query_mask (N, P) -> Sequences with B = N * G."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the next `generate` sample from the model's current weights."""
+        ...
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: torch.nn.Module, accelerator: "Accelerator | None") -> Iterator[torch.nn.Module]:
+    """The trained module, unwrapped, with every parameter it generates with present on this process.
+
+    - DeepSpeed ZeRO-3 partitions each parameter over the processes: gather them all for the
+      duration (`deepspeed.zero.GatheredParameters`), as TRL's `unwrap_model_for_generation` does.
+    - FSDP: the root unit's own parameters (embeddings, heads) are only gathered by the root's
+      forward, which `generate` on an inner module bypasses: unshard the root for the duration
+      (FSDP2 `unshard`/`reshard`, FSDP1 `summon_full_params(recurse=False)`); the inner units keep
+      gathering their layer's parameters in their own forward hooks.
+    - One process, DDP: every process holds the whole model; nothing to gather.
+    """
+    if accelerator is None:
+        yield model
+        return
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield accelerator.unwrap_model(model)
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # a torch built without distributed support
+        yield accelerator.unwrap_model(model)
+        return
+    if isinstance(model, FSDPModule):  # FSDP2 (fully_shard)
+        model.unshard()
+        try:
+            yield model
+        finally:
+            model.reshard()
+    elif isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
+            yield accelerator.unwrap_model(model, keep_fsdp_wrapping=False)
+    else:
+        yield accelerator.unwrap_model(model)
+
+
+class HFGenerator:
+    """Hugging Face `generate` on the trained model. `pick` selects the causal LM inside the
+    trained module (e.g. the policy of an actor-critic); `precision` "bf16" samples under autocast."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: "PreTrainedTokenizerBase",
+        accelerator: "Accelerator | None" = None,
+        precision: str = "fp32",
+        pick: Callable[[torch.nn.Module], "PreTrainedModel"] | None = None,
+    ):
+        self.model, self.tokenizer, self.accelerator, self.precision = model, tokenizer, accelerator, precision
+        self.pick = pick or (lambda m: m)
+
+    def sync_weights(self) -> None:
+        """Nothing to do: `generate` runs on the trained parameters themselves."""
+
+    @torch.no_grad()
+    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
+        """Shape: query_ids (N, P), query_mask (N, P) -> Sequences with B = N * G, T <= max_new_tokens
+        (trimmed to the longest response; tokens after a response's end are the pad token)."""
+        g = settings.samples_per_prompt
+        with gathered_for_generation(self.model, self.accelerator) as unwrapped:
+            lm = self.pick(unwrapped)
+            device = next(lm.parameters()).device
+            ids = query_ids.repeat_interleave(g, dim=0).to(device)  # (B, P)
+            mask = query_mask.repeat_interleave(g, dim=0).to(device)
+            eos = eos_token_ids(lm, self.tokenizer)
+            sampling = {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p} if settings.do_sample else {}
+            with autocast(device, self.precision):
+                out = lm.generate(
+                    input_ids=ids,
+                    attention_mask=mask.long(),
+                    do_sample=settings.do_sample,
+                    **sampling,
+                    max_new_tokens=settings.max_new_tokens,
+                    min_new_tokens=settings.min_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+        responses = out[:, ids.shape[1] :]  # (B, T)
+        rmask = response_mask(responses, eos)
+        width = int(rmask.sum(-1).max().clamp(min=1))
+        responses, rmask = responses[:, :width], rmask[:, :width]
+        responses = torch.where(rmask, responses, torch.full_like(responses, self.tokenizer.pad_token_id))
+        return Sequences(ids, mask, responses, rmask)

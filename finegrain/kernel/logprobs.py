@@ -1,0 +1,93 @@
+"""Log-probabilities of response tokens: per token, and per sequence (summed or length-averaged).
+
+One forward pass over (prompt + response) whose LM head runs on the response positions only
+(its vocabulary-wide matmul is a fifth of SmolLM2's forward). Used by PPO (per token), DPO (summed),
+SimPO (averaged), SFT (the loss) and the perplexity metric.
+Shape legend: B sequences, P prompt tokens (left-padded), T response tokens (right-padded), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from finegrain.kernel.models import position_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from finegrain.kernel.sequences import Sequences
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token], computed in float32 whatever the logits' dtype.
+
+    Shape: logits (B, T, V), tokens (B, T) -> (B, T).
+    """
+    logits = logits.float()
+    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """log p(response | prompt): the sum of its token log-probs (DPO), or with `average` their mean
+    over the response's tokens (SimPO's length-normalised score). A response with no token gives 0.
+
+    Shape: logprobs (B, T), mask (B, T) bool -> (B,).
+    """
+    m = mask.to(logprobs.dtype)
+    total = (logprobs * m).sum(-1)
+    return total / m.sum(-1).clamp(min=1) if average else total
+
+
+def response_logits(model: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> torch.Tensor:
+    """The logits that predict the last `num_response` tokens of each row.
+
+    Shape: input_ids (B, P + T), attention_mask (B, P + T), num_response T -> (B, T, V).
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=num_response + 1,  # positions P-1 .. P+T-1; the last one predicts past the response
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def response_logprobs(model: "PreTrainedModel", batch: "Sequences") -> torch.Tensor:
+    """log p(y_t | x, y_<t) of every response token (0 on padding), with autograd when enabled.
+
+    Shape: batch of B rows -> (B, T).
+    """
+    logits = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
+    return token_logprobs(logits, batch.response_ids) * batch.response_mask
+
+
+def pair_logprobs(model: "PreTrainedModel", batch: "Sequences", average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of both sides of N pairs laid out as `sequences.pair_batch` does.
+
+    Shape: batch of 2N rows -> chosen (N,), rejected (N,).
+    """
+    seq = sequence_logprobs(response_logprobs(model, batch), batch.response_mask, average)  # (2N,)
+    n = seq.shape[0] // 2
+    return seq[:n], seq[n:]
+
+
+@torch.no_grad()
+def pairs_logprobs(model: "PreTrainedModel", batches, average: bool, device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of every pair in `batches` (an iterable of `pair_batch` outputs), without
+    grad: held-out evaluation, and a reference model's log-probs computed once.
+
+    Shape: -> chosen (N,), rejected (N,) float32 on the CPU, N = the pairs of all batches.
+    """
+    from finegrain.kernel.models import autocast
+
+    chosen, rejected = [], []
+    with autocast(device, precision):
+        for batch in batches:
+            c, r = pair_logprobs(model, batch.to(device), average)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)

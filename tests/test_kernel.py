@@ -1,0 +1,163 @@
+"""The kernel's pieces on hand-computed tensors: the response-mask rule, sequence log-probs (summed
+and averaged), named statistics, the data position of a step, the prompt renderer's budget, and the
+generator on a tiny model (its log-probs match an unpadded forward)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from finegrain.config import ConfigError
+from finegrain.data.records import Example, Passage
+from finegrain.kernel.logprobs import sequence_logprobs, token_logprobs
+from finegrain.kernel.run import batch_indices
+from finegrain.kernel.sequences import encode_responses, pad_left, response_mask
+from finegrain.kernel.stats import add_stats, divide_stats, stats_row
+from rl_helpers import PROMPTS, make_tiny_policy
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_response_mask_ends_after_the_first_eos():
+    ids = torch.tensor([[5, 6, 2, 2, 2], [2, 7, 8, 9, 9], [5, 6, 7, 8, 9], [5, 3, 0, 2, 0]])
+    assert response_mask(ids, [2, 3]).tolist() == [
+        [True, True, True, False, False],  # EOS kept: stopping is an action
+        [True, False, False, False, False],
+        [True, True, True, True, True],  # never stopped
+        [True, True, False, False, False],  # any of several EOS ids ends it
+    ]
+
+
+def test_sequence_logprobs_sum_or_average_over_response_tokens():
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -9.0, -9.0], [-4.0, -4.0, -4.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    assert sequence_logprobs(lp, mask).tolist() == [-6.0, -0.5, 0.0]
+    assert sequence_logprobs(lp, mask, average=True).tolist() == [-2.0, -0.5, 0.0]
+
+
+def test_token_logprobs_are_log_softmax_at_the_token():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(2.0), math.log(2.0)]]])  # p = (1/4, 3/4), (1/2, 1/2)
+    lp = token_logprobs(logits, torch.tensor([[1, 0]]))
+    assert torch.allclose(lp, torch.tensor([[math.log(0.75), math.log(0.5)]]))
+
+
+class _S(NamedTuple):
+    loss: float
+    tokens: float
+
+
+def test_statistics_add_by_name():
+    total = add_stats([_S(1.0, 3.0), _S(2.0, 4.0), _S(0.5, 1.0)])
+    assert total == _S(loss=3.5, tokens=8.0)
+    assert divide_stats(total, 2) == _S(1.75, 4.0)
+    assert stats_row(total, "x/") == {"x/loss": 3.5, "x/tokens": 8.0}
+
+
+def test_batch_indices_split_processes_and_cover_each_pass():
+    n, per, procs = 8, 2, 2
+    seen = []
+    for step in range(4):  # 4 steps x 2 processes x 2 items = two passes over 8 items
+        a = batch_indices(step, n, per, procs, 0, seed=3)
+        b = batch_indices(step, n, per, procs, 1, seed=3)
+        assert not set(a) & set(b)
+        seen += a + b
+    assert sorted(seen[:8]) == list(range(8)) and sorted(seen[8:]) == list(range(8))
+    assert seen[:8] != seen[8:]  # a fresh order for each pass
+    assert batch_indices(4, n, per, procs, 1, seed=3) == batch_indices(4, n, per, procs, 1, seed=3)
+    assert batch_indices(0, n, per, procs, 0, seed=3) != batch_indices(0, n, per, procs, 0, seed=4)
+
+
+def test_padding_left_and_right():
+    ids, mask = pad_left([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[True] * 3, [False, False, True]]
+
+
+# --- with the SmolLM2 tokenizer --------------------------------------------------------------------
+
+QA = Example(
+    id="q1",
+    prompt="Who wrote Hamlet?",
+    passages=(
+        Passage("Hamlet", ("Hamlet is a tragedy.", "It was written by William Shakespeare.", "It is set in Denmark.")),
+        Passage("Shakespeare", ("William Shakespeare was an English playwright.", "He was born in Stratford.")),
+    ),
+)
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_renderer_fills_the_template_and_cuts_passages_from_the_end_first():
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    template = "question: {question} context: {passages}"
+    full = PromptRenderer(tok, template).render(QA)
+    assert full.text == (
+        "question: Who wrote Hamlet? context: wikipage: Hamlet text: Hamlet is a tragedy. It was written by William "
+        "Shakespeare. It is set in Denmark. wikipage: Shakespeare text: William Shakespeare was an English playwright. "
+        "He was born in Stratford."
+    )
+    assert (full.cut_sentences, full.cut_passages) == (0, 0)
+    # a budget that holds the first passage whole and nothing of the second
+    first = PromptRenderer(tok, template).count(
+        "question: Who wrote Hamlet? context: wikipage: Hamlet text: Hamlet is a tragedy. It was written by William "
+        "Shakespeare. It is set in Denmark."
+    )
+    cut = PromptRenderer(tok, template, max_tokens=first + 3).render(QA)
+    assert cut.text.endswith("It is set in Denmark.") and "Stratford" not in cut.text
+    assert (cut.cut_sentences, cut.cut_passages) == (2, 1) and cut.tokens <= first + 3
+    # the question alone over the budget: an error naming the example, never a cut question
+    with pytest.raises(ConfigError, match="'q1'.*never cut"):
+        PromptRenderer(tok, template, max_tokens=3).render(QA)
+    # the chat template wraps the user turn and opens the assistant's
+    chat = PromptRenderer(tok, "{prompt}", chat_template=True).render(QA)
+    assert "Who wrote Hamlet?" in chat.text and chat.text.rstrip().endswith("assistant")
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_encoded_responses_end_with_eos_and_are_right_padded():
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    ids, mask = encode_responses(tok, ["Shakespeare.", "He did, in 1600 or so."], max_tokens=64)
+    n0 = int(mask[0].sum())
+    assert ids[0, n0 - 1] == tok.eos_token_id and not mask[0, n0:].any() and mask[1].all()
+    cut, cut_mask = encode_responses(tok, ["He did, in 1600 or so."], max_tokens=3)
+    assert cut.shape == (1, 3) and cut_mask.all() and tok.eos_token_id not in cut[0].tolist()
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs(tiny):
+    """Responses to prompt i are rows i*G..; after the first EOS comes padding; the kernel's log-probs
+    of a generated batch equal those of each sequence's unpadded forward."""
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.logprobs import response_logprobs
+    from finegrain.kernel.models import load_causal_lm
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(tiny))
+    model = load_causal_lm(str(tiny)).eval()
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
+    out = HFGenerator(model, tok).generate(ids, mask, GenerationSettings(samples_per_prompt=2, max_new_tokens=8))
+    assert len(out) == 6 and torch.equal(out.query_ids[2], out.query_ids[3])
+    assert torch.equal(out.response_mask, response_mask(out.response_ids, [tok.eos_token_id]))
+    assert (out.response_ids[~out.response_mask] == tok.pad_token_id).all()
+    with torch.no_grad():
+        lp = response_logprobs(model, out)
+    for b in range(len(out)):
+        prompt = out.query_ids[b][out.query_mask[b]]
+        resp = out.response_ids[b][out.response_mask[b]]
+        logits = model(torch.cat([prompt, resp])[None]).logits[0, len(prompt) - 1 : -1]
+        assert torch.allclose(lp[b][: len(resp)], token_logprobs(logits[None], resp[None])[0], atol=1e-4)
+        assert (lp[b][len(resp) :] == 0).all()
