@@ -250,6 +250,18 @@ def test_segment_end_mask_uses_the_composers_placement():
     assert torch.equal(out, torch.tensor([[False, True, False, True], [False, False, True, False]]))
 
 
+def test_segment_ends_of_two_sources_on_the_policy_tokens():
+    from finegrain.rewards.base import SegmentScores
+
+    texts = ["ab. cd.", "x"]
+    offsets = [[(0, 3), (3, 7)], [(0, 1), (1, 1)]]  # "ab." " cd." | "x" and a padding slot
+    response_mask = _mask([2, 1], 2)
+    sentences = SegmentScores(torch.zeros(2, 2), torch.tensor([[3, 7], [1, 0]]), torch.tensor([[True, True], [True, False]]))
+    whole = SegmentScores(torch.zeros(2, 1), torch.tensor([[7], [1]]), torch.tensor([[True], [True]]))
+    ends = cf.segment_ends([sentences, whole], texts, offsets, response_mask)
+    assert torch.equal(ends, torch.tensor([[[True, True], [True, False]], [[False, True], [True, False]]]))
+
+
 # --- the loss ------------------------------------------------------------------------------------------
 
 
@@ -356,3 +368,17 @@ def test_dense_estimators_match_python_loops(seed):
     assert torch.allclose(cf.grpo_dense(r64, ends, mask, 4, eps=1e-6), _grpo_dense_loop(*args, 4, 1e-6), atol=1e-9)
     assert torch.allclose(cf.rloo_dense(r64, ends, mask, 4), _rloo_dense_loop(*args, 4), atol=1e-9)
     assert torch.allclose(cf.rloo_dense(r64, ends, mask, 2), _rloo_dense_loop(*args, 2), atol=1e-9)
+
+
+@pytest.mark.parametrize("aggregation", cf.LOSS_AGGREGATIONS)
+def test_micro_batch_shares_add_up_to_the_whole_batch_loss(aggregation):
+    g = torch.Generator().manual_seed(9)
+    mask = _mask([5, 1, 3, 4, 2, 5], 5)
+    adv, lp, old = (torch.randn(6, 5, generator=g) for _ in range(3))
+    whole = cf.critic_free_loss(lp, old, None, adv, mask, 0.2, aggregation, max_tokens=6).loss
+    parts = [slice(0, 2), slice(2, 3), slice(3, 6)]  # unequal micro-batches
+    summed = sum(
+        cf.micro_batch_share(mask[p], mask, aggregation) * cf.critic_free_loss(lp[p], old[p], None, adv[p], mask[p], 0.2, aggregation, max_tokens=6).loss
+        for p in parts
+    )
+    assert float(summed) == pytest.approx(float(whole), rel=1e-5)

@@ -17,11 +17,16 @@ A group whose values are all equal (every response scored the same) gets advanta
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 
 from finegrain.rl import maths
+
+if TYPE_CHECKING:
+    from finegrain.rewards.base import SegmentScores
+    from finegrain.rewards.compose import Offsets
 
 Estimator = Literal["grpo", "rloo"]
 SourceNorm = Literal["each", "sum"]
@@ -217,6 +222,19 @@ def segment_end_mask(token_index: torch.Tensor, segment_mask: torch.Tensor, resp
     return place_segment_rewards(ones, token_index, segment_mask, response_mask.shape[1], response_mask) > 0
 
 
+def segment_ends(raw: "Sequence[SegmentScores]", texts: "Sequence[str]", offsets: "Sequence[Offsets]", response_mask: torch.Tensor) -> torch.Tensor:
+    """Where each source's segments end on the policy's tokens: the tokens the composer puts their
+    rewards on (`compose.char_ends_to_token_index`, then `segment_end_mask`).
+
+    Shape: raw[k] (B, S_k), response_mask (B, T) -> (K, B, T) bool.
+    """
+    from finegrain.rewards.compose import char_ends_to_token_index
+
+    return torch.stack(
+        [segment_end_mask(char_ends_to_token_index(r.char_ends, r.mask, texts, offsets), r.mask, response_mask.cpu()) for r in raw]
+    ).to(response_mask.device)
+
+
 # --- several sources ---------------------------------------------------------------------------
 
 
@@ -333,6 +351,18 @@ def token_weights(mask: torch.Tensor, aggregation: LossAggregation, max_tokens: 
             raise ValueError(f"the 'constant' loss aggregation needs max_tokens >= 1 (the response length limit), got {max_tokens}")
         return m * n / (B * max_tokens)
     raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
+def micro_batch_share(micro_mask: torch.Tensor, batch_mask: torch.Tensor, aggregation: LossAggregation) -> float:
+    """The factor that turns a micro-batch's aggregated loss into its share of the whole batch's, so
+    that gradient accumulation over micro-batches gives the batch's aggregate exactly: its share of
+    the batch's real tokens for "token_mean", of the batch's responses otherwise.
+
+    Shape: micro_mask (b, T), batch_mask (B, T') -> float.
+    """
+    if aggregation == "token_mean":
+        return float(micro_mask.sum()) / max(float(batch_mask.sum()), 1.0)
+    return micro_mask.shape[0] / batch_mask.shape[0]
 
 
 class CriticFreeLoss(NamedTuple):
