@@ -1,0 +1,96 @@
+"""The GRPO / RLOO recipe on a tiny random policy: `finegrain train grpo|rloo` for each estimator x
+reward mode (holistic, fine-grained), with the options spread over the runs; config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from finegrain.cli import main
+from finegrain.config import ConfigError, load_config
+from finegrain.kernel.run import read_metrics
+from rl_helpers import make_tiny_policy, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def critic_free_config(tiny, out, mode: str, **sections) -> dict:
+    """PPO's tiny config with its `ppo` section replaced by `critic_free` and `optim`."""
+    cfg = tiny_config(tiny, out, mode)
+    cfg.pop("ppo")
+    cfg["critic_free"] = {"prompts_per_step": 2, "dense": mode == "dense"}
+    cfg["optim"] = {"lr": 1e-3, "batch_size": 4}
+    cfg["run"]["steps"] = 2
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
+    return cfg
+
+
+RUNS = {
+    # algorithm, reward mode: options spread so that every option runs at least once
+    ("grpo", "dense"): {"critic_free": {"kl_in": "loss", "source_norm": "each", "loss_aggregation": "sequence_mean"},
+                        "optim": {"grad_accum": 2}, "run": {"eval_every": 1}},
+    ("grpo", "holistic"): {"critic_free": {"kl_in": "reward", "scale_by_std": False, "loss_aggregation": "constant"}},
+    ("rloo", "dense"): {"critic_free": {"kl_in": "reward", "source_norm": "sum", "loss_aggregation": "token_mean", "epochs": 2},
+                        "optim": {"batch_size": 2},
+                        "rewards": [{"kind": "toxicity", "mode": "dense", "name": "sentences"},
+                                    {"kind": "toxicity", "mode": "holistic", "name": "whole", "weight": 0.5}]},
+    ("rloo", "holistic"): {"critic_free": {"kl_coef": 0.0}},
+}
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+@pytest.mark.parametrize("algorithm,mode", list(RUNS))
+def test_train_smoke(tmp_path, tiny, one_thread, capsys, algorithm, mode):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    path = write_config(critic_free_config(tiny, out, mode, **RUNS[(algorithm, mode)]), tmp_path / "cfg.yaml")
+    assert main(["train", algorithm, "--config", str(path)]) == 0, capsys.readouterr().err
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "reward/total" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    names = [r.get("name", "toxicity") for r in RUNS[(algorithm, mode)].get("rewards", [{"kind": "toxicity"}])]
+    for r in rows:
+        assert all(math.isfinite(v) for v in r.values())
+        assert all(f"reward/{n}" in r and f"reward/{n}_std" in r for n in names)
+        assert 0.0 <= r["groups/flat"] <= 1.0 and r["grad_norm"] >= 0.0
+        if mode == "holistic":
+            assert all(r[f"segments/{n}"] <= 1.0 for n in names)  # one segment per non-empty response
+    if RUNS[(algorithm, mode)].get("run", {}).get("eval_every"):
+        assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "eval/reward/total" in r] == [1, 2]
+    assert (out / "final" / "config.json").is_file() and (out / "best" / "config.json").is_file()
+    before = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the policy did not change"
+
+
+def test_config_errors_name_the_field(tmp_path, tiny):
+    from finegrain.recipes.grpo import GRPOConfig, RLOOConfig
+
+    def load(cls, **sections):
+        return load_config(cls, write_config(critic_free_config(tiny, tmp_path / "run", "dense", **sections), tmp_path / "c.yaml"))
+
+    assert load(RLOOConfig).critic_free.algorithm == "rloo" and load(GRPOConfig).critic_free.algorithm == "grpo"
+    with pytest.raises(ConfigError, match="sampling.samples_per_prompt: grpo compares the samples of a prompt; it needs at least 2, got 1"):
+        load(GRPOConfig, sampling={"samples_per_prompt": 1})
+    with pytest.raises(ConfigError, match="critic_free.kl_in: 'both' is not allowed"):
+        load(GRPOConfig, critic_free={"kl_in": "both"})
+    with pytest.raises(ConfigError, match="critic_free.loss_aggregation"):
+        load(RLOOConfig, critic_free={"loss_aggregation": "mean"})
+    with pytest.raises(ConfigError, match="optim.batch_size: 8 responses per optimiser step is more than a step samples"):
+        load(GRPOConfig, optim={"batch_size": 8})
+    with pytest.raises(ConfigError, match="data.ptx"):
+        load(GRPOConfig, data={"ptx": "x.jsonl"})
