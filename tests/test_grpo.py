@@ -94,3 +94,21 @@ def test_config_errors_name_the_field(tmp_path, tiny):
         load(GRPOConfig, optim={"batch_size": 8})
     with pytest.raises(ConfigError, match="data.ptx"):
         load(GRPOConfig, data={"ptx": "x.jsonl"})
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_a_resumed_grpo_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny, one_thread):
+    """Stopped after its step-2 checkpoint and resumed to step 4, a run replays the uninterrupted
+    run's metrics exactly (the sampling RNG, optimiser and schedule come back from the checkpoint)."""
+    from finegrain.kernel.run import without_timings
+    from finegrain.recipes.grpo import GRPOConfig, train
+
+    cfg = critic_free_config(tiny, tmp_path / "whole", "dense", run={"steps": 4, "save_every": 2}, critic_free={"epochs": 2}, optim={"batch_size": 2})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    whole = train(load_config(GRPOConfig, path))
+    parted = tmp_path / "parted"
+    train(load_config(GRPOConfig, path, [f"run.out={parted}", "run.steps=2"]))
+    train(load_config(GRPOConfig, path, [f"run.out={parted}"]), resume=True)
+    rows = [[without_timings(r) for r in read_metrics(folder / "metrics.jsonl")] for folder in (whole, parted)]
+    assert [r["step"] for r in rows[0]] == [1, 2, 3, 4]
+    assert rows[1] == rows[0]
