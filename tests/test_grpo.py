@@ -112,3 +112,24 @@ def test_a_resumed_grpo_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny, 
     rows = [[without_timings(r) for r in read_metrics(folder / "metrics.jsonl")] for folder in (whole, parted)]
     assert [r["step"] for r in rows[0]] == [1, 2, 3, 4]
     assert rows[1] == rows[0]
+
+
+@pytest.mark.parametrize("mode", ["finegrained", "holistic"])
+def test_detox_configs_keep_ppos_settings(mode):
+    """configs/detox_critic_free_*.yaml load for both recipes and share PPO's prompts, sampling,
+    model, learning rate, KL weight and rewards (configs/detox_*.yaml): the arms differ in the estimator only."""
+    from pathlib import Path
+
+    from finegrain.config import to_dict
+    from finegrain.recipes.grpo import GRPOConfig, RLOOConfig
+    from finegrain.rl.config import TrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    ppo = load_config(TrainConfig, configs / f"detox_{mode}.yaml")
+    for cls, algorithm in ((GRPOConfig, "grpo"), (RLOOConfig, "rloo")):
+        cf = load_config(cls, configs / f"detox_critic_free_{mode}.yaml")
+        assert cf.critic_free.algorithm == algorithm and cf.critic_free.dense == (mode == "finegrained")
+        assert to_dict(cf.sampling) == to_dict(ppo.sampling) and to_dict(cf.data) == to_dict(ppo.data)
+        assert [to_dict(r) for r in cf.rewards] == [to_dict(r) for r in ppo.rewards]
+        assert (cf.model.policy, cf.model.precision) == (ppo.model.policy, ppo.model.precision)
+        assert (cf.optim.lr, cf.critic_free.kl_coef, cf.critic_free.prompts_per_step, cf.critic_free.clip) == (ppo.ppo.lr, ppo.ppo.kl_coef, ppo.ppo.prompts_per_step, ppo.ppo.clip)
