@@ -56,20 +56,19 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.prompts import PromptRenderer
     from finegrain.models import load_policy
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     model, tok = load_policy(args.model)
     loaded = time.perf_counter() - t0
-    batch = tok([args.prompt] * args.samples, return_tensors="pt", padding=True)
+    ids, mask = PromptRenderer(tok).encode([args.prompt])
+    settings = GenerationSettings(args.samples, args.max_new_tokens, 0, args.temperature, 0, args.top_p)
     t0 = time.perf_counter()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.generate(
-            **batch, do_sample=True, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens, pad_token_id=tok.pad_token_id,
-        )
-    for row in out[:, batch["input_ids"].shape[1]:]:
+    out = HFGenerator(model, tok, precision="bf16").sample(ids, mask, settings)
+    for row in out.response_ids:
         print(repr(tok.decode(row, skip_special_tokens=True)))
     print(f"(load {loaded:.1f} s, generate {time.perf_counter() - t0:.1f} s)")
     return 0

@@ -149,7 +149,7 @@ def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs
     tok = load_tokenizer(str(tiny))
     model = load_causal_lm(str(tiny)).eval()
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
-    out = HFGenerator(model, tok).generate(ids, mask, GenerationSettings(samples_per_prompt=2, max_new_tokens=8))
+    out = HFGenerator(model, tok).sample(ids, mask, GenerationSettings(samples_per_prompt=2, max_new_tokens=8))
     assert len(out) == 6 and torch.equal(out.query_ids[2], out.query_ids[3])
     assert torch.equal(out.response_mask, response_mask(out.response_ids, [tok.eos_token_id]))
     assert (out.response_ids[~out.response_mask] == tok.pad_token_id).all()
@@ -161,3 +161,20 @@ def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs
         logits = model(torch.cat([prompt, resp])[None]).logits[0, len(prompt) - 1 : -1]
         assert torch.allclose(lp[b][: len(resp)], token_logprobs(logits[None], resp[None])[0], atol=1e-4)
         assert (lp[b][len(resp) :] == 0).all()
+
+
+def test_hold_out_is_the_split_of_rm_split(tmp_path):
+    """The recipes' held-out examples are those `finegrain rm split` puts in its eval file."""
+    import json
+
+    from finegrain.kernel.data import hold_out
+    from finegrain.rewards.rm_data import split_file
+
+    records = [{"id": i} for i in range(10)]
+    (tmp_path / "all.json").write_text(json.dumps(records))
+    split_file(tmp_path / "all.json", 7, 3, tmp_path / "train.json", tmp_path / "eval.json")
+    train, held = hold_out(records, 3, 3, "x", "all.json")
+    assert sorted(r["id"] for r in held) == sorted(r["id"] for r in json.loads((tmp_path / "eval.json").read_text()))
+    assert [r["id"] for r in train] == sorted(r["id"] for r in train) and len(train) == 7
+    with pytest.raises(ConfigError, match="x: 10 held-out items leave none"):
+        hold_out(records, 10, 0, "x", "all.json")

@@ -126,3 +126,43 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     second = save_checkpoint(acc, tmp_path, TrainerState(step=2, kl_coef=0.3), keep=1)
     assert latest_checkpoint(tmp_path) == second
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000002"]
+
+
+@pytest.mark.slow
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "simpo"])
+def test_every_recipe_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, recipe):
+    import importlib
+
+    from finegrain.recipes import RECIPES
+    from recipe_helpers import recipe_config, write_feedback
+
+    steps = 6
+    policy = make_tiny_policy(tmp_path / "policy")
+    feedback = write_feedback(tmp_path / "feedback.jsonl")
+    cfg = recipe_config(recipe, policy, feedback, tmp_path / "whole", run={"steps": steps, "eval_every": 2}, optim={"grad_accum": 2})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finegrain.cli", "train", recipe, "--config", str(path), f"run.out={killed}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    at = _kill_when_checkpointed(proc, killed, at_least=2)
+    assert at < steps and not (killed / "final").exists(), "killed too late to test a resume"
+
+    module_name, config_name, _ = RECIPES[recipe]
+    module = importlib.import_module(module_name)
+    config_type = getattr(module, config_name)
+    before = torch.get_num_threads()
+    try:
+        module.train(load_config(config_type, path, [f"run.out={killed}"]), resume=True)
+        whole = module.train(load_config(config_type, path))
+    finally:
+        torch.set_num_threads(before)
+    resumed_rows = [without_timings(r) for r in read_metrics(killed / "metrics.jsonl")]
+    whole_rows = [without_timings(r) for r in read_metrics(whole / "metrics.jsonl")]
+    assert [r["step"] for r in whole_rows if "loss" in r] == list(range(1, steps + 1))
+    assert resumed_rows == whole_rows
+    a, b = _weights(killed / "final"), _weights(whole / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

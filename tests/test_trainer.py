@@ -62,7 +62,7 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     ref = load_reference(str(tiny), torch.float32)
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
     assert not mask[:, -1].logical_not().any() and mask.sum(-1).min() < mask.shape[1]  # left-padded
-    samples = HFGenerator(model.policy, tok).generate(ids, mask, GenerationSettings(max_new_tokens=8, samples_per_prompt=2))
+    samples = HFGenerator(model.policy, tok).sample(ids, mask, GenerationSettings(max_new_tokens=8, samples_per_prompt=2))
     fwd = forward(model, ref, samples, batch_size=4)
     assert fwd.logprobs.shape == samples.response_ids.shape == fwd.values.shape
     for b in range(samples.response_ids.shape[0]):
@@ -100,7 +100,7 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     torch.nn.init.normal_(model.value_head.weight, std=0.1)  # values that depend on the backbone
     ref = load_reference(str(tiny))
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:2])
-    samples = HFGenerator(model.policy, tok).generate(ids, mask, GenerationSettings(max_new_tokens=6, samples_per_prompt=2))
+    samples = HFGenerator(model.policy, tok).sample(ids, mask, GenerationSettings(max_new_tokens=6, samples_per_prompt=2))
     ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
     kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
     T = samples.response_ids.shape[1]
@@ -149,7 +149,7 @@ def test_bad_files_fail_before_any_model_loads(tmp_path, tiny, monkeypatch, caps
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(trainer, "make_accelerator", no_models)
+    monkeypatch.setattr(trainer.R, "make_accelerator", no_models)
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": {"text": "ok"}}\n{"prompt": {"text": 3}}\n', encoding="utf-8")
     cfg = _cfg(tiny, tmp_path / "run", data={"prompts": str(bad), "prompt_list": []})
@@ -246,7 +246,7 @@ def test_nan_reward_stops_with_a_message_and_a_saved_state(tmp_path, tiny, monke
     from finegrain.rewards.compose import RewardTerm, WeightedSource
     from finegrain.rl.trainer import run_training
 
-    monkeypatch.setattr(sources, "build_sources", lambda rewards, bf16=True: [WeightedSource(_NaNSource(), RewardTerm("broken"))])
+    monkeypatch.setattr(sources, "build_sources", lambda *args, **kwargs: [WeightedSource(_NaNSource(), RewardTerm("broken"))])
     cfg = _cfg(tiny, tmp_path / "run", sampling={"min_new_tokens": 4})
     with pytest.raises(TrainingError, match="non-finite.*stopped-step-000001"):
         run_training(cfg)

@@ -47,8 +47,10 @@ class PromptItem:
 
 
 def qa_model_input(question: str, passages: tuple[Passage, ...]) -> str:
-    context = " ".join(f"wikipage: {p.title} text: {' '.join(p.sentences)}" for p in passages)
-    return f"question: {question} context: {context}" if context else question
+    """What the policy reads (before any chat template): the kernel's QA layout when there are passages."""
+    from finegrain.kernel.prompts import QA_TEMPLATE, fill_template
+
+    return fill_template(QA_TEMPLATE if passages else "{prompt}", Example("item", question, passages=passages))
 
 
 def _split_content(content: str) -> Passage:
@@ -112,35 +114,26 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptItem]
     return items[:limit] if limit else items
 
 
-def _format(tok, text: str, use_chat: bool) -> str:
-    if use_chat and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return text
-
-
 def sample_responses(items: list[PromptItem], model, tok, cfg: SampleConfig) -> list[list[str]]:
-    """cfg.k sampled responses per item, in order."""
+    """cfg.k sampled responses per item, in order: rendered by the kernel's prompt renderer,
+    sampled through the kernel's generator."""
     import torch
 
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.prompts import QA_TEMPLATE, PromptRenderer
+
     torch.manual_seed(cfg.seed)
+    generator = HFGenerator(model, tok, precision="bf16" if model.device.type == "cpu" else "fp32")
+    settings = GenerationSettings(cfg.k, cfg.max_new_tokens, 0, cfg.temperature, cfg.top_k, cfg.top_p)
+    qa = PromptRenderer(tok, QA_TEMPLATE, chat_template=cfg.chat_template)
+    plain = PromptRenderer(tok, "{prompt}", chat_template=cfg.chat_template)
     out: list[list[str]] = []
     for lo in range(0, len(items), cfg.batch_size):
         batch = items[lo : lo + cfg.batch_size]
-        texts = [_format(tok, it.model_input, cfg.chat_template) for it in batch]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not cfg.chat_template)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.device.type == "cpu"):
-            gen = model.generate(
-                **enc.to(model.device),
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                num_return_sequences=cfg.k,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = gen[:, enc["input_ids"].shape[1] :]  # (B*k, T): generate() repeats each prompt k times in a row
-        decoded = [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        texts = [(qa if it.passages else plain).render(Example(it.id, it.prompt, passages=it.passages)).text for it in batch]
+        ids, mask = plain.encode(texts)
+        gen = generator.sample(ids, mask, settings)  # (B*k, T): prompt i's responses are rows i*k .. i*k + k - 1
+        decoded = [t.strip() for t in tok.batch_decode(gen.response_ids, skip_special_tokens=True)]
         out.extend(decoded[i * cfg.k : (i + 1) * cfg.k] for i in range(len(batch)))
     return out
 

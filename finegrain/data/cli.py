@@ -1,4 +1,4 @@
-"""`finegrain data check|stats|convert`."""
+"""`finegrain data check|stats|convert|pairs`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output path; .jsonl writes finegrain JSONL, .json writes QA-Feedback JSON")
     _format_args(p)
     p.set_defaults(func=_convert)
+    p = sub.add_parser(
+        "pairs",
+        help="make preference pairs (chosen over rejected) for DPO/SimPO from a feedback file",
+        description="Make preference pairs for DPO and SimPO. human: every non-tie pairwise judgement; "
+        "span: the corrected response over the original, and for each annotated error span the response "
+        "without it over the response with it (spans removed one at a time, in text order). "
+        "Writes finegrain pair JSONL (docs/data-format.md).",
+    )
+    p.add_argument("file", help="QA-Feedback .json, finegrain .jsonl, or a pair file to filter by origin")
+    p.add_argument("--out", required=True, help="output pair file (.jsonl)")
+    p.add_argument("--from", dest="source", choices=["human", "span", "all"], default="all",
+                   help="which pairs: human judgements, span feedback, or both (default: all)")
+    p.add_argument("--force", action="store_true", help="replace --out when it exists")
+    _format_args(p)
+    p.set_defaults(func=_pairs)
 
 
 def _format_args(p: argparse.ArgumentParser) -> None:
@@ -67,4 +82,26 @@ def _convert(args: argparse.Namespace) -> int:
     examples = load_examples(args.file, _taxonomy(args), args.format)
     (write_qa_feedback if args.out.endswith(".json") else write_jsonl)(args.out, examples)
     print(f"wrote {len(examples)} examples to {args.out}")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from finegrain.data.pairs import SKIP_REASONS, SOURCES, load_pairs_counted, write_pairs
+
+    if Path(args.out).exists() and not args.force:  # before the work of making the pairs
+        print(f"finegrain: error: --out {args.out}: already exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    pairs, skipped = load_pairs_counted(args.file, args.source, _taxonomy(args), args.format)
+    try:
+        write_pairs(args.out, pairs, force=args.force)
+    except FileExistsError as err:  # created since the check above
+        print(f"finegrain: error: {err}", file=sys.stderr)
+        return 2
+    by_origin = ", ".join(f"{sum(p.origin == o for p in pairs)} {o}" for o in SOURCES[args.source])
+    print(f"wrote {len(pairs)} pairs to {args.out}: {by_origin}")
+    reasons = {"human": ("tie", "same-text"), "span": ("same-text", "empty"), "all": tuple(SKIP_REASONS)}[args.source]
+    print("skipped: " + ", ".join(f"{skipped[k]} {SKIP_REASONS[k]}" for k in reasons))
     return 0

@@ -29,13 +29,15 @@ def read_feedback(path: str | None, field_name: str) -> list["Example"]:
 
 
 def hold_out(items: list[Item], n_eval: int, seed: int, field_name: str, source: str) -> tuple[list[Item], list[Item]]:
-    """(train, held out): `n_eval` items chosen with `seed`, both in file order."""
+    """(train, held out), both in file order: the items shuffled with `random.Random(seed)`, the last
+    `n_eval` held out. The same split as `finegrain rm split --train len-n_eval --seed seed`, so
+    reward models, SFT, DPO, SimPO and PPO can share one held-out set."""
     if len(items) <= n_eval:
         raise ConfigError(f"{field_name}: {n_eval} held-out items leave none to train on ({source} has {len(items)})")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    held = sorted(order[:n_eval])
-    train = sorted(order[n_eval:])
+    cut = len(items) - n_eval
+    train, held = sorted(order[:cut]), sorted(order[cut:])
     return [items[i] for i in train], [items[i] for i in held]
 
 

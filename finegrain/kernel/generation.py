@@ -1,6 +1,6 @@
 """The generation seam: prompts in, sampled responses with their mask out.
 
-A recipe holds a `Generator` and calls `generate(query_ids, query_mask, settings)`; after each
+A recipe holds a `Generator` and calls `sample(query_ids, query_mask, settings)`; after each
 optimiser step that changed the weights it calls `sync_weights()`. `HFGenerator` samples with the
 trained model itself through Hugging Face `generate` (KV cache), so its `sync_weights` has nothing to
 push; an engine that keeps its own copy of the weights (vLLM) implements the same two methods and
@@ -44,14 +44,14 @@ class GenerationSettings:
 class Generator(Protocol):
     """What a recipe needs from a generation backend."""
 
-    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
         """G responses to each prompt; responses to prompt i are rows i * G .. i * G + G - 1.
 
         Shape: query_ids (N, P), query_mask (N, P) -> Sequences with B = N * G."""
         ...
 
     def sync_weights(self) -> None:
-        """Make the next `generate` sample from the model's current weights."""
+        """Make the next `sample` use the model's current weights."""
         ...
 
 
@@ -114,7 +114,7 @@ class HFGenerator:
         """Nothing to do: `generate` runs on the trained parameters themselves."""
 
     @torch.no_grad()
-    def generate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
+    def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor, settings: GenerationSettings) -> Sequences:
         """Shape: query_ids (N, P), query_mask (N, P) -> Sequences with B = N * G, T <= max_new_tokens
         (trimmed to the longest response; tokens after a response's end are the pad token)."""
         g = settings.samples_per_prompt

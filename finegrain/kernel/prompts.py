@@ -50,6 +50,17 @@ def passages_text(passages: Sequence["Passage"], keep_sentences: int | None = No
     return " ".join(parts)
 
 
+def fill_template(template: str, example: "Example", keep_sentences: int | None = None) -> str:
+    """The template with its placeholders filled (no chat template, no budget); a QA layout whose
+    `{passages}` come out empty loses its trailing space."""
+    body = (
+        template.replace("{prompt}", example.prompt)
+        .replace("{question}", example.prompt)
+        .replace("{passages}", passages_text(example.passages, keep_sentences))
+    )
+    return body.rstrip() if "{passages}" in template else body
+
+
 @dataclass(frozen=True)
 class Rendered:
     text: str  # what the policy is conditioned on
@@ -71,15 +82,11 @@ class PromptRenderer:
         self.chat = bool(chat_template and getattr(tokenizer, "chat_template", None))
 
     def _text(self, example: "Example", keep: int | None) -> str:
-        body = (
-            self.template.replace("{prompt}", example.prompt)
-            .replace("{question}", example.prompt)
-            .replace("{passages}", passages_text(example.passages, keep))
-        )
+        body = fill_template(self.template, example, keep)
         if self.chat:
             messages = [{"role": "user", "content": body.strip()}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return body.rstrip() if "{passages}" in self.template else body
+        return body
 
     def ids(self, text: str) -> list[int]:
         """A rendered text's tokens (special tokens added unless the chat template already holds them)."""

@@ -95,9 +95,12 @@ def calibration_of(values: list[float]) -> Calibration:
     return Calibration(mean, std if std > 1e-8 else 1.0, n)
 
 
-def load_reward_model(path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool = True) -> "RewardSource":
-    """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card."""
-    card = RMCard.load(path)
+def load_reward_model(
+    path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool = True, card: RMCard | None = None
+) -> "RewardSource":
+    """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card
+    (read here unless the caller read it already)."""
+    card = card if card is not None else RMCard.load(path)
     if card.kind == "span":
         from finegrain.rewards.span_rm import SpanRewardModel
 

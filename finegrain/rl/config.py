@@ -152,13 +152,14 @@ class RewardConfig(ConfigBase):
     std: float | None = field(default=None, metadata={"help": "standardize: score std (default: the RM card's)"})
     reward_ok: float = field(default=0.3, metadata={"help": "binary: reward of a segment without error"})
     reward_error: float = field(default=-0.3, metadata={"help": "binary: reward of a segment with an error"})
-    threshold: float = field(default=0.5, metadata={"help": "binary: P(error) above which a segment has an error"})
+    threshold: float | None = field(default=None, metadata={"help": "binary: P(error) above which a segment has an error (default: the RM card's, else 0.5)"})
 
     def __post_init__(self) -> None:
         check_choice(self, "kind", REWARD_KINDS)
         check_choice(self, "mode", TOXICITY_MODES)
         check_choice(self, "mapping", MAPPINGS)
-        check_range(self, "threshold", 0.0, 1.0)
+        if self.threshold is not None:
+            check_range(self, "threshold", 0.0, 1.0)
         if self.kind == "rm" and not self.path:
             raise ConfigError(f"{self._path + '.' if self._path else ''}path: a reward source of kind 'rm' needs the RM folder")
         if self.std is not None:

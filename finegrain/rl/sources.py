@@ -15,16 +15,20 @@ from typing import TYPE_CHECKING
 from finegrain.config import ConfigError
 
 if TYPE_CHECKING:
+    from finegrain.rewards.card import RMCard
     from finegrain.rewards.compose import WeightedSource
     from finegrain.rewards.mapping import Mapping
     from finegrain.rl.config import RewardConfig
 
 
-def check_sources(rewards: Sequence["RewardConfig"]) -> None:
-    """Fail fast on what can be checked without loading a model: RM folders and their cards."""
+def check_sources(rewards: Sequence["RewardConfig"]) -> list["RMCard | None"]:
+    """Fail fast on what can be checked without loading a model: RM folders and their cards.
+    Returns each source's card (None for a non-RM source): the only time a card is read."""
     from finegrain.rewards.card import RMCard
 
+    cards: list[RMCard | None] = []
     for i, r in enumerate(rewards):
+        card = None
         if r.kind == "rm":
             folder = Path(r.path or "")
             if not folder.is_dir():
@@ -32,9 +36,13 @@ def check_sources(rewards: Sequence["RewardConfig"]) -> None:
             card = RMCard.load(folder)
             if r.mapping == "standardize" and card.kind == "span":
                 raise ConfigError(f"rewards[{i}].mapping: standardize is for sequence RMs; {r.path} is a span RM (use binary)")
+        cards.append(card)
+    return cards
 
 
-def build_mapping(r: "RewardConfig", calibration_mean: float | None = None, calibration_std: float | None = None) -> "Mapping":
+def build_mapping(r: "RewardConfig", card: "RMCard | None" = None) -> "Mapping":
+    """The source's score -> reward mapping; an RM's card supplies the defaults (its calibration for
+    `standardize`, the threshold it was trained with for `binary`)."""
     from finegrain.rewards.mapping import Affine, BinaryError, Standardize
 
     if r.mapping == "identity":
@@ -42,31 +50,33 @@ def build_mapping(r: "RewardConfig", calibration_mean: float | None = None, cali
     if r.mapping == "affine":
         return Affine(scale=r.scale, bias=r.bias)
     if r.mapping == "binary":
-        return BinaryError(reward_ok=r.reward_ok, reward_error=r.reward_error, threshold=r.threshold)
-    mean = r.mean if r.mean is not None else calibration_mean
-    std = r.std if r.std is not None else calibration_std
+        card_threshold = card.training.get("threshold") if card is not None else None
+        threshold = r.threshold if r.threshold is not None else card_threshold if card_threshold is not None else 0.5
+        return BinaryError(reward_ok=r.reward_ok, reward_error=r.reward_error, threshold=threshold)
+    mean = r.mean if r.mean is not None else card.calibration.mean if card is not None else None
+    std = r.std if r.std is not None else card.calibration.std if card is not None else None
     if mean is None or std is None:
         raise ConfigError(f"rewards ({r.label}): standardize needs mean and std (set them, or use an RM whose card has a calibration)")
     return Standardize(mean=mean, std=std, scale=r.scale, bias=r.bias)
 
 
-def build_sources(rewards: Sequence["RewardConfig"], *, bf16: bool = True) -> list["WeightedSource"]:
-    """Load every configured source, with its weight and mapping."""
+def build_sources(
+    rewards: Sequence["RewardConfig"], cards: Sequence["RMCard | None"] | None = None, *, device: str | None = None, bf16: bool = True
+) -> list["WeightedSource"]:
+    """Load every configured source, with its weight and mapping, on `device` (None: the best one
+    available). `cards`: what `check_sources` returned (read again when not given)."""
     from finegrain.rewards.compose import RewardTerm, WeightedSource
 
-    check_sources(rewards)
+    cards = list(cards) if cards is not None else check_sources(rewards)
     out = []
-    for r in rewards:
+    for r, card in zip(rewards, cards):
         if r.kind == "toxicity":
             from finegrain.rewards.toxicity import ToxicityReward, load_scorer
 
             source = ToxicityReward(load_scorer(r.scorer), mode=r.mode, name=r.label)
-            mapping = build_mapping(r)
         else:
-            from finegrain.rewards.card import RMCard, load_reward_model
+            from finegrain.rewards.card import load_reward_model
 
-            card = RMCard.load(r.path or "")
-            source = load_reward_model(r.path or "", bf16=bf16)
-            mapping = build_mapping(r, card.calibration.mean, card.calibration.std)
-        out.append(WeightedSource(source=source, term=RewardTerm(name=r.label, weight=r.weight, mapping=mapping)))
+            source = load_reward_model(r.path or "", device=device, bf16=bf16, card=card)
+        out.append(WeightedSource(source=source, term=RewardTerm(name=r.label, weight=r.weight, mapping=build_mapping(r, card))))
     return out

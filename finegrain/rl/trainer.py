@@ -53,6 +53,7 @@ class Inputs:
     ptx_texts: list[str] | None
     policy_path: str
     ref_path: str
+    cards: list  # each reward source's RM card (None for other kinds), read once
 
 
 @dataclass
@@ -119,11 +120,11 @@ def check_inputs(cfg: TrainConfig, out: Path, resume: bool) -> Inputs:
     R.check_trackers(cfg.run.log_with)
     prompts = load_prompts(cfg.data, cfg.run.seed)
     ptx = load_ptx_texts(cfg.data.ptx) if cfg.ppo.ptx_coef > 0 and cfg.data.ptx else None
-    check_sources(cfg.rewards)
+    cards = check_sources(cfg.rewards)
     policy = R.local_model(cfg.model.policy, "model.policy")
     ref = R.local_model(cfg.model.ref, "model.ref") if cfg.model.ref else policy
     make_renderer(cfg, policy).render_all(prompts.train + prompts.eval)  # a prompt over its budget fails here
-    return Inputs(prompts, ptx, policy, ref)
+    return Inputs(prompts, ptx, policy, ref, cards)
 
 
 def make_renderer(cfg: TrainConfig, policy_path: str, tokenizer: "PreTrainedTokenizerBase | None" = None) -> "PromptRenderer":
@@ -152,7 +153,7 @@ def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: I
     for m in (model.policy, ref):
         set_pad_token(m, tokenizer)
     model.eval()  # no dropout: pi_old and pi must agree exactly before the first update
-    sources = build_sources(cfg.rewards, bf16=bf16)
+    sources = build_sources(cfg.rewards, inputs.cards, device=str(accelerator.device), bf16=bf16)
     optimizer = build_optimizer(model, cfg.ppo.lr, cfg.ppo.weight_decay, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg.ppo.schedule, cfg.ppo.warmup_steps, cfg.run.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -236,7 +237,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     ids, mask = run.renderer.encode([run.renderer.render(e).text for e in examples])
     s = cfg.sampling
     settings = GenerationSettings(samples_per_prompt, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p)
-    samples = run.generator.generate(ids, mask, settings)
+    samples = run.generator.sample(ids, mask, settings)
     t1 = time.perf_counter()
     per_response = [e for e in examples for _ in range(samples_per_prompt)]
     scores = score(run.sources, per_response, run.tokenizer, samples.to("cpu"))
