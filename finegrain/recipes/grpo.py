@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from finegrain.kernel.generation import Generator
     from finegrain.kernel.prompts import PromptRenderer
     from finegrain.kernel.sequences import Sequences
+    from finegrain.rewards.card import RMCard
     from finegrain.rewards.compose import TokenRewards, WeightedSource
     from finegrain.rl.prompts import PromptSplit
 
@@ -176,6 +177,7 @@ class LossStats(NamedTuple):
 @dataclass
 class Inputs:
     prompts: "PromptSplit"
+    cards: list["RMCard | None"]  # each reward source's RM card (None for a non-RM source), read once
     policy_path: str
     ref_path: str
 
@@ -245,12 +247,12 @@ def check_inputs(cfg: CriticFreeConfig, out: Path, resume: bool) -> Inputs:
     R.check_run_folder(out, resume)
     R.check_trackers(cfg.run.log_with)
     prompts = load_prompts(cfg.data, cfg.run.seed)
-    check_sources(cfg.rewards)
+    cards = check_sources(cfg.rewards)
     policy = R.local_model(cfg.model.policy, "model.policy")
     ref = R.local_model(cfg.model.ref, "model.ref") if cfg.model.ref else policy
     renderer = PromptRenderer(load_tokenizer(policy, padding_side="left"), cfg.data.template, cfg.data.max_prompt_tokens, cfg.data.chat_template)
     renderer.render_all(prompts.train + prompts.eval)  # a prompt over its budget fails here
-    return Inputs(prompts, policy, ref)
+    return Inputs(prompts, cards, policy, ref)
 
 
 def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inputs) -> Run:
@@ -268,7 +270,7 @@ def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inpu
         if m is not None:
             set_pad_token(m, tokenizer)
     model.eval()  # no dropout: pi_old and pi agree exactly before the first update
-    sources = build_sources(cfg.rewards, bf16=cfg.model.precision == "bf16")
+    sources = build_sources(cfg.rewards, inputs.cards, device=str(acc.device), bf16=cfg.model.precision == "bf16")
     optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, acc.device)
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
@@ -321,7 +323,7 @@ def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[st
     t0 = time.perf_counter()
     ids, mask = run.renderer.encode([run.renderer.render(e).text for e in examples])
     s = run.cfg.sampling
-    sequences = run.generator.generate(ids, mask, GenerationSettings(g, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p))
+    sequences = run.generator.sample(ids, mask, GenerationSettings(g, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p))
     t1 = time.perf_counter()
     cpu = sequences.to("cpu")
     texts, offsets = decode_with_offsets(run.tokenizer, cpu.response_ids, cpu.response_mask)
