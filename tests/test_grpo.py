@@ -133,3 +133,65 @@ def test_detox_configs_keep_ppos_settings(mode):
         assert [to_dict(r) for r in cf.rewards] == [to_dict(r) for r in ppo.rewards]
         assert (cf.model.policy, cf.model.precision) == (ppo.model.policy, ppo.model.precision)
         assert (cf.optim.lr, cf.critic_free.kl_coef, cf.critic_free.prompts_per_step, cf.critic_free.clip) == (ppo.ppo.lr, ppo.ppo.kl_coef, ppo.ppo.prompts_per_step, ppo.ppo.clip)
+
+
+@pytest.mark.slow
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_grpo_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, tiny):
+    import os
+    import subprocess
+    import sys
+
+    from finegrain.kernel.run import without_timings
+    from finegrain.recipes.grpo import GRPOConfig, train
+    from test_resume import REPO, _kill_when_checkpointed, _weights
+
+    steps = 6
+    cfg = critic_free_config(tiny, tmp_path / "whole", "dense", run={"steps": steps, "eval_every": 2}, critic_free={"epochs": 2}, optim={"batch_size": 2, "grad_accum": 2})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finegrain.cli", "train", "grpo", "--config", str(path), f"run.out={killed}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    at = _kill_when_checkpointed(proc, killed, at_least=2, timeout=900.0)  # a busy 2-core machine: minutes
+    assert at < steps and not (killed / "final").exists(), "killed too late to test a resume"
+    before = torch.get_num_threads()
+    try:
+        train(load_config(GRPOConfig, path, [f"run.out={killed}"]), resume=True)
+        whole = train(load_config(GRPOConfig, path))
+    finally:
+        torch.set_num_threads(before)
+    rows = [[without_timings(r) for r in read_metrics(folder / "metrics.jsonl")] for folder in (killed, whole)]
+    assert [r["step"] for r in rows[1] if "reward/total" in r] == list(range(1, steps + 1))
+    assert rows[0] == rows[1]
+    a, b = _weights(killed / "final"), _weights(whole / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_grpo_under_two_process_accelerate_launch(tmp_path, tiny):
+    import os
+    import subprocess
+    import sys
+
+    from test_accelerate import REPO, _free_port
+
+    out = tmp_path / "run"
+    cfg = critic_free_config(tiny, out, "dense", run={"steps": 2, "eval_every": 2, "save_every": 1}, optim={"batch_size": 4, "grad_accum": 2})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "finegrain.cli", "train", "grpo", "--config", str(path),
+    ]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run finished") == 2  # two processes, one run
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "reward/total" in r] == [1, 2]  # written once, by the main process
+    assert [r["step"] for r in rows if "eval/reward/total" in r] == [2]
+    assert (out / "checkpoints" / "step-000002" / "random_states_1.pkl").is_file()  # both processes' RNGs
+    assert (out / "final" / "model.safetensors").is_file() and (out / "best" / "model.safetensors").is_file()
