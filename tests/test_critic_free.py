@@ -243,23 +243,18 @@ def test_kl_as_source():
     assert torch.equal(ends, mask)
 
 
-def test_segment_end_mask_uses_the_composers_placement():
-    index = torch.tensor([[1, 3], [2, 0]])
-    seg = torch.tensor([[True, True], [True, False]])
-    out = cf.segment_end_mask(index, seg, _mask([4, 3], 4))
-    assert torch.equal(out, torch.tensor([[False, True, False, True], [False, False, True, False]]))
-
-
-def test_segment_ends_of_two_sources_on_the_policy_tokens():
+def test_the_composer_says_where_each_sources_segments_end():
     from finegrain.rewards.base import SegmentScores
+    from finegrain.rewards.compose import RewardTerm, compose
 
     texts = ["ab. cd.", "x"]
     offsets = [[(0, 3), (3, 7)], [(0, 1), (1, 1)]]  # "ab." " cd." | "x" and a padding slot
     response_mask = _mask([2, 1], 2)
     sentences = SegmentScores(torch.zeros(2, 2), torch.tensor([[3, 7], [1, 0]]), torch.tensor([[True, True], [True, False]]))
     whole = SegmentScores(torch.zeros(2, 1), torch.tensor([[7], [1]]), torch.tensor([[True], [True]]))
-    ends = cf.segment_ends([sentences, whole], texts, offsets, response_mask)
-    assert torch.equal(ends, torch.tensor([[[True, True], [True, False]], [[False, True], [True, False]]]))
+    composed = compose([RewardTerm("sentences"), RewardTerm("whole")], [sentences, whole], texts, offsets, 2, response_mask)
+    assert torch.equal(composed.source_ends, torch.tensor([[[True, True], [True, False]], [[False, True], [True, False]]]))
+    assert torch.equal(composed.ends, composed.source_ends.any(0))
 
 
 # --- the loss ------------------------------------------------------------------------------------------

@@ -116,8 +116,9 @@ def test_a_resumed_grpo_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny, 
 
 @pytest.mark.parametrize("mode", ["finegrained", "holistic"])
 def test_detox_configs_keep_ppos_settings(mode):
-    """configs/detox_critic_free_*.yaml load for both recipes and share PPO's prompts, sampling,
-    model, learning rate, KL weight and rewards (configs/detox_*.yaml): the arms differ in the estimator only."""
+    """configs/detox_critic_free_*.yaml load for both recipes and share PPO's model, precision, prompts,
+    sampling, rewards, steps, seed and the hyper-parameters both estimators have (configs/detox_*.yaml):
+    the arms differ in the estimator only."""
     from pathlib import Path
 
     from finegrain.config import to_dict
@@ -128,11 +129,31 @@ def test_detox_configs_keep_ppos_settings(mode):
     ppo = load_config(TrainConfig, configs / f"detox_{mode}.yaml")
     for cls, algorithm in ((GRPOConfig, "grpo"), (RLOOConfig, "rloo")):
         cf = load_config(cls, configs / f"detox_critic_free_{mode}.yaml")
-        assert cf.critic_free.algorithm == algorithm and cf.critic_free.dense == (mode == "finegrained")
+        assert cf.critic_free.algorithm == algorithm
         assert to_dict(cf.sampling) == to_dict(ppo.sampling) and to_dict(cf.data) == to_dict(ppo.data)
         assert [to_dict(r) for r in cf.rewards] == [to_dict(r) for r in ppo.rewards]
-        assert (cf.model.policy, cf.model.precision) == (ppo.model.policy, ppo.model.precision)
-        assert (cf.optim.lr, cf.critic_free.kl_coef, cf.critic_free.prompts_per_step, cf.critic_free.clip) == (ppo.ppo.lr, ppo.ppo.kl_coef, ppo.ppo.prompts_per_step, ppo.ppo.clip)
+        assert (cf.model.policy, cf.model.precision, cf.model.ref) == (ppo.model.policy, ppo.model.precision, ppo.model.ref)
+        assert cf.model.precision == "auto"
+        assert to_dict(cf.run) == to_dict(ppo.run)
+        c, p = cf.critic_free, ppo.ppo
+        assert (c.kl_coef, c.prompts_per_step, c.clip, c.epochs) == (p.kl_coef, p.prompts_per_step, p.clip, p.epochs)
+        o = cf.optim
+        assert (o.lr, o.weight_decay, o.schedule, o.warmup_steps, o.max_grad_norm, o.batch_size, o.grad_accum) == (
+            p.lr, p.weight_decay, p.schedule, p.warmup_steps, p.max_grad_norm, p.minibatch_size, p.grad_accum)
+
+
+def test_detox_critic_free_configs_differ_only_in_the_reward_mode():
+    """The holistic and fine-grained critic-free arms are one config but for rewards[0].mode;
+    critic_free.dense is on in both (one segment per response makes it the holistic estimator)."""
+    from pathlib import Path
+
+    from finegrain.config import to_dict
+    from finegrain.recipes.grpo import GRPOConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    fine, whole = (to_dict(load_config(GRPOConfig, configs / f"detox_critic_free_{m}.yaml")) for m in ("finegrained", "holistic"))
+    assert (fine["rewards"][0].pop("mode"), whole["rewards"][0].pop("mode")) == ("dense", "holistic")
+    assert fine == whole and fine["critic_free"]["dense"] is True
 
 
 @pytest.mark.slow

@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
 from finegrain.errors import TrainingError
 from finegrain.kernel.config import OptimConfig, PolicyConfig, RunConfig
-from finegrain.rl.config import KL_ESTIMATORS, DataConfig, RewardConfig, SamplingConfig
+from finegrain.rl.config import KL_ESTIMATORS, DataConfig, RewardConfig, SamplingConfig, check_prompts_and_rewards
 
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
 
     from finegrain.data.records import Example
-    from finegrain.kernel.checkpoint import RunState
     from finegrain.kernel.generation import Generator
-    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.kernel.run import Trainable
     from finegrain.kernel.sequences import Sequences
     from finegrain.rewards.card import RMCard
-    from finegrain.rewards.compose import TokenRewards, WeightedSource
+    from finegrain.rewards.compose import WeightedSource
     from finegrain.rl.prompts import PromptSplit
+    from finegrain.rl.rollout import Scores
 
 ALGORITHMS = ("grpo", "rloo")
 KL_IN = ("loss", "reward")
@@ -108,16 +108,9 @@ class CriticFreeConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.critic_free.algorithm is None:
             self.critic_free.algorithm = self.default_algorithm
-        if self.data.prompts is None and not self.data.prompt_list:
-            raise ConfigError("data.prompts: set a prompt file (or data.prompt_list)")
+        check_prompts_and_rewards(self.data, self.rewards, self.run)
         if self.data.ptx:
             raise ConfigError(f"data.ptx: the LM loss on texts is PPO's (ppo.ptx_coef); {self.critic_free.algorithm} does not use it")
-        if not self.rewards:
-            raise ConfigError("rewards: configure at least one reward source (a list of {kind, weight, ...})")
-        labels = [r.label for r in self.rewards]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ConfigError(f"rewards: source names must be unique; {dupes[0]!r} appears twice (set `name:`)")
         if self.sampling.samples_per_prompt < 2:
             raise ConfigError(f"sampling.samples_per_prompt: {self.critic_free.algorithm} compares the samples of a prompt; it needs at least 2, got {self.sampling.samples_per_prompt}")
         rollout = self.critic_free.prompts_per_step * self.sampling.samples_per_prompt
@@ -126,8 +119,6 @@ class CriticFreeConfig(ConfigBase):
                 f"optim.batch_size: {self.optim.batch_size} responses per optimiser step is more than a step samples "
                 f"({self.critic_free.prompts_per_step} prompts x {self.sampling.samples_per_prompt} samples)"
             )
-        if self.data.eval_prompts == 0 and self.run.eval_every:
-            raise ConfigError("run.eval_every: evaluation needs held-out prompts; set data.eval_prompts > 0")
 
 
 @dataclass
@@ -139,15 +130,6 @@ GRPOConfig = CriticFreeConfig
 
 
 # --- the step's data -------------------------------------------------------------------------------
-
-
-@dataclass
-class Scored:
-    """What the reward sources said about B responses, on the policy's tokens."""
-
-    texts: list[str]  # (B,) decoded responses, as the sources scored them
-    rewards: "TokenRewards"  # per_source (K, B, T) unweighted, weights (K,), total (B, T)
-    ends: "torch.Tensor"  # (K, B, T) bool: where each source's segments end (their rewards sit there)
 
 
 @dataclass
@@ -168,6 +150,7 @@ class GroupRollout:
 class LossStats(NamedTuple):
     """A micro-batch's share of an optimiser step's losses (summed by name over micro-batches)."""
 
+    loss: float  # what is minimised: policy + the KL term (when kl_in is loss)
     policy: float
     kl: float
     clip_frac: float
@@ -187,14 +170,10 @@ class Run:
     cfg: CriticFreeConfig
     out: Path
     accelerator: "Accelerator"
-    model: "torch.nn.Module"  # the causal LM, wrapped by accelerate
+    policy: "Trainable"  # the causal LM (wrapped by accelerate), tokenizer, rendered prompts, optimiser, schedule
     ref: "torch.nn.Module | None"  # frozen reference (None when kl_coef is 0)
-    tokenizer: object
-    renderer: "PromptRenderer"
     generator: "Generator"
     sources: list["WeightedSource"]
-    optimizer: "torch.optim.Optimizer"
-    scheduler: object
     inputs: Inputs
 
 
@@ -212,8 +191,12 @@ def train(cfg: CriticFreeConfig, resume: bool = False) -> Path:
     inputs = check_inputs(cfg, out, resume)
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
-    # 3. Policy, reference, reward sources, generator, optimiser, schedule.
+    # 3. Policy (prompts rendered within their budget, optimiser, schedule), reference, reward sources, generator.
     run = build_run(cfg, out, acc, inputs)
+
+    def evaluate_now() -> None:
+        R.evaluate_and_keep_best(acc, out, state, evaluate(run), "eval/reward/total", True, run.policy)
+
     # 4. Resume: model, optimiser, schedule, RNG states, step.
     state = R.restore(acc, out, resume, RunState())
     # 5. The loop: G samples per prompt -> rewards -> group advantages -> clipped update -> log -> evaluate -> checkpoint.
@@ -224,23 +207,16 @@ def train(cfg: CriticFreeConfig, resume: bool = False) -> Path:
         except TrainingError as err:
             raise R.save_stopped(acc, out, state, cfg.run.keep_checkpoints, err) from None
         state.step += 1
-        R.log_row(acc, out, {"step": state.step, **row})
-        if cfg.run.eval_every and state.step % cfg.run.eval_every == 0:
-            evaluate_and_keep_best(run, state)
-        R.checkpoint_if_due(acc, out, state, cfg.run.save_every, cfg.run.steps, cfg.run.keep_checkpoints)
-        progress.update(1)
-        progress.set_postfix(reward=f"{row['reward/total']:.3f}", kl=f"{row['kl']:.3f}")
+        R.finish_step(acc, out, state, row, cfg.run, evaluate_now, progress)
     progress.close()
     # 6. The final policy in HF format (and `best`, when no evaluation ran).
-    R.save_final(acc, out, state, acc.unwrap_model(run.model), run.tokenizer)
+    R.save_final(acc, out, state, acc.unwrap_model(run.policy.model), run.policy.tokenizer)
     acc.end_training()
     return out
 
 
 def check_inputs(cfg: CriticFreeConfig, out: Path, resume: bool) -> Inputs:
     from finegrain.kernel import run as R
-    from finegrain.kernel.prompts import PromptRenderer
-    from finegrain.models import load_tokenizer
     from finegrain.rl.prompts import load_prompts
     from finegrain.rl.sources import check_sources
 
@@ -250,40 +226,33 @@ def check_inputs(cfg: CriticFreeConfig, out: Path, resume: bool) -> Inputs:
     cards = check_sources(cfg.rewards)
     policy = R.local_model(cfg.model.policy, "model.policy")
     ref = R.local_model(cfg.model.ref, "model.ref") if cfg.model.ref else policy
-    renderer = PromptRenderer(load_tokenizer(policy, padding_side="left"), cfg.data.template, cfg.data.max_prompt_tokens, cfg.data.chat_template)
-    renderer.render_all(prompts.train + prompts.eval)  # a prompt over its budget fails here
     return Inputs(prompts, cards, policy, ref)
 
 
 def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inputs) -> Run:
+    from finegrain.kernel import run as R
+    from finegrain.kernel.config import PromptConfig
     from finegrain.kernel.generation import HFGenerator
-    from finegrain.kernel.models import load_causal_lm, load_frozen, set_pad_token
-    from finegrain.kernel.optim import build_optimizer, build_scheduler
-    from finegrain.kernel.prompts import PromptRenderer
-    from finegrain.models import load_tokenizer
+    from finegrain.kernel.models import load_frozen, set_pad_token
+    from finegrain.precision import use_bf16
     from finegrain.rl.sources import build_sources
 
-    tokenizer = load_tokenizer(inputs.policy_path, padding_side="left")
-    model = load_causal_lm(inputs.policy_path)
+    d = cfg.data
+    prompt = PromptConfig(template=d.template, chat_template=d.chat_template, max_prompt_tokens=d.max_prompt_tokens)
+    policy = R.prepare_policy(acc, inputs.policy_path, prompt, inputs.prompts.train + inputs.prompts.eval, cfg.optim, cfg.run.steps)
     ref = load_frozen(inputs.ref_path).to(acc.device) if cfg.critic_free.kl_coef > 0 else None
-    for m in (model, ref):
-        if m is not None:
-            set_pad_token(m, tokenizer)
-    model.eval()  # no dropout: pi_old and pi agree exactly before the first update
-    sources = build_sources(cfg.rewards, inputs.cards, device=str(acc.device), bf16=cfg.model.precision == "bf16")
-    optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, acc.device)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    generator = HFGenerator(model, tokenizer, acc, cfg.model.precision)
-    renderer = PromptRenderer(tokenizer, cfg.data.template, cfg.data.max_prompt_tokens, cfg.data.chat_template)
-    return Run(cfg, out, acc, model, ref, tokenizer, renderer, generator, sources, optimizer, scheduler, inputs)
+    if ref is not None:
+        set_pad_token(ref, policy.tokenizer)
+    sources = build_sources(cfg.rewards, inputs.cards, device=str(acc.device), bf16=use_bf16(cfg.model.precision, acc.device.type))
+    generator = HFGenerator(policy.model, policy.tokenizer, acc, cfg.model.precision)
+    return Run(cfg, out, acc, policy, ref, generator, sources, inputs)
 
 
 # --- one step --------------------------------------------------------------------------------------
 
 
 def critic_free_step(run: Run, step: int) -> dict[str, float]:
-    """Sample, score, advantages, update: one step; returns its metrics (averaged over processes)."""
+    """Sample, score, advantages, update: one step; returns this process's metrics."""
     import torch
 
     from finegrain.kernel import run as R
@@ -303,36 +272,31 @@ def critic_free_step(run: Run, step: int) -> dict[str, float]:
     R.stop_together(acc, problem)
     t0 = time.perf_counter()
     stats, grad_norm = update(run, rollout)
-    run.scheduler.step()
+    run.policy.scheduler.step()
     run.generator.sync_weights()
     times["time/update"] = time.perf_counter() - t0
     times["time/step"] = time.perf_counter() - t_start
     row = rollout_metrics(rollout, scored, cfg)
-    row.update({"loss/policy": stats.policy, "loss/kl": stats.kl, "clip_frac": stats.clip_frac, "ratio": stats.ratio,
-                "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0], **times})
-    return R.reduce_across_processes(acc, row)
+    row.update({"loss": stats.loss, "loss/policy": stats.policy, "loss/kl": stats.kl, "clip_frac": stats.clip_frac, "ratio": stats.ratio,
+                "grad_norm": grad_norm, "lr": run.policy.scheduler.get_last_lr()[0], **times})
+    return row
 
 
-def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[str, float]) -> tuple["Sequences", Scored]:
-    """G responses to each prompt through the kernel's generator, then every source's segment
-    scores placed on the policy's tokens, with where each source's segments end."""
+def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[str, float]) -> tuple["Sequences", "Scores"]:
+    """G responses to each prompt through the kernel's generator, scored by PPO's own `rollout.score`
+    (every source's segment rewards on the policy's tokens, and where each source's segments end)."""
     from finegrain.kernel.generation import GenerationSettings
-    from finegrain.rewards.compose import compose, decode_with_offsets
-    from finegrain.rl.critic_free import segment_ends
+    from finegrain.kernel.sequences import pad_left
+    from finegrain.rl.rollout import score
 
     t0 = time.perf_counter()
-    ids, mask = run.renderer.encode([run.renderer.render(e).text for e in examples])
+    ids, mask = pad_left([run.policy.prompts[e.id] for e in examples], run.policy.tokenizer.pad_token_id)
     s = run.cfg.sampling
     sequences = run.generator.sample(ids, mask, GenerationSettings(g, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p))
     t1 = time.perf_counter()
-    cpu = sequences.to("cpu")
-    texts, offsets = decode_with_offsets(run.tokenizer, cpu.response_ids, cpu.response_mask)
-    per_response = [e for e in examples for _ in range(g)]
-    raw = [ws.source.score(per_response, texts) for ws in run.sources]
-    rewards = compose([ws.term for ws in run.sources], raw, texts, offsets, cpu.response_ids.shape[1], cpu.response_mask)
-    ends = segment_ends(raw, texts, offsets, cpu.response_mask)
+    scored = score(run.sources, [e for e in examples for _ in range(g)], run.policy.tokenizer, sequences.to("cpu"))
     times.update({"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
-    return sequences, Scored(texts, rewards, ends)
+    return sequences, scored
 
 
 def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, precision: str) -> "torch.Tensor":
@@ -347,7 +311,7 @@ def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, pr
         return torch.cat([response_logprobs(model, sequences.select(c)) for c in rows.split(batch_size)])
 
 
-def build_rollout(run: Run, sequences: "Sequences", scored: Scored, times: dict[str, float]) -> GroupRollout:
+def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dict[str, float]) -> GroupRollout:
     """Old and reference log-probs (one no-grad forward each), the KL, and the group advantages."""
     import torch
 
@@ -357,14 +321,14 @@ def build_rollout(run: Run, sequences: "Sequences", scored: Scored, times: dict[
     cfg, c = run.cfg, run.cfg.critic_free
     t0 = time.perf_counter()
     mask = sequences.response_mask
-    policy = run.accelerator.unwrap_model(run.model)
+    policy = run.accelerator.unwrap_model(run.policy.model)
     logprobs = response_logprobs_no_grad(policy, sequences, c.forward_batch_size, cfg.model.precision)
     ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision) if run.ref is not None else logprobs
     times["time/forward"] = time.perf_counter() - t0
     kl = maths.kl_penalty(logprobs, ref_logprobs, c.kl_estimator) * mask
     device = logprobs.device
-    per_source, ends = scored.rewards.per_source.to(device), scored.ends.to(device)  # (K, B, T)
-    weights = scored.rewards.weights.to(device)
+    per_source, ends = scored.per_source.to(device), scored.source_ends.to(device)  # (K, B, T)
+    weights = torch.tensor([ws.term.weight for ws in run.sources], dtype=per_source.dtype, device=device)  # (K,)
     if c.kl_in == "reward" and c.kl_coef > 0:
         kl_reward, kl_ends = kl_as_source(kl, mask, c.dense)
         per_source, ends = torch.cat([per_source, kl_reward[None]]), torch.cat([ends, kl_ends[None]])
@@ -399,29 +363,29 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
 
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
-                logprobs = response_logprobs(run.model, rollout.sequences.select(idx))
+                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx))
                 out = critic_free_loss(
                     logprobs, rollout.logprobs[idx], rollout.ref_logprobs[idx], rollout.advantages[idx], mask[idx],
                     c.clip, c.loss_aggregation, kl_loss_coef, cfg.sampling.max_new_tokens,
                 )
                 share = micro_batch_share(mask[idx], batch_mask, c.loss_aggregation)
-                return out.loss * share, LossStats(float(out.policy) * share, float(out.kl) * share, float(out.clip_frac) * share, float(out.ratio_mean) * share)
+                return out.loss * share, LossStats(float(out.loss) * share, float(out.policy) * share, float(out.kl) * share, float(out.clip_frac) * share, float(out.ratio_mean) * share)
 
             micro = micro_batches(perm[i * mb : (i + 1) * mb], cfg.optim.grad_accum)
-            step_parts, grad_norm = accumulated_step(acc, run.model, run.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, c.algorithm.upper())
+            step_parts, grad_norm = accumulated_step(acc, run.policy.model, run.policy.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, c.algorithm.upper())
             parts.append(add_stats(step_parts))
             steps += 1
     return divide_stats(add_stats(parts), max(steps, 1)), grad_norm
 
 
-def rollout_metrics(rollout: GroupRollout, scored: Scored, cfg: CriticFreeConfig) -> dict[str, float]:
+def rollout_metrics(rollout: GroupRollout, scored: "Scores", cfg: CriticFreeConfig) -> dict[str, float]:
     """Rewards per source (mean and within-group std, TRL's rewards/<name>/mean and /std), the
     total, the KL, the share of groups with nothing to learn (all totals equal), lengths."""
     from finegrain.rl import maths
 
     g = cfg.sampling.samples_per_prompt
     mask = rollout.sequences.response_mask
-    total = maths.sequence_sums(scored.rewards.total.to(mask.device), mask)  # (B,)
+    total = maths.sequence_sums(scored.total.to(mask.device), mask)  # (B,)
     groups = total.view(-1, g)  # (N, G)
     row = {
         "reward/total": float(total.mean()),
@@ -431,11 +395,11 @@ def rollout_metrics(rollout: GroupRollout, scored: Scored, cfg: CriticFreeConfig
         "advantage/abs_mean": float(maths.masked_mean(rollout.advantages.abs(), mask)),
         "response_length": float(mask.sum(-1).float().mean()),
     }
-    for k, name in enumerate(scored.rewards.names):
+    for k, name in enumerate(scored.names):
         per = rollout.source_rewards[k]  # (B,)
         row[f"reward/{name}"] = float(per.mean())
         row[f"reward/{name}_std"] = float(per.view(-1, g).std(1).mean())
-        row[f"segments/{name}"] = float(scored.ends[k].sum(-1).float().mean())
+        row[f"segments/{name}"] = float(scored.source_ends[k].sum(-1).float().mean())
     return row
 
 
@@ -460,18 +424,10 @@ def evaluate(run: Run) -> dict[str, float]:
         for i in range(0, len(held_out), size):
             sequences, scored = sample_and_score(run, held_out[i : i + size], 1, {})
             mask = sequences.response_mask.cpu()
-            totals.append(maths.sequence_sums(scored.rewards.total, mask))
-            per_source.append(maths.sequence_sums(scored.rewards.per_source, mask))  # (K, b)
-            names = scored.rewards.names
+            totals.append(maths.sequence_sums(scored.total, mask))
+            per_source.append(maths.sequence_sums(scored.per_source, mask))  # (K, b)
+            names = scored.names
     total, sources = torch.cat(totals), torch.cat(per_source, dim=1)
     row = {"eval/reward/total": float(total.mean())}
     row.update({f"eval/reward/{n}": float(sources[k].mean()) for k, n in enumerate(names)})
     return row
-
-
-def evaluate_and_keep_best(run: Run, state: "RunState") -> None:
-    from finegrain.kernel import run as R
-
-    row = evaluate(run)
-    R.log_row(run.accelerator, run.out, {"step": state.step, **row})
-    R.keep_best(run.accelerator, run.out, state, row["eval/reward/total"], True, run.accelerator.unwrap_model(run.model), run.tokenizer, "eval_reward")

@@ -4,7 +4,7 @@ Shape legend: B responses = N prompts x G samples per prompt, the G responses to
 rows n * G .. n * G + G - 1 (how `rollout.sample` lays them out); T response tokens (right-padded);
 K reward sources; S segments. `mask` (B, T) is True on real response tokens. `ends` (K, B, T) or
 (B, T) is True on the token where a segment ends: the composer puts each segment's reward there
-(`compose.place_segment_rewards`), so a source's (B, T) reward is zero off its ends, and a segment
+(`compose.place_segment_rewards`; `TokenRewards.source_ends` is each source's), so a source's (B, T) reward is zero off its ends, and a segment
 whose reward is 0 is still a segment (it counts in the group's statistics).
 
 Holistic: each response's reward is the sum of its segment rewards (one number), and every token
@@ -17,16 +17,11 @@ A group whose values are all equal (every response scored the same) gets advanta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
 from finegrain.rl import maths
-
-if TYPE_CHECKING:
-    from finegrain.rewards.base import SegmentScores
-    from finegrain.rewards.compose import Offsets
 
 Estimator = Literal["grpo", "rloo"]
 SourceNorm = Literal["each", "sum"]
@@ -208,31 +203,6 @@ def rloo_dense(rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor, gr
     to_go = _to_go(rewards, index, mask)  # (B, J) Q_ij, 0 beyond a response's last segment
     adv = leave_one_out(_groups(to_go, group_size)).flatten(0, 1)  # (B, J)
     return adv.gather(1, index) * mask.to(adv.dtype)
-
-
-def segment_end_mask(token_index: torch.Tensor, segment_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """True on the tokens where a real segment ends (what `compose.char_ends_to_token_index` gives),
-    by placing a 1 per segment with the composer's own `place_segment_rewards`.
-
-    Shape: token_index (B, S) long, segment_mask (B, S) bool, response_mask (B, T) -> (B, T) bool.
-    """
-    from finegrain.rewards.compose import place_segment_rewards
-
-    ones = torch.ones(token_index.shape, dtype=torch.float32, device=token_index.device)
-    return place_segment_rewards(ones, token_index, segment_mask, response_mask.shape[1], response_mask) > 0
-
-
-def segment_ends(raw: "Sequence[SegmentScores]", texts: "Sequence[str]", offsets: "Sequence[Offsets]", response_mask: torch.Tensor) -> torch.Tensor:
-    """Where each source's segments end on the policy's tokens: the tokens the composer puts their
-    rewards on (`compose.char_ends_to_token_index`, then `segment_end_mask`).
-
-    Shape: raw[k] (B, S_k), response_mask (B, T) -> (K, B, T) bool.
-    """
-    from finegrain.rewards.compose import char_ends_to_token_index
-
-    return torch.stack(
-        [segment_end_mask(char_ends_to_token_index(r.char_ends, r.mask, texts, offsets), r.mask, response_mask.cpu()) for r in raw]
-    ).to(response_mask.device)
 
 
 # --- several sources ---------------------------------------------------------------------------
