@@ -1,5 +1,6 @@
 """The GRPO / RLOO recipe on a tiny random policy: `finegrain train grpo|rloo` for each estimator x
-reward mode (holistic, fine-grained), with the options spread over the runs; config errors."""
+reward mode (holistic, fine-grained), with the options spread over the runs; config errors.
+The `tiny` and `one_thread` fixtures are in conftest.py."""
 
 from __future__ import annotations
 
@@ -11,20 +12,7 @@ import torch
 from finegrain.cli import main
 from finegrain.config import ConfigError, load_config
 from finegrain.kernel.run import read_metrics
-from rl_helpers import make_tiny_policy, tiny_config, write_config
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from rl_helpers import tiny_config, write_config
 
 
 def critic_free_config(tiny, out, mode: str, **sections) -> dict:
@@ -167,15 +155,16 @@ def test_grpo_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, tiny):
     from finegrain.recipes.grpo import GRPOConfig, train
     from test_resume import REPO, _kill_when_checkpointed, _weights
 
-    steps = 6
-    cfg = critic_free_config(tiny, tmp_path / "whole", "dense", run={"steps": steps, "eval_every": 2}, critic_free={"epochs": 2}, optim={"batch_size": 2, "grad_accum": 2})
+    steps = 3  # as small as the test allows: killed after step 1's checkpoint, resumed to step 3
+    cfg = critic_free_config(tiny, tmp_path / "whole", "dense", run={"steps": steps, "eval_every": 2}, sampling={"max_new_tokens": 6},
+                             optim={"batch_size": 2, "grad_accum": 2})
     path = write_config(cfg, tmp_path / "c.yaml")
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "finegrain.cli", "train", "grpo", "--config", str(path), f"run.out={killed}"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    at = _kill_when_checkpointed(proc, killed, at_least=2, timeout=900.0)  # a busy 2-core machine: minutes
+    at = _kill_when_checkpointed(proc, killed, at_least=1, timeout=900.0)  # a busy 2-core machine: minutes
     assert at < steps and not (killed / "final").exists(), "killed too late to test a resume"
     before = torch.get_num_threads()
     try:
@@ -200,7 +189,8 @@ def test_grpo_under_two_process_accelerate_launch(tmp_path, tiny):
     from test_accelerate import REPO, _free_port
 
     out = tmp_path / "run"
-    cfg = critic_free_config(tiny, out, "dense", run={"steps": 2, "eval_every": 2, "save_every": 1}, optim={"batch_size": 4, "grad_accum": 2})
+    cfg = critic_free_config(tiny, out, "dense", run={"steps": 2, "eval_every": 2, "save_every": 1}, sampling={"max_new_tokens": 6},
+                             optim={"batch_size": 4, "grad_accum": 2})
     path = write_config(cfg, tmp_path / "c.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     cmd = [

@@ -369,7 +369,7 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
                     c.clip, c.loss_aggregation, kl_loss_coef, cfg.sampling.max_new_tokens,
                 )
                 share = micro_batch_share(mask[idx], batch_mask, c.loss_aggregation)
-                return out.loss * share, LossStats(float(out.loss) * share, float(out.policy) * share, float(out.kl) * share, float(out.clip_frac) * share, float(out.ratio_mean) * share)
+                return out.loss * share, LossStats(float(out.loss.detach()) * share, float(out.policy) * share, float(out.kl) * share, float(out.clip_frac) * share, float(out.ratio_mean) * share)
 
             micro = micro_batches(perm[i * mb : (i + 1) * mb], cfg.optim.grad_accum)
             step_parts, grad_norm = accumulated_step(acc, run.policy.model, run.policy.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, c.algorithm.upper())
