@@ -113,10 +113,10 @@ def test_config_errors_name_the_field(tmp_path, capsys):
         ("sft", [f"data.feedback={tmp_path / 'missing.json'}"], "data.feedback"),
         ("sft", ["prompt.template=no placeholder"], "prompt.template"),
         ("dpo", ["run.eval_every=1", "data.eval_examples=0"], "run.eval_every"),
-        ("grpo", [], "recipe 'grpo'"),
+        ("kto", [], "recipe 'kto'"),
     ]
     for recipe, overrides, field in cases:
-        cfg = recipe_config("sft" if recipe == "grpo" else recipe, tmp_path / "no-model", feedback, tmp_path / "run")
+        cfg = recipe_config("sft" if recipe == "kto" else recipe, tmp_path / "no-model", feedback, tmp_path / "run")
         path = write_config(cfg, tmp_path / "c.yaml")
         assert main(["train", recipe, "--config", str(path), "--check", *overrides]) == 2, (recipe, overrides)
         assert field in capsys.readouterr().err, (recipe, overrides)

@@ -75,7 +75,7 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     assert torch.allclose(fwd.logprobs, fwd.ref_logprobs, atol=1e-5)
     assert torch.all(fwd.values == 0)
     T = samples.response_ids.shape[1]
-    scores = Scores(["x"] * 6, ("s",), [], torch.zeros(1, 6, T), torch.randn(6, T) * samples.response_mask, samples.response_mask.clone())
+    scores = Scores(["x"] * 6, ("s",), [], torch.zeros(1, 6, T), torch.randn(6, T) * samples.response_mask, samples.response_mask.clone(), samples.response_mask[None].clone())
     rollout = build_rollout(samples, scores, fwd, kl_coef=0.3, ppo=PPOConfig())
     losses = ppo_losses(model, rollout.select(torch.tensor([0, 3, 5])), PPOConfig())
     assert losses.approx_kl.item() < 1e-6 and losses.clip_frac.item() == 0.0
@@ -104,7 +104,7 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
     kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
     T = samples.response_ids.shape[1]
-    scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask, samples.response_mask.clone())
+    scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask, samples.response_mask.clone(), samples.response_mask[None].clone())
     rollout = build_rollout(samples, scores, kept, kl_coef=0.3, ppo=ppo)
 
     reused = ppo_losses(model, rollout, ppo, kept.policy_pass)

@@ -53,6 +53,7 @@ class TokenRewards:
     weights: "torch.Tensor"  # (K,) weight of each source in the total
     total: "torch.Tensor"  # (B, T) sum_k weights[k] * per_source[k]
     ends: "torch.Tensor"  # (B, T) bool: True on every token where a segment of some source ends
+    source_ends: "torch.Tensor"  # (K, B, T) bool: True where a segment of source k ends (its reward sits there); ends is their union
 
 
 # --- pure tensor functions --------------------------------------------------------------------
@@ -225,8 +226,7 @@ def compose(
     if len(set(names)) != len(names):
         raise ValueError(f"compose: reward source names must be unique, got {names}")
     B = len(texts)
-    per_source = []
-    ends = torch.zeros(B, num_tokens, dtype=torch.bool)
+    per_source, source_ends = [], []
     for term, seg in zip(terms, scores):
         if seg.scores.shape[0] != B:
             raise ValueError(f"compose: source {term.name!r} scored {seg.scores.shape[0]} responses, expected {B}")
@@ -240,10 +240,11 @@ def compose(
         mapped = term.mapping(seg.scores.float())
         index = char_ends_to_token_index(seg.char_ends, seg.mask, texts, offsets)
         per_source.append(place_segment_rewards(mapped, index, seg.mask, num_tokens, response_mask))
-        ends |= place_segment_rewards(torch.ones_like(mapped), index, seg.mask, num_tokens, response_mask).to(ends.device) > 0
+        source_ends.append(place_segment_rewards(torch.ones_like(mapped), index, seg.mask, num_tokens, response_mask) > 0)
     stacked = torch.stack(per_source)  # (K, B, T)
+    ends_k = torch.stack(source_ends)  # (K, B, T)
     weights = torch.tensor([t.weight for t in terms], dtype=stacked.dtype)
-    return TokenRewards(per_source=stacked, names=names, weights=weights, total=weighted_total(stacked, weights), ends=ends)
+    return TokenRewards(per_source=stacked, names=names, weights=weights, total=weighted_total(stacked, weights), ends=ends_k.any(0), source_ends=ends_k)
 
 
 @dataclass(frozen=True)

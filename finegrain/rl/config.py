@@ -183,6 +183,21 @@ class RewardConfig(ConfigBase):
         return self.kind
 
 
+def check_prompts_and_rewards(data: DataConfig, rewards: list[RewardConfig], run: RunConfig) -> None:
+    """What every RL recipe (PPO, GRPO, RLOO) asks of its prompts and reward sources: a prompt
+    source, at least one reward source, unique source names, held-out prompts when evaluating."""
+    if data.prompts is None and not data.prompt_list:
+        raise ConfigError("data.prompts: set a prompt file (or data.prompt_list)")
+    if not rewards:
+        raise ConfigError("rewards: configure at least one reward source (a list of {kind, weight, ...})")
+    labels = [r.label for r in rewards]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"rewards: source names must be unique; {dupes[0]!r} appears twice (set `name:`)")
+    if data.eval_prompts == 0 and run.eval_every:
+        raise ConfigError("run.eval_every: evaluation needs held-out prompts; set data.eval_prompts > 0")
+
+
 @dataclass
 class TrainConfig(ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "policy, reference, value model"})
@@ -193,16 +208,7 @@ class TrainConfig(ConfigBase):
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "output, seed, steps, evaluation, checkpoints, logging"})
 
     def __post_init__(self) -> None:
-        if self.data.prompts is None and not self.data.prompt_list:
-            raise ConfigError("data.prompts: set a prompt file (or data.prompt_list)")
-        if not self.rewards:
-            raise ConfigError("rewards: configure at least one reward source (a list of {kind, weight, ...})")
-        labels = [r.label for r in self.rewards]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ConfigError(f"rewards: source names must be unique; {dupes[0]!r} appears twice (set `name:`)")
-        if self.data.eval_prompts == 0 and self.run.eval_every:
-            raise ConfigError("run.eval_every: evaluation needs held-out prompts; set data.eval_prompts > 0")
+        check_prompts_and_rewards(self.data, self.rewards, self.run)
         if self.ppo.ptx_coef > 0 and not self.data.ptx:
             raise ConfigError("ppo.ptx_coef: PPO-ptx needs texts; set data.ptx to a file")
         if self.ppo.minibatch_size > self.ppo.prompts_per_step * self.sampling.samples_per_prompt:

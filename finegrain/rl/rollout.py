@@ -38,6 +38,7 @@ class Scores:
     per_source: torch.Tensor  # (K, B, T) float32: mapped, unweighted reward of source k on token t
     total: torch.Tensor  # (B, T) float32: weighted sum over sources (before the KL penalty)
     ends: torch.Tensor  # (B, T) bool: True where a segment of some source ends (its reward lands there)
+    source_ends: torch.Tensor  # (K, B, T) bool: True where a segment of source k ends; `ends` is their union
 
 
 @dataclass
@@ -107,7 +108,7 @@ def score(
     raw = [ws.source.score(examples, texts) for ws in sources]
     T = samples.response_ids.shape[1]
     composed = compose([ws.term for ws in sources], raw, texts, offsets, T, samples.response_mask)
-    return Scores(texts, composed.names, raw, composed.per_source.float(), composed.total.float(), composed.ends)
+    return Scores(texts, composed.names, raw, composed.per_source.float(), composed.total.float(), composed.ends, composed.source_ends)
 
 
 # --- 3. one forward pass per model ------------------------------------------------------------
