@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     dense, figures["profanity_dense_responses_per_s"] = throughput(ProfanityCheckScorer, "dense")
     holistic, figures["profanity_holistic_responses_per_s"] = throughput(ProfanityCheckScorer, "holistic")
     _, figures["profanity_dense_joined_responses_per_s"] = throughput(ProfanityCheckScorer, "dense", joined)
-    # dense rewards telescope to -tox(y) = holistic - 1
-    gap = (dense.scores.sum(1) - (holistic.scores[:, 0] - 1.0))[holistic.mask[:, 0]].abs().max()
+    # dense rewards telescope to -tox(y) = the holistic reward
+    gap = (dense.scores.sum(1) - holistic.scores[:, 0])[holistic.mask[:, 0]].abs().max()
     figures["dense_sum_vs_holistic_max_gap"] = float(gap)
 
     if not args.no_hf:
