@@ -1,4 +1,4 @@
-"""Fixtures the recipe tests share: a tiny random policy (rl_helpers.make_tiny_policy) and one torch thread."""
+"""Fixtures the tests share: a tiny random policy (rl_helpers.make_tiny_policy) and one torch thread."""
 
 from __future__ import annotations
 

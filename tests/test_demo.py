@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from finegrain.cli import main
@@ -162,19 +161,7 @@ def test_write_report_and_plot(tmp_path):
 # --- end to end on a tiny model ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rl_helpers import make_tiny_policy
-
-    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# `tiny` (a tiny random policy) and `one_thread` come from conftest.py
 
 
 TINY_TRAINING = [

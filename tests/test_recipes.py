@@ -10,25 +10,13 @@ import torch
 
 from finegrain.cli import main
 from finegrain.kernel.run import read_metrics
-from recipe_helpers import make_tiny_policy, recipe_config, write_config, write_feedback
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
+from recipe_helpers import recipe_config, write_config, write_feedback
 
 
 @pytest.fixture(scope="module")
 def feedback(tmp_path_factory):
     return write_feedback(tmp_path_factory.mktemp("data") / "feedback.jsonl")
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(recipe, tiny, feedback, tmp_path, *overrides, **sections):
