@@ -1,6 +1,6 @@
 """Throughput of the toxicity reward sources and a sanity check of the embedded scorer.
 
-    .venv/bin/python bench/bench_toxicity.py --data /work/shared/data/realtoxicityprompts/prompts.jsonl -n 500
+    .venv/bin/python bench/bench_toxicity.py --data ../shared/data/realtoxicityprompts/prompts.jsonl -n 500
 
 Measures, on the first n RealToxicityPrompts continuations (`continuation.text`):
 - the embedded scorer's import time and per-call overhead;
@@ -63,7 +63,7 @@ def rank(values):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/realtoxicityprompts/prompts.jsonl"))
+    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "realtoxicityprompts" / "prompts.jsonl")
     p.add_argument("-n", type=int, default=500, help="number of continuations")
     p.add_argument("--hf-model", default="minilm-l6", help="HF classifier (id, path or embedded name) for the speed test")
     p.add_argument("--no-hf", action="store_true", help="skip the HF classifier")
