@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, clobber: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`. With
+    `clobber=False` the move is a hard link instead, which raises FileExistsError when `path`
+    exists, even if it appeared after the caller checked (never replaces anything)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -20,11 +22,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if clobber:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     fsync_dir(path.parent)
 
 

@@ -9,8 +9,6 @@ writes one record per submitted version instead, with the version in `meta`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from finegrain.config import ConfigError
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.jsonl import to_jsonl_line
 from finegrain.data.problems import Collector
-from finegrain.io import fsync_dir
 from finegrain.data.records import Annotation, Example, MissingInfo, Passage, Preference, Response, Span
 
 
@@ -135,28 +132,20 @@ def check_destination(out: str | Path, *, force: bool) -> Path:
 
 
 def write_new_file(out: str | Path, data: bytes, *, force: bool) -> None:
-    """Write atomically: a temporary file in the same folder, fsynced, then moved into place. Without
-    `force` the move is a hard link, which fails if the name appeared meanwhile (never clobbers);
-    with it, a rename, which replaces a regular file (re-checked just before) and nothing else."""
+    """Write atomically (finegrain.io). Without `force` the file is only ever created, never
+    replaced, even if the name appeared meanwhile; with it, a regular file (re-checked just
+    before the move) is replaced, and nothing else."""
+    from finegrain.io import atomic_write_bytes
+
     path = check_destination(out, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if force:
+        check_destination(path, force=True)
+        atomic_write_bytes(path, data)
+        return
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            check_destination(path, force=True)
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConfigError(f"--out {out}: already exists; choose a new file, or pass --force to replace it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
+        atomic_write_bytes(path, data, clobber=False)
+    except FileExistsError:
+        raise ConfigError(f"--out {out}: already exists; choose a new file, or pass --force to replace it") from None
 
 
 def export(engine: Engine, out: str | Path, *, all_versions: bool = False, force: bool = False,
