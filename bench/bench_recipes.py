@@ -9,7 +9,7 @@ Settings: the embedded SmolLM2-135M-Instruct, bf16 autocast with float32 master 
 `bf16=True`, the same autocast) or fp32 (`--precision`; a CPU without native bf16, e.g. AVX2 only,
 emulates bf16 many times slower than fp32: finegrain/precision.py), AdamW, one optimiser step per batch of `--batch` pairs (SFT:
 `--batch` targets, the chosen responses), prompts rendered by finegrain's renderer within
-`--prompt-tokens`, responses cut to `--response-tokens` (EOS included). Data: QA-Feedback's human
+`--prompt-tokens`, responses cut to `--response-tokens` (EOS included). Data: the first 2 x steps x batch of QA-Feedback's human
 pairs from ../shared/data/qa_feedback/feedback.json when present, else a small generated set.
 DPO in both: the sigmoid loss, beta 0.1, a frozen reference model computing its log-probs at every
 step (TRL's default; finegrain `dpo.reference=model`); finegrain's `precompute` is timed too.
@@ -71,9 +71,10 @@ print("RESULT " + json.dumps({"times": times, "peak_rss_gib": resource.getrusage
 """
 
 
-def bench_data(folder: Path, prompt_tokens: int, response_tokens: int) -> tuple[Path, Path]:
+def bench_data(folder: Path, prompt_tokens: int, response_tokens: int, limit: int) -> tuple[Path, Path]:
     """The pairs both sides train on: a finegrain pairs file (ours) and the same texts as TRL rows
-    (rendered prompt, chosen and rejected cut to the response budget minus the EOS TRL appends)."""
+    (rendered prompt, chosen and rejected cut to the response budget minus the EOS TRL appends);
+    the first `limit` pairs only, so that a precomputed reference costs what the run uses."""
     from finegrain.data.pairs import human_pairs, write_pairs
     from finegrain.kernel.prompts import PromptRenderer
     from finegrain.models import load_tokenizer
@@ -97,7 +98,7 @@ def bench_data(folder: Path, prompt_tokens: int, response_tokens: int) -> tuple[
 
     from dataclasses import replace
 
-    pairs = [replace(p, chosen=cut(p.chosen), rejected=cut(p.rejected)) for p in pairs]
+    pairs = [replace(p, chosen=cut(p.chosen), rejected=cut(p.rejected)) for p in pairs[:limit]]
     write_pairs(folder / "pairs.jsonl", pairs, force=True)
     rows = [{"prompt": renderer.render(p.example).text, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
     (folder / "trl.json").write_text(json.dumps(rows), encoding="utf-8")
@@ -141,7 +142,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pairs, trl_rows = bench_data(tmp, args.prompt_tokens, args.response_tokens)
+        pairs, trl_rows = bench_data(tmp, args.prompt_tokens, args.response_tokens, limit=2 * args.steps * args.batch)
         arms = [("finegrain sft", "sft", "model"), ("finegrain dpo (reference model)", "dpo", "model"),
                 ("finegrain dpo (precomputed reference)", "dpo", "precompute"), ("finegrain simpo", "simpo", "model")]
         for label, recipe, reference in arms:
