@@ -42,3 +42,27 @@ def test_a_missing_rm_folder_names_the_field(tmp_path):
 
     with pytest.raises(ConfigError, match=r"rewards\[0\].path"):
         check_sources([RewardConfig(kind="rm", path=str(tmp_path / "none"))])
+
+
+def test_a_field_of_another_kind_or_mapping_is_refused_by_name(tmp_path):
+    from finegrain.config import ConfigError, load_config
+    from finegrain.rl.config import TrainConfig
+
+    def load(source: str):
+        path = tmp_path / "c.yaml"
+        path.write_text("data: {prompts: p.jsonl}\nrewards:\n  - " + source + "\n", encoding="utf-8")
+        return load_config(TrainConfig, path)
+
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.reward_ok: 0\.5 applies to mapping binary only; this source's mapping is 'standardize'"):
+        load("{kind: rm, path: x, mapping: standardize, reward_ok: 0.5}")
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.scorer: .* applies to kind toxicity only"):
+        load("{kind: rm, path: x, mapping: binary, scorer: embedded}")
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.path: .* applies to kind rm only"):
+        load("{kind: toxicity, path: x}")
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.scale: .* applies to mapping affine or standardize only"):
+        load("{kind: toxicity, scale: 2}")
+    # The defaults of the fields that apply are filled in; the others stay unset.
+    tox = load("{kind: toxicity, mapping: affine}").rewards[0]
+    assert (tox.mode, tox.scorer, tox.scale, tox.bias, tox.reward_ok, tox.path) == ("dense", "profanity-check", 1.0, 0.0, None, None)
+    rm = load("{kind: rm, path: x, mapping: binary}").rewards[0]
+    assert (rm.reward_ok, rm.reward_error, rm.mode, rm.scale) == (0.3, -0.3, None, None)

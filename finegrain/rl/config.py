@@ -146,33 +146,70 @@ class PPOConfig(ConfigBase):
             )
 
 
+# Which fields belong to which source kind and which mapping (RewardConfig rejects the others).
+KIND_FIELDS = {"mode": {"toxicity"}, "scorer": {"toxicity"}, "path": {"rm"}}
+MAPPING_FIELDS = {
+    "scale": {"affine", "standardize"},
+    "bias": {"affine", "standardize"},
+    "mean": {"standardize"},
+    "std": {"standardize"},
+    "reward_ok": {"binary"},
+    "reward_error": {"binary"},
+    "threshold": {"binary"},
+}
+
+
 @dataclass
 class RewardConfig(ConfigBase):
+    """One reward source. Each kind and each mapping has its own fields; setting a field that does not
+    apply to the source's kind or mapping is an error (it would be silently ignored otherwise)."""
+
     kind: str = field(default="toxicity", metadata={"help": "toxicity (an off-the-shelf scorer) or rm (a trained reward model card)"})
     name: str | None = field(default=None, metadata={"help": "name in logs (default: the kind, or the RM's category)"})
-    mode: str = field(default="dense", metadata={"help": "toxicity: dense (per-sentence drop in toxicity) or holistic (-toxicity of the whole, on its last token)"})
-    scorer: str = field(default="profanity-check", metadata={"help": "toxicity: the scorer (profanity-check, embedded)"})
-    path: str | None = field(default=None, metadata={"help": "rm: the reward model's folder (its card)"})
     weight: float = field(default=1.0, metadata={"help": "weight of this source in the total reward"})
+    mode: str | None = field(default=None, metadata={"help": "toxicity: dense (per-sentence drop in toxicity; default) or holistic (-toxicity of the whole, on its last token)"})
+    scorer: str | None = field(default=None, metadata={"help": "toxicity: the scorer (default profanity-check; embedded)"})
+    path: str | None = field(default=None, metadata={"help": "rm: the reward model's folder (its card)"})
     mapping: str = field(default="identity", metadata={"help": "score -> reward: identity, affine, standardize or binary"})
-    scale: float = field(default=1.0, metadata={"help": "affine/standardize: multiplier"})
-    bias: float = field(default=0.0, metadata={"help": "affine/standardize: added after scaling"})
+    scale: float | None = field(default=None, metadata={"help": "affine/standardize: multiplier (default 1)"})
+    bias: float | None = field(default=None, metadata={"help": "affine/standardize: added after scaling (default 0)"})
     mean: float | None = field(default=None, metadata={"help": "standardize: score mean (default: the RM card's)"})
     std: float | None = field(default=None, metadata={"help": "standardize: score std (default: the RM card's)"})
-    reward_ok: float = field(default=0.3, metadata={"help": "binary: reward of a segment without error"})
-    reward_error: float = field(default=-0.3, metadata={"help": "binary: reward of a segment with an error"})
+    reward_ok: float | None = field(default=None, metadata={"help": "binary: reward of a segment without error (default 0.3)"})
+    reward_error: float | None = field(default=None, metadata={"help": "binary: reward of a segment with an error (default -0.3)"})
     threshold: float | None = field(default=None, metadata={"help": "binary: P(error) above which a segment has an error (default: the RM card's, else 0.5)"})
 
     def __post_init__(self) -> None:
         check_choice(self, "kind", REWARD_KINDS)
-        check_choice(self, "mode", TOXICITY_MODES)
         check_choice(self, "mapping", MAPPINGS)
-        if self.threshold is not None:
-            check_range(self, "threshold", 0.0, 1.0)
+        self._check_applies("kind", self.kind, KIND_FIELDS)
+        self._check_applies("mapping", self.mapping, MAPPING_FIELDS)
+        if self.kind == "toxicity":
+            self.mode = self.mode or "dense"
+            self.scorer = self.scorer or "profanity-check"
+            check_choice(self, "mode", TOXICITY_MODES)
         if self.kind == "rm" and not self.path:
             raise ConfigError(f"{self._path + '.' if self._path else ''}path: a reward source of kind 'rm' needs the RM folder")
+        if self.mapping in ("affine", "standardize"):
+            self.scale = 1.0 if self.scale is None else self.scale
+            self.bias = 0.0 if self.bias is None else self.bias
+        if self.mapping == "binary":
+            self.reward_ok = 0.3 if self.reward_ok is None else self.reward_ok
+            self.reward_error = -0.3 if self.reward_error is None else self.reward_error
+        if self.threshold is not None:
+            check_range(self, "threshold", 0.0, 1.0)
         if self.std is not None:
             check_range(self, "std", 0.0, None, low_open=True)
+
+    def _check_applies(self, what: str, value: str, owners: dict[str, set[str]]) -> None:
+        """Every field owned by some kind (or mapping) must be unset unless it is this one's."""
+        for attr, allowed in owners.items():
+            if getattr(self, attr) is not None and value not in allowed:
+                prefix = self._path + "." if self._path else ""
+                raise ConfigError(
+                    f"{prefix}{attr}: {getattr(self, attr)!r} applies to {what} {' or '.join(sorted(allowed))} only; "
+                    f"this source's {what} is {value!r} (remove the field)"
+                )
 
     @property
     def label(self) -> str:
