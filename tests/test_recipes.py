@@ -132,3 +132,21 @@ def test_shipped_configs_load(recipe):
     path = Path(__file__).resolve().parents[1] / "configs" / f"{recipe}_qa.yaml"
     cfg = load_config(getattr(importlib.import_module(module_name), config_name), path)
     assert cfg.data.feedback == "../shared/data/qa_feedback/feedback.json" and cfg.run.eval_every
+
+
+def test_a_precomputed_reference_covers_exactly_the_pairs_a_process_will_use():
+    """Precomputing the reference for every pair of a large file costs more than a short run; the
+    pairs a run uses are known before it starts, per process, and are all that is computed."""
+    from types import SimpleNamespace
+
+    from finegrain.kernel.run import batch_indices
+    from finegrain.recipes.dpo import pairs_used
+
+    cfg = SimpleNamespace(run=SimpleNamespace(steps=3, seed=5), optim=SimpleNamespace(batch_size=4))
+    for rank in (0, 1):
+        used = pairs_used(cfg, 100, 2, rank)
+        expected = [i for step in range(3) for i in batch_indices(step, 100, 4, 2, rank, 5)]
+        assert used == expected and len(used) == 12  # 3 steps x 4 pairs, no repeats within a pass
+    assert not set(pairs_used(cfg, 100, 2, 0)) & set(pairs_used(cfg, 100, 2, 1))
+    # Past one pass over the data, a pair used twice is computed once.
+    assert sorted(pairs_used(SimpleNamespace(run=SimpleNamespace(steps=5, seed=0), optim=SimpleNamespace(batch_size=4)), 10, 1, 0)) == list(range(10))

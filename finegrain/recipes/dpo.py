@@ -129,9 +129,21 @@ def train(cfg: DPOConfig, resume: bool = False) -> Path:
     return out
 
 
+def pairs_used(cfg: DPOConfig, n_train: int, n_processes: int, rank: int) -> list[int]:
+    """The training pairs process `rank` uses over the whole run (every step's batch is a pure
+    function of seed, step and process), in order of first use: what a precomputed reference needs."""
+    from finegrain.kernel.run import batch_indices
+
+    seen: dict[int, None] = {}
+    for step in range(cfg.run.steps):
+        seen.update(dict.fromkeys(batch_indices(step, n_train, cfg.optim.batch_size, n_processes, rank, cfg.run.seed)))
+    return list(seen)
+
+
 class Reference:
-    """The reference's summed log-probs of a pair's two sides: looked up (computed once, for every
-    training and held-out pair) or computed by the frozen model on demand."""
+    """The reference's summed log-probs of a pair's two sides: looked up (computed once, before
+    training, for the training pairs this process will use and the held-out pairs when the run
+    evaluates) or computed by the frozen model on demand."""
 
     def __init__(self, ref, cfg: DPOConfig, acc, batch_of, inputs: Inputs):
         from finegrain.kernel.logprobs import pairs_logprobs
@@ -139,7 +151,8 @@ class Reference:
         self.cfg, self.acc, self.model = cfg, acc, ref
         self.table: dict[int, tuple[float, float]] = {}
         if cfg.dpo.reference == "precompute":
-            pairs = inputs.train + inputs.eval
+            used = pairs_used(cfg, len(inputs.train), acc.num_processes, acc.process_index)
+            pairs = [inputs.train[i] for i in used] + (inputs.eval if cfg.run.eval_every else [])
             size = cfg.optim.batch_size
             batches = (batch_of(pairs[i : i + size]) for i in range(0, len(pairs), size))
             chosen, rejected = pairs_logprobs(ref, batches, False, acc.device, cfg.model.precision)
