@@ -86,6 +86,8 @@ def test_folds_hold_every_example_out_exactly_once():
     for train, held in splits:
         assert not {e.id for e in train} & {e.id for e in held} and len(train) + len(held) == 7
     assert sorted(e.id for _, held in splits for e in held) == sorted(e.id for e in examples)
+    curve = fold_split(examples, 3, seed=0, train_examples=2)  # a learning curve keeps the held-out folds
+    assert [h for _, h in curve] == [h for _, h in splits] and all(len(t) == 2 and set(t) <= set(s) for (t, _), (s, _) in zip(curve, splits))
     with pytest.raises(ValueError, match="folds"):
         rm_eval.kfold_indices(3, 5)
     assert rm_eval.mean_and_spread([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))

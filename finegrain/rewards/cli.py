@@ -23,12 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", required=True, help="QA-Feedback .json or finegrain .jsonl with span annotations / preferences")
     p.add_argument("--eval-file", help="held-out file: its metrics go into the card")
     p.add_argument("--out", required=True, help="folder to save the model and its card in")
-    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
-    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
-    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
-    p.add_argument("--categories-file", help="YAML/JSON taxonomy mapping annotation categories to RM categories")
-    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="score a held-out file with a trained RM and print its metrics")
@@ -58,14 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for cv.json (and reliability.png, fold models with --keep-models)")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that deals the examples into folds (default 0)")
-    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
-    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
-    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
-    p.add_argument("--categories-file", help="YAML/JSON taxonomy")
-    p.add_argument("--device", help="torch device")
+    p.add_argument("--train-examples", type=int, metavar="N",
+                   help="train each fold on only N of the other folds' examples (a learning curve: same held-out folds)")
     p.add_argument("--keep-models", action="store_true", help="keep each fold's model in OUT/fold-N")
     p.add_argument("--baselines-only", action="store_true", help="train nothing: the trivial baselines on the same folds")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p)
     p.set_defaults(func=_cv)
 
     p = sub.add_parser(
@@ -101,6 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-out", required=True)
     p.add_argument("--eval-out", required=True)
     p.set_defaults(func=_split)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """What `rm train` and `rm cv` share: the RMTrainConfig sources (read by `_config`), taxonomy, device."""
+    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
+    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
+    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
+    p.add_argument("--categories-file", help="YAML/JSON taxonomy mapping annotation categories to RM categories")
+    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -151,10 +153,12 @@ def _cv(args: argparse.Namespace) -> int:
     examples = load_examples(args.file, taxonomy)
     if not 2 <= args.folds <= len(examples):
         raise ConfigError(f"--folds: {args.folds} must be between 2 and {len(examples)} (the examples in {args.file})")
+    if args.train_examples is not None and args.train_examples < 1:
+        raise ConfigError(f"--train-examples: {args.train_examples} must be at least 1")
     _quiet_transformers()
     report = cross_validate(cfg, examples, args.out, folds=args.folds, seed=args.seed, data_file=args.file, taxonomy=taxonomy,
                             device=args.device, keep_models=args.keep_models, baselines_only=args.baselines_only,
-                            log=lambda line: print(line, flush=True))
+                            train_examples=args.train_examples, log=lambda line: print(line, flush=True))
     print(format_summary(report))
     print(f"wrote {args.out}/cv.json" + (" and reliability.png" if "ece_pooled" in report else ""))
     return 0

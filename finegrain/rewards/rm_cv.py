@@ -10,6 +10,7 @@ on the same held-out data; the summary gives the mean and the spread (sample std
 from __future__ import annotations
 
 import dataclasses
+import random
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,13 +24,18 @@ if TYPE_CHECKING:
     from finegrain.rewards.rm_config import RMTrainConfig
 
 
-def fold_split(examples: Sequence[Example], folds: int, seed: int) -> list[tuple[list[Example], list[Example]]]:
-    """(training examples, held-out examples) for each fold; every example is held out exactly once."""
+def fold_split(examples: Sequence[Example], folds: int, seed: int, train_examples: int | None = None) -> list[tuple[list[Example], list[Example]]]:
+    """(training examples, held-out examples) for each fold; every example is held out exactly once.
+    `train_examples`: train on only that many of the other folds' examples (drawn by `seed`), for a
+    learning curve whose held-out folds stay the same."""
     held = rm_eval.kfold_indices(len(examples), folds, seed)
     out = []
     for idx in held:
         keep = set(idx)
-        out.append(([ex for i, ex in enumerate(examples) if i not in keep], [examples[i] for i in idx]))
+        train = [ex for i, ex in enumerate(examples) if i not in keep]
+        if train_examples is not None and train_examples < len(train):
+            train = [train[i] for i in sorted(random.Random(seed).sample(range(len(train)), train_examples))]
+        out.append((train, [examples[i] for i in idx]))
     return out
 
 
@@ -119,6 +125,7 @@ def cross_validate(
     device: str | None = None,
     keep_models: bool = False,
     baselines_only: bool = False,
+    train_examples: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate `cfg` on each of `folds` folds of `examples`; write `cv.json` (and, for a
@@ -131,7 +138,7 @@ def cross_validate(
     rows: list[dict[str, Any]] = []
     pooled_p: list[float] = []
     pooled_y: list[int] = []
-    for f, (train, held) in enumerate(fold_split(examples, folds, seed)):
+    for f, (train, held) in enumerate(fold_split(examples, folds, seed, train_examples)):
         log(f"fold {f + 1}/{folds}: {len(train)} training examples, {len(held)} held out")
         with tempfile.TemporaryDirectory(prefix="finegrain-cv-", dir=out_dir) as tmp:
             folder = None if baselines_only else (out_dir / f"fold-{f}" if keep_models else Path(tmp) / "rm")
@@ -147,6 +154,7 @@ def cross_validate(
         log(format_fold(cfg.kind, row))
         report: dict[str, Any] = {
             "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows), "seed": seed,
+            "train_examples": len(train),
             "examples": len(examples), "data_file": str(data_file) if data_file else None, "baselines_only": baselines_only,
             "config": to_dict(cfg), "summary": summarise(cfg.kind, rows), "per_fold": rows,
         }
