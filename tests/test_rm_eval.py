@@ -181,3 +181,19 @@ def test_cli_cv_baselines_only_and_bad_folds(tmp_path, capsys):
     assert "flag_all_f1" in capsys.readouterr().out
     assert main(["rm", "cv", "--file", str(data), "--out", str(tmp_path / "x"), "--folds", "9"]) == 2
     assert "--folds: 9" in capsys.readouterr().err
+    assert main(["rm", "cv", "--file", str(data), "--out", str(tmp_path / "x"), "--only-folds", "0,7"]) == 2
+    assert "--only-folds: '7'" in capsys.readouterr().err
+
+    # folds computed apart (e.g. one process each) are reused by a run with the same settings
+    common = ["rm", "cv", "--file", str(data), "--folds", "3", "--baselines-only", "--kind", "span", "--category", "relevance"]
+    assert main(common + ["--out", str(tmp_path / "p"), "--only-folds", "1", "level=sentence"]) == 0
+    part = json.loads((tmp_path / "p" / "cv.json").read_text())
+    assert part["folds_done"] == 1 and part["per_fold"][0]["fold"] == 1
+    (tmp_path / "p" / "fold-1.json").write_text((tmp_path / "p" / "fold-1.json").read_text().replace('"fold": 1', '"fold": 1, "marked": 1'))
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "p"), "level=sentence"]) == 0
+    whole = json.loads((tmp_path / "p" / "cv.json").read_text())
+    assert whole["folds_done"] == 3 and whole["per_fold"][1].get("marked") == 1  # reused, not recomputed
+    assert whole["summary"] == report["summary"] and "reusing" in capsys.readouterr().out
+    assert main(common + ["--out", str(tmp_path / "p"), "level=subsentence"]) == 0  # other settings: nothing reused
+    assert "marked" not in json.loads((tmp_path / "p" / "cv.json").read_text())["per_fold"][1]

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that deals the examples into folds (default 0)")
     p.add_argument("--train-examples", type=int, metavar="N",
                    help="train each fold on only N of the other folds' examples (a learning curve: same held-out folds)")
+    p.add_argument("--only-folds", metavar="F[,F...]",
+                   help="compute only these folds (0-based, comma-separated), e.g. one per process; folds saved in OUT by a run with the "
+                        "same settings are always reused, so a last run without this option reports them all")
     p.add_argument("--keep-models", action="store_true", help="keep each fold's model in OUT/fold-N")
     p.add_argument("--baselines-only", action="store_true", help="train nothing: the trivial baselines on the same folds")
     add_config_arguments(p)
@@ -153,12 +156,23 @@ def _cv(args: argparse.Namespace) -> int:
     examples = load_examples(args.file, taxonomy)
     if not 2 <= args.folds <= len(examples):
         raise ConfigError(f"--folds: {args.folds} must be between 2 and {len(examples)} (the examples in {args.file})")
+    only = None
+    if args.only_folds is not None:
+        parts = [x.strip() for x in args.only_folds.split(",")]
+        bad = [x for x in parts if not x.isdigit() or not 0 <= int(x) < args.folds]
+        if bad:
+            raise ConfigError(f"--only-folds: {bad[0]!r} is not a fold of 0..{args.folds - 1}")
+        only = [int(x) for x in parts]
     if args.train_examples is not None and args.train_examples < 1:
         raise ConfigError(f"--train-examples: {args.train_examples} must be at least 1")
     _quiet_transformers()
     report = cross_validate(cfg, examples, args.out, folds=args.folds, seed=args.seed, data_file=args.file, taxonomy=taxonomy,
                             device=args.device, keep_models=args.keep_models, baselines_only=args.baselines_only,
-                            train_examples=args.train_examples, log=lambda line: print(line, flush=True))
+                            train_examples=args.train_examples, only_folds=only,
+                            log=lambda line: print(line, flush=True))
+    if not report["per_fold"]:
+        print("no fold computed")
+        return 0
     print(format_summary(report))
     print(f"wrote {args.out}/cv.json" + (" and reliability.png" if "ece_pooled" in report else ""))
     return 0

@@ -126,47 +126,84 @@ def cross_validate(
     keep_models: bool = False,
     baselines_only: bool = False,
     train_examples: int | None = None,
+    only_folds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate `cfg` on each of `folds` folds of `examples`; write `cv.json` (and, for a
-    span RM, `reliability.png` of the pooled held-out predictions) in `out_dir`; return the report."""
+    """Train and evaluate `cfg` on each of `folds` folds of `examples`; write each fold to
+    `fold-N.json` as it finishes, then `cv.json` (and, for a span RM, `reliability.png` of the pooled
+    held-out predictions) in `out_dir`; return the report. A fold already saved in `out_dir` by a run
+    with the same settings, data and folds is reused, so an interrupted run resumes and folds can run
+    in parallel processes (`only_folds`: compute only these, report those and any saved)."""
     from finegrain.config import to_dict
     from finegrain.io import atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # what a saved fold must match to be reused: the settings, the data, the folds
+    key = {"config": to_dict(cfg), "data_sha256": _examples_digest(examples), "folds": folds, "seed": seed,
+           "train_examples": train_examples, "baselines_only": baselines_only}
     rows: list[dict[str, Any]] = []
     pooled_p: list[float] = []
     pooled_y: list[int] = []
+    n_train = 0
     for f, (train, held) in enumerate(fold_split(examples, folds, seed, train_examples)):
-        log(f"fold {f + 1}/{folds}: {len(train)} training examples, {len(held)} held out")
-        with tempfile.TemporaryDirectory(prefix="finegrain-cv-", dir=out_dir) as tmp:
-            folder = None if baselines_only else (out_dir / f"fold-{f}" if keep_models else Path(tmp) / "rm")
-            if cfg.kind == "span":
-                row, p, y = _span_fold(cfg, train, held, folder, taxonomy, device, log)
-                pooled_p += p
-                pooled_y += y
-            else:
-                row = _pairwise_fold(cfg, train, held, folder, device, log)
-        row["fold"] = f
-        row["held_out_examples"] = len(held)
+        n_train = len(train)
+        saved = _saved_fold(out_dir / f"fold-{f}.json", key)
+        if saved is None and only_folds is not None and f not in only_folds:
+            continue
+        if saved is not None:
+            log(f"fold {f + 1}/{folds}: reusing {out_dir / f'fold-{f}.json'}")
+            row, p, y = saved["row"], saved["probs"], saved["labels"]
+        else:
+            log(f"fold {f + 1}/{folds}: {len(train)} training examples, {len(held)} held out")
+            p, y = [], []
+            with tempfile.TemporaryDirectory(prefix="finegrain-cv-", dir=out_dir) as tmp:
+                folder = None if baselines_only else (out_dir / f"fold-{f}" if keep_models else Path(tmp) / "rm")
+                if cfg.kind == "span":
+                    row, p, y = _span_fold(cfg, train, held, folder, taxonomy, device, log)
+                else:
+                    row = _pairwise_fold(cfg, train, held, folder, device, log)
+            row["fold"] = f
+            row["held_out_examples"] = len(held)
+            atomic_write_json(out_dir / f"fold-{f}.json", {**key, "row": row, "probs": p, "labels": y})
+        pooled_p += p
+        pooled_y += y
         rows.append(row)
         log(format_fold(cfg.kind, row))
-        report: dict[str, Any] = {
-            "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows), "seed": seed,
-            "train_examples": len(train),
-            "examples": len(examples), "data_file": str(data_file) if data_file else None, "baselines_only": baselines_only,
-            "config": to_dict(cfg), "summary": summarise(cfg.kind, rows), "per_fold": rows,
-        }
-        atomic_write_json(out_dir / "cv.json", report)  # after every fold: a long run interrupted keeps what it measured
+    report: dict[str, Any] = {
+        "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows), "seed": seed,
+        "train_examples": n_train, "examples": len(examples), "data_file": str(data_file) if data_file else None,
+        "baselines_only": baselines_only, "config": key["config"],
+        "summary": summarise(cfg.kind, rows) if rows else {}, "per_fold": rows,
+    }
     if pooled_p:
         table = rm_eval.reliability_table(pooled_p, pooled_y)
         report["ece_pooled"] = rm_eval.expected_calibration_error(pooled_p, pooled_y)
         report["reliability"] = [dataclasses.asdict(b) for b in table]
         rm_eval.plot_reliability(out_dir / "reliability.png", table,
-                                 f"{cfg.category} RM, {folds}-fold held-out (ECE {report['ece_pooled']:.3f})")
+                                 f"{cfg.category} RM, {len(rows)} of {folds} folds held out (ECE {report['ece_pooled']:.3f})")
     atomic_write_json(out_dir / "cv.json", report)
     return report
+
+
+def _examples_digest(examples: Sequence[Example]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([dataclasses.asdict(e) for e in examples], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _saved_fold(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A fold an earlier (or a parallel) run of the same cross-validation finished, else None."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return saved if all(saved.get(k) == v for k, v in json.loads(json.dumps(key)).items()) else None
 
 
 def format_fold(kind: str, row: dict[str, Any]) -> str:
@@ -185,7 +222,8 @@ def format_fold(kind: str, row: dict[str, Any]) -> str:
 
 
 def format_summary(report: dict[str, Any]) -> str:
-    lines = [f"{report['category']} ({report['kind']}), {report['folds']}-fold over {report['examples']} examples, "
+    done = "" if report["folds_done"] == report["folds"] else f" ({report['folds_done']} folds done)"
+    lines = [f"{report['category']} ({report['kind']}), {report['folds']}-fold over {report['examples']} examples{done}, "
              "mean ± spread (sample std over folds):"]
     for key, v in report["summary"].items():
         lines.append(f"  {key}: {v['mean']:.3f} ± {v['spread']:.3f}")
