@@ -12,7 +12,7 @@ import torch
 from finegrain.cli import main
 from finegrain.config import ConfigError, load_config
 from finegrain.data.jsonl import write_jsonl
-from finegrain.data.records import Annotation, Example, Passage, Preference, Response, Span
+from finegrain.data.records import Annotation, Example, Passage, Response
 from finegrain.rewards.base import RewardSource
 from finegrain.rewards.card import CARD_FILE, RMCard, calibration_of, load_reward_model
 from finegrain.rewards.pairwise_rm import bradley_terry_loss, pairwise_accuracy, train_pairwise_rm
@@ -30,6 +30,7 @@ from finegrain.rewards.rm_data import (
 )
 from finegrain.rewards.span_rm import count_binary, train_span_rm, weighted_marker_loss
 from finegrain.segment import segment_text
+from rm_helpers import BAD, GOOD, make_tiny_bert, qa_example, tiny_cfg
 
 # --- fixtures ------------------------------------------------------------------------------------
 
@@ -42,43 +43,8 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory, tokenizer):
-    """A 2-layer, 32-wide BERT with the embedded MiniLM tokenizer, saved as an HF folder."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    cfg = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-GOOD = "The tower is in Paris, and it opened in 1889."
-BAD = "Bananas are yellow and sweet, like the sun."
-
-
-def qa_example(i: int, bad_second: bool = True) -> Example:
-    """A prompt whose annotated response has two sentences; the second is irrelevant when `bad_second`."""
-    text = f"{GOOD} {BAD}" if bad_second else f"{GOOD} {GOOD}"
-    spans = (Span(len(GOOD) + 1, len(text), "Irrelevant"),) if bad_second else ()
-    alt = GOOD + " It is 330 metres tall."  # covers the corrected response: preferred and more complete
-    return Example(
-        id=f"q{i}",
-        prompt=f"Where is the tower number {i}?",
-        responses=(Response(text, Annotation(spans, corrected=alt)), Response(alt), Response("")),
-        passages=(Passage("Eiffel Tower", ("The tower is in Paris.", "It opened in 1889.", "It is 330 metres tall.")),),
-        preferences=(Preference(0, 1, 2), Preference(0, 2, 1), Preference(1, 2, 0)),
-    )
-
-
-def tiny_cfg(backbone: str, **kw) -> RMTrainConfig:
-    base = dict(backbone=backbone, max_length=128, epochs=3.0, batch_size=4, lr=1e-3, bf16=False, warmup_ratio=0.0, threads=1)
-    base.update(kw)
-    return RMTrainConfig(**base)
+def tiny_backbone(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 # --- config --------------------------------------------------------------------------------------

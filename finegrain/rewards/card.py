@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from finegrain.rewards.base import RewardSource
 
 CARD_FILE = "finegrain_rm.json"
-CARD_VERSION = 1
+CARD_VERSION = 1  # later fields (backbone_kind, model_class, finetune) have defaults: older cards still load
+MODEL_CLASS = {"span": "AutoModelForTokenClassification", "pairwise": "AutoModelForSequenceClassification"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ class RMCard:
     training: dict[str, Any]  # every setting of RMTrainConfig, plus seconds, steps, device, final loss
     calibration: Calibration
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out evaluation, see `finegrain rm eval`
+    backbone_kind: str = "encoder"  # "encoder" (BERT-like) or "decoder" (a causal LM: heads read causally)
+    # how to load the saved folder: transformers' Auto class (the architecture is in its config.json)
+    model_class: str = ""  # AutoModelForTokenClassification (span) or AutoModelForSequenceClassification (pairwise)
+    finetune: dict[str, Any] = field(default_factory=lambda: {"method": "full"})  # full or lora (merged), parameter counts
     version: int = CARD_VERSION
 
     def save(self, folder: str | Path) -> Path:
@@ -101,6 +106,9 @@ def load_reward_model(
     """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card
     (read here unless the caller read it already)."""
     card = card if card is not None else RMCard.load(path)
+    if card.model_class not in ("", MODEL_CLASS[card.kind]):
+        raise ConfigError(f"{Path(path) / CARD_FILE}: field model_class: {card.model_class!r} does not fit a {card.kind} RM "
+                          f"(expected {MODEL_CLASS[card.kind]})")
     if card.kind == "span":
         from finegrain.rewards.span_rm import SpanRewardModel
 

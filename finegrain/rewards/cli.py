@@ -1,5 +1,5 @@
-"""`finegrain rm train|eval|judge|split`: train and evaluate reward models, build the toxicity judge,
-split data."""
+"""`finegrain rm train|eval|cv|judge|split`: train, evaluate and cross-validate reward models, build
+the toxicity judge, split data."""
 
 from __future__ import annotations
 
@@ -23,12 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", required=True, help="QA-Feedback .json or finegrain .jsonl with span annotations / preferences")
     p.add_argument("--eval-file", help="held-out file: its metrics go into the card")
     p.add_argument("--out", required=True, help="folder to save the model and its card in")
-    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
-    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
-    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
-    p.add_argument("--categories-file", help="YAML/JSON taxonomy mapping annotation categories to RM categories")
-    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="score a held-out file with a trained RM and print its metrics")
@@ -40,8 +35,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(p)
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the model's card")
+    p.add_argument("--reliability", metavar="PNG", help="span RMs: write the reliability diagram of P(error) to this PNG")
     p.add_argument("--categories-file", help="YAML/JSON taxonomy")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation of an RM configuration over a feedback file, with trivial baselines",
+        description="Deal the file's examples into --folds folds (shuffled by --seed); train on all but one fold with the "
+        "configured settings and evaluate on the one left out, once per fold. Reports each fold and the mean and "
+        "spread (sample std) over folds of the RM's metric and of the trivial baselines on the same held-out data "
+        "(span: flag every segment, flag none; pairwise: longer wins, majority), training CPU time and scoring "
+        "throughput. Thresholds and the majority side are chosen on the training folds only. Writes OUT/cv.json "
+        "and, for span RMs, OUT/reliability.png. Settings as for `rm train`.",
+    )
+    p.add_argument("--file", required=True, help="QA-Feedback .json or finegrain .jsonl")
+    p.add_argument("--out", required=True, help="folder for cv.json (and reliability.png, fold models with --keep-models)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that deals the examples into folds (default 0)")
+    p.add_argument("--train-examples", type=int, metavar="N",
+                   help="train each fold on only N of the other folds' examples (a learning curve: same held-out folds)")
+    p.add_argument("--only-folds", metavar="F[,F...]",
+                   help="compute only these folds (0-based, comma-separated), e.g. one per process; folds saved in OUT by a run with the "
+                        "same settings are always reused, so a last run without this option reports them all")
+    p.add_argument("--keep-models", action="store_true", help="keep each fold's model in OUT/fold-N")
+    p.add_argument("--baselines-only", action="store_true", help="train nothing: the trivial baselines on the same folds")
+    add_config_arguments(p)
+    p.set_defaults(func=_cv)
 
     p = sub.add_parser(
         "judge",
@@ -78,6 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_split)
 
 
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """What `rm train` and `rm cv` share: the RMTrainConfig sources (read by `_config`), taxonomy, device."""
+    p.add_argument("--config", help="YAML file of RMTrainConfig settings (e.g. configs/rm_relevance.yaml)")
+    p.add_argument("--kind", choices=["span", "pairwise"], help="span or pairwise (overrides the config)")
+    p.add_argument("--category", help="relevance, factuality (span) or preference, completeness (pairwise)")
+    p.add_argument("--categories-file", help="YAML/JSON taxonomy mapping annotation categories to RM categories")
+    p.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """`--threads N`, applied by `with torch_threads(args.threads)` (finegrain.rewards.rm_common)."""
     parser.add_argument("--threads", type=int, default=None,
@@ -104,9 +134,8 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()  # the "newly initialised head" load report is expected here
 
 
-def _train(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
     from finegrain.config import load_config
-    from finegrain.data.load import load_examples
     from finegrain.rewards.rm_config import RMTrainConfig
 
     overrides = list(args.overrides)
@@ -114,7 +143,45 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"kind={args.kind}")
     if args.category:
         overrides.append(f"category={args.category}")
-    cfg = load_config(RMTrainConfig, args.config, overrides)
+    return load_config(RMTrainConfig, args.config, overrides)
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from finegrain.config import ConfigError
+    from finegrain.data.load import load_examples
+    from finegrain.rewards.rm_cv import cross_validate, format_summary
+
+    cfg = _config(args)
+    taxonomy = _taxonomy(args.categories_file)
+    examples = load_examples(args.file, taxonomy)
+    if not 2 <= args.folds <= len(examples):
+        raise ConfigError(f"--folds: {args.folds} must be between 2 and {len(examples)} (the examples in {args.file})")
+    only = None
+    if args.only_folds is not None:
+        parts = [x.strip() for x in args.only_folds.split(",")]
+        bad = [x for x in parts if not x.isdigit() or not 0 <= int(x) < args.folds]
+        if bad:
+            raise ConfigError(f"--only-folds: {bad[0]!r} is not a fold of 0..{args.folds - 1}")
+        only = [int(x) for x in parts]
+    if args.train_examples is not None and args.train_examples < 1:
+        raise ConfigError(f"--train-examples: {args.train_examples} must be at least 1")
+    _quiet_transformers()
+    report = cross_validate(cfg, examples, args.out, folds=args.folds, seed=args.seed, data_file=args.file, taxonomy=taxonomy,
+                            device=args.device, keep_models=args.keep_models, baselines_only=args.baselines_only,
+                            train_examples=args.train_examples, only_folds=only,
+                            log=lambda line: print(line, flush=True))
+    if not report["per_fold"]:
+        print("no fold computed")
+        return 0
+    print(format_summary(report))
+    print(f"wrote {args.out}/cv.json" + (" and reliability.png" if "ece_pooled" in report else ""))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from finegrain.data.load import load_examples
+
+    cfg = _config(args)
     taxonomy = _taxonomy(args.categories_file)
     train = load_examples(args.train_file, taxonomy)
     held = load_examples(args.eval_file, taxonomy) if args.eval_file else None
@@ -145,24 +212,32 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
-    import dataclasses
-
     from finegrain.data.load import load_examples
     from finegrain.errors import TrainingError
     from finegrain.io import atomic_write_json
     from finegrain.rewards.card import load_reward_model
+    from finegrain.rewards.rm_eval import to_record
 
     examples = load_examples(args.file, _taxonomy(args.categories_file))
     _quiet_transformers()
     rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)
     if card.kind == "span":
         from finegrain.rewards.rm_data import build_span_data
-        from finegrain.rewards.span_rm import evaluate_span
+        from finegrain.rewards.span_rm import span_metrics, span_probabilities
 
         span_data = build_span_data(examples, card.categories, card.level)
         if not span_data.items:
             raise TrainingError(f"{args.file} has no annotated, non-empty responses to evaluate the {card.name} RM on")
-        metrics = evaluate_span(rm, span_data, args.threshold)
+        probs, seconds = span_probabilities(rm, span_data)
+        threshold = card.training.get("threshold", 0.5) if args.threshold is None else args.threshold
+        metrics = span_metrics(probs, span_data, card.categories, threshold, seconds)
+        if args.reliability:
+            from finegrain.rewards.rm_eval import plot_reliability, reliability_table
+
+            flat_p = [p for ps in probs for p in ps]
+            flat_y = [y for it in span_data.items for y in it.labels]
+            plot_reliability(args.reliability, reliability_table(flat_p, flat_y),
+                             f"{card.name} RM on {args.file} (ECE {metrics.ece:.3f})")
     else:
         from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data
         from finegrain.rewards.rm_config import RMTrainConfig
@@ -175,9 +250,11 @@ def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
         pairs = pair_data(cfg, examples)
         if not pairs.groups:
             raise TrainingError(f"{args.file} has no pairs for the {card.name} RM")
-        metrics = evaluate_pairwise(rm, pairs)
-    result = dataclasses.asdict(metrics)
+        side = card.data.get("first_listed_wins")  # the majority rule's side, from the training pairs
+        metrics = evaluate_pairwise(rm, pairs, None if side is None else side >= 0.5)
+    result = to_record(metrics)
     print(f"{card.kind} RM {card.name!r} on {args.file}:")
+    print(_headline(card.kind, result))
     print(_format_metrics(result))
     if args.json:
         atomic_write_json(args.json, result)
@@ -188,14 +265,39 @@ def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
     return 0
 
 
-def _format_metrics(metrics: dict) -> str:
+def _headline(kind: str, m: dict) -> str:
+    """The metric beside the trivial rules on the same data, with 95% bootstrap intervals."""
+    def ci(pair) -> str:
+        return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+    b = m["baselines"]
+    if kind == "span":
+        return (f"  error F1 {m['f1']:.3f} {ci(m['f1_ci'])} | flag all {b['flag_all']['f1']:.3f} {ci(b['flag_all']['f1_ci'])}, "
+                f"flag none 0.000\n  accuracy {m['accuracy']:.3f} {ci(m['accuracy_ci'])} | flag all {b['flag_all']['accuracy']:.3f}, "
+                f"flag none {b['flag_none']['accuracy']:.3f} {ci(b['flag_none']['accuracy_ci'])}\n"
+                f"  (threshold {m['threshold']:.3f}, ECE {m['ece']:.3f}; 95% bootstrap intervals over responses)")
+    return (f"  pairwise accuracy {m['accuracy']:.3f} {ci(m['accuracy_ci'])} | longer wins {b['longer_wins']['accuracy']:.3f} "
+            f"{ci(b['longer_wins']['accuracy_ci'])}, majority {b['majority']['accuracy']:.3f} {ci(b['majority']['accuracy_ci'])}\n"
+            "  (95% bootstrap intervals over prompts)")
+
+
+def _format_metrics(metrics: dict, indent: str = "  ") -> str:
     lines = []
     for key, value in metrics.items():
+        if isinstance(value, dict):
+            if not value:
+                lines.append(f"{indent}{key}: none")
+            elif all(isinstance(v, float) for v in value.values()):
+                lines.append(f"{indent}{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in value.items()))
+            else:
+                lines.append(f"{indent}{key}:")
+                lines.append(_format_metrics(value, indent + "  "))
+            continue
         if isinstance(value, float):
             value = f"{value:.4f}"
-        elif isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.3f}" for k, v in value.items())
-        lines.append(f"  {key}: {value}")
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, float) for v in value):
+            value = "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+        lines.append(f"{indent}{key}: {value}")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
-from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
 from finegrain.rewards.rm_common import with_cfg_threads
 from finegrain.rewards.rm_data import (
     PairData,
@@ -31,6 +31,7 @@ from finegrain.rewards.rm_data import (
     input_template,
     preference_data,
     prompt_text,
+    with_extra_pairs,
 )
 
 if TYPE_CHECKING:
@@ -62,10 +63,12 @@ def pairwise_accuracy(scores: Sequence[Sequence[float]], pairs: Sequence[Sequenc
     return right, sum(len(ps) for ps in pairs)
 
 
-def pair_data(cfg: "RMTrainConfig", examples: Sequence[Example]) -> PairData:
-    if cfg.category == "completeness":
-        return completeness_data(examples, cfg.coverage, cfg.margin)
-    return preference_data(examples)
+def pair_data(cfg: "RMTrainConfig", examples: Sequence[Example], *, training: bool = False) -> PairData:
+    """The RM's pairs; for training, with the auxiliary pairs of `cfg.extra_pairs` (never evaluated on)."""
+    data = completeness_data(examples, cfg.coverage, cfg.margin) if cfg.category == "completeness" else preference_data(examples)
+    if training and cfg.extra_pairs:
+        data = with_extra_pairs(data, examples, cfg.extra_pairs)
+    return data
 
 
 # --- the reward source ------------------------------------------------------------------------
@@ -102,8 +105,10 @@ class PairwiseRewardModel:
     def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "PairwiseRewardModel":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from finegrain.rewards.rm_common import prepare_rm_tokenizer
+
         card = card or RMCard.load(path)
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
         model = AutoModelForSequenceClassification.from_pretrained(str(path))
         return cls(model, tok, card, **kwargs)
 
@@ -185,6 +190,18 @@ def bt_loss_from_outputs(outputs: Any, labels: "torch.Tensor", num_items_in_batc
     return bradley_terry_loss(scores[labels[:, 0]], scores[labels[:, 1]])
 
 
+def group_features(data: PairData, tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The Trainer's examples, one per prompt (all its responses and its pairs), and how many
+    responses had to be cut."""
+    feats, cut = [], 0
+    for g in data.groups:
+        prompt = prompt_text(g.example, cfg.with_passages)
+        inputs = [encode_sequence(tok, prompt, r, max_length) for r in g.responses]
+        cut += sum(x.response_cut for x in inputs)
+        feats.append({"inputs": inputs, "pairs": list(g.pairs)})
+    return feats, cut
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 
@@ -195,26 +212,65 @@ class PairwiseMetrics:
     accuracy: float  # share of pairs whose better response scores higher
     dropped: int  # ties (preference) or pairs closer than the margin (completeness)
     responses_per_second: float  # scoring throughput (encode + forward)
+    accuracy_ci: tuple[float, float] = (0.0, 0.0)  # 95% bootstrap interval over prompts
+    # the trivial rules on the same pairs: longer_wins (equal lengths count half) and majority
+    # (always the first- or second-listed response, whichever wins more often: `first_wins`)
+    baselines: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData) -> PairwiseMetrics:
+def group_scores(data: PairData, flat: Sequence[float]) -> list[list[float]]:
+    """Cut the flat list of every group's response scores back into one list per group."""
+    scores, k = [], 0
+    for g in data.groups:
+        scores.append(list(flat[k : k + len(g.responses)]))
+        k += len(g.responses)
+    return scores
+
+
+def pairwise_metrics(data: PairData, scores: Sequence[Sequence[float]], seconds: float = 0.0,
+                     first_wins: bool | None = None) -> PairwiseMetrics:
+    """Pairwise accuracy of `scores` (one list per group) with the trivial baselines on the same
+    pairs and 95% bootstrap intervals over prompts. `first_wins`: the majority rule's side, chosen
+    on training data (None: the side that wins more often in `data` itself, an optimistic baseline)."""
+    import numpy as np
+
+    from finegrain.rewards import rm_eval
+
+    pairs = [g.pairs for g in data.groups]
+    rows = np.array([pairwise_accuracy([s], [ps]) for s, ps in zip(scores, pairs)], dtype=np.float64).reshape(-1, 2)
+    acc = rm_eval.estimate(rows, rm_eval.pair_accuracy_of_counts)
+    longer = rm_eval.estimate(rm_eval.longer_wins_rows([[len(r) for r in g.responses] for g in data.groups], pairs),
+                              rm_eval.pair_accuracy_of_counts)
+    side = rm_eval.first_listed_share(pairs) >= 0.5 if first_wins is None else first_wins
+    major = rm_eval.estimate(rm_eval.majority_rows(pairs, side), rm_eval.pair_accuracy_of_counts)
+    n_resp = sum(len(g.responses) for g in data.groups)
+    return PairwiseMetrics(
+        prompts=len(data.groups),
+        pairs=int(rows[:, 1].sum()),
+        accuracy=acc.value,
+        dropped=data.ties_dropped,
+        responses_per_second=n_resp / seconds if seconds > 0 else 0.0,
+        accuracy_ci=(acc.low, acc.high),
+        baselines={
+            "longer_wins": {"accuracy": longer.value, "accuracy_ci": (longer.low, longer.high)},
+            "majority": {"accuracy": major.value, "accuracy_ci": (major.low, major.high), "first_wins": bool(side),
+                         "chosen_on": "this data" if first_wins is None else "training data"},
+        },
+    )
+
+
+def pair_scores(rm: PairwiseRewardModel, data: PairData) -> tuple[list[list[float]], float]:
+    """Every group's response scores, and the seconds scoring took."""
     examples = [g.example for g in data.groups for _ in g.responses]
     responses = [r for g in data.groups for r in g.responses]
     start = time.perf_counter()
     flat = rm.raw_scores(examples, responses)
-    seconds = time.perf_counter() - start
-    scores, k = [], 0
-    for g in data.groups:
-        scores.append(flat[k : k + len(g.responses)])
-        k += len(g.responses)
-    right, total = pairwise_accuracy(scores, [g.pairs for g in data.groups])
-    return PairwiseMetrics(
-        prompts=len(data.groups),
-        pairs=total,
-        accuracy=right / total if total else 0.0,
-        dropped=data.ties_dropped,
-        responses_per_second=len(responses) / seconds if seconds > 0 else 0.0,
-    )
+    return group_scores(data, flat), time.perf_counter() - start
+
+
+def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData, first_wins: bool | None = None) -> PairwiseMetrics:
+    scores, seconds = pair_scores(rm, data)
+    return pairwise_metrics(data, scores, seconds, first_wins)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -234,15 +290,17 @@ def train_pairwise_rm(
 ) -> RMCard:
     """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card."""
     import torch
-    from transformers import AutoModelForSequenceClassification, Trainer
+    from transformers import Trainer
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
-    from finegrain.models import load_tokenizer, resolve_model
     from finegrain.rewards import rm_common
+    from finegrain.rewards.rm_eval import first_listed_share, to_record
 
     # 1. data: (better, worse) pairs per prompt
-    data = pair_data(cfg, train_examples)
+    fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
+    data = pair_data(cfg, fit_examples, training=True)
+    val_data = pair_data(cfg, val_examples)
     n_pairs = sum(len(g.pairs) for g in data.groups)
     if not n_pairs:
         raise TrainingError(f"no pairs to train the {cfg.category} RM on (need pairwise judgements"
@@ -253,41 +311,46 @@ def train_pairwise_rm(
     # 2. backbone and inputs
     torch.manual_seed(cfg.seed)
     dev = rm_common.pick_device(device)
-    tok = load_tokenizer(cfg.backbone, padding_side="right")
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(cfg.backbone), num_labels=1)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
+    model, tok, kind = rm_common.load_backbone(cfg, "sequence", num_labels=1)
+    if cfg.finetune == "lora":
+        model = rm_common.add_lora(model, cfg, "sequence")
+    finetune = rm_common.finetune_section(cfg, model)
     max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
-    feats, cut = [], 0
-    for g in data.groups:
-        prompt = prompt_text(g.example, cfg.with_passages)
-        inputs = [encode_sequence(tok, prompt, r, max_length) for r in g.responses]
-        cut += sum(x.response_cut for x in inputs)
-        feats.append({"inputs": inputs, "pairs": list(g.pairs)})
-    log(f"{sum(len(f['inputs']) for f in feats)} responses read per epoch (limit {max_length} tokens, {cut} responses cut)")
+    feats, cut = group_features(data, tok, cfg, max_length)
+    val_feats, _ = group_features(val_data, tok, cfg, max_length)
+    log(f"{sum(len(f['inputs']) for f in feats)} responses read per epoch (limit {max_length} tokens, {cut} responses cut)"
+        + (f", {len(val_feats)} validation prompts" if val_feats else ""))
 
     # 3. train with the HF Trainer and the Bradley-Terry loss
     with rm_common.scratch_dir() as scratch:
         trainer = Trainer(
             model=model,
-            args=rm_common.training_arguments(cfg, scratch, dev),
+            args=rm_common.training_arguments(cfg, scratch, dev, validate=bool(val_feats)),
             train_dataset=feats,
+            eval_dataset=val_feats or None,
             data_collator=GroupCollator(tok.pad_token_id or 0),
             processing_class=tok,
             compute_loss_func=bt_loss_from_outputs,
+            callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
         )
         result = rm_common.run_trainer(trainer)
     if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
         raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
     log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
-        + ", ".join(f"{x:.3f}" for x in result.losses))
+        + ", ".join(f"{x:.3f}" for x in result.losses)
+        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
+           if result.val_losses else ""))
 
     # 4. save, calibrate on the training responses, evaluate on held-out prompts
     out_dir = Path(out_dir)
+    model = rm_common.merged(model)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     card = RMCard(
         kind="pairwise",
+        backbone_kind=kind,
+        model_class=MODEL_CLASS["pairwise"],
+        finetune=finetune,
         name=cfg.category,
         level="sequence",
         categories=[],
@@ -303,12 +366,16 @@ def train_pairwise_rm(
         data=rm_common.data_section(
             train_file, eval_file, train_prompts=len(data.groups), train_pairs=n_pairs,
             dropped_ties_or_close=data.ties_dropped, dropped_empty=data.empty_dropped, responses_cut=cut,
+            first_listed_wins=first_listed_share([g.pairs for g in pair_data(cfg, fit_examples).groups]),  # the majority rule's side
+            extra_pairs=list(cfg.extra_pairs or []),
             pairs_from=("annotator judgements, ties dropped" if cfg.category == "preference" else
                         f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
         ),
         training={**to_dict(cfg), "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
                   "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
+                  "epochs_run": result.epochs_run, "validation_losses": result.val_losses, "best_epoch": result.best_epoch,
+                  "validation_prompts": len(val_examples),
                   "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
     )
@@ -318,6 +385,6 @@ def train_pairwise_rm(
     if eval_examples is not None:
         eval_data = pair_data(cfg, eval_examples)
         if eval_data.groups:
-            card.metrics = dataclasses.asdict(evaluate_pairwise(rm, eval_data))
+            card.metrics = to_record(evaluate_pairwise(rm, eval_data, card.data["first_listed_wins"] >= 0.5))
     card.save(out_dir)
     return card

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedTokenizerBase, TrainingArguments
 
     from finegrain.rewards.rm_config import RMTrainConfig
+
+T = TypeVar("T")
 
 
 def pick_device(device: str | None = None) -> "torch.device":
@@ -35,6 +38,83 @@ def autocast(device: "torch.device", bf16: bool | None) -> contextlib.AbstractCo
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(bf16, device.type))
 
 
+def backbone_kind(config: "PretrainedConfig") -> str:
+    """"decoder" for a causal LM (its saved architecture is a *ForCausalLM), else "encoder"."""
+    archs = getattr(config, "architectures", None) or []
+    return "decoder" if any(a.endswith("ForCausalLM") for a in archs) or getattr(config, "is_decoder", False) else "encoder"
+
+
+def prepare_rm_tokenizer(tok: "PreTrainedTokenizerBase") -> "PreTrainedTokenizerBase":
+    """Give a tokenizer without a sentence-pair template (a causal LM's: it glues the two texts
+    together) the template `prompt <eos> response <eos>`, so the response starts after a separator
+    and the input ends on a fixed token. Encoders' own templates ([CLS] a [SEP] b [SEP]) are kept.
+    The template lives in the tokenizer's backend, so it is saved and loaded with the RM."""
+    if tok.num_special_tokens_to_add(pair=True) > 0:
+        return tok
+    from tokenizers.processors import TemplateProcessing
+
+    sep = tok.eos_token or tok.sep_token
+    if sep is None:
+        from finegrain.config import ConfigError
+
+        raise ConfigError(f"backbone: the tokenizer {type(tok).__name__} has neither an end-of-sequence nor a separator token")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="$A", pair=f"$A:0 {sep}:0 $B:1 {sep}:1", special_tokens=[(sep, tok.convert_tokens_to_ids(sep))]
+    )
+    return tok
+
+
+def load_backbone(cfg: "RMTrainConfig", head: str, **head_kwargs: Any) -> tuple[Any, "PreTrainedTokenizerBase", str]:
+    """The backbone with a fresh head (`head`: "token", a per-token classifier read at segment ends;
+    "sequence", one score read at the input's last token), its RM tokenizer, and whether it is an
+    "encoder" or a "decoder" (causal LM). With `cfg.finetune == "lora"` the body is frozen and
+    wrapped with peft's LoRA adapters; the head is trained in full."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from finegrain.models import load_tokenizer, resolve_model
+
+    path = resolve_model(cfg.backbone)
+    kind = backbone_kind(AutoConfig.from_pretrained(path))
+    tok = prepare_rm_tokenizer(load_tokenizer(cfg.backbone, padding_side="right"))
+    auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(path, **head_kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok, kind
+
+
+def add_lora(model: Any, cfg: "RMTrainConfig", head: str) -> Any:
+    """Wrap `model` with LoRA adapters (peft); its classification head stays fully trainable."""
+    from finegrain.errors import MissingPackageError
+
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise MissingPackageError("finetune=lora needs peft: pip install 'peft>=0.17,<1'") from None
+    config = LoraConfig(
+        task_type=TaskType.TOKEN_CLS if head == "token" else TaskType.SEQ_CLS,
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_targets,
+    )
+    return get_peft_model(model, config)
+
+
+def finetune_section(cfg: "RMTrainConfig", model: Any) -> dict[str, Any]:
+    """The card's record of how the backbone was fine-tuned: method and trainable parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    out: dict[str, Any] = {"method": cfg.finetune, "trainable_parameters": trainable, "parameters": total}
+    if cfg.finetune == "lora":
+        out.update(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                   targets=sorted(model.peft_config["default"].target_modules or []),
+                   saved="adapters merged into the weights (a plain HF model)")
+    return out
+
+
+def merged(model: Any) -> Any:
+    """A peft-wrapped model with its adapters merged into the weights; any other model unchanged."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def backbone_max_length(requested: int, tok: "PreTrainedTokenizerBase", config: "PretrainedConfig") -> int:
     """The longest input the backbone can read: the request, capped by its position embeddings
     (RoBERTa-style models reserve two of them for padding) and the tokenizer's own limit."""
@@ -48,11 +128,18 @@ def backbone_max_length(requested: int, tok: "PreTrainedTokenizerBase", config: 
     return limit
 
 
-def training_arguments(cfg: "RMTrainConfig", scratch: str, device: "torch.device") -> "TrainingArguments":
+def training_arguments(cfg: "RMTrainConfig", scratch: str, device: "torch.device", *, validate: bool = False) -> "TrainingArguments":
+    """The HF Trainer's settings; `validate`: evaluate the validation split's loss every epoch, keep
+    the best epoch's weights and stop after `cfg.patience` epochs without improvement."""
     from transformers import TrainingArguments
 
     from finegrain.precision import use_bf16
 
+    stopping: dict[str, Any] = {}
+    if validate:
+        stopping = dict(eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, save_only_model=True,
+                        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+                        per_device_eval_batch_size=cfg.score_batch_size, prediction_loss_only=True)
     return TrainingArguments(
         output_dir=scratch,
         num_train_epochs=cfg.epochs,
@@ -64,13 +151,34 @@ def training_arguments(cfg: "RMTrainConfig", scratch: str, device: "torch.device
         bf16=use_bf16(cfg.bf16, device.type),
         use_cpu=device.type == "cpu",
         seed=cfg.seed,
-        save_strategy="no",  # the caller saves the final model with its card
         report_to="none",
         logging_strategy="epoch",
         disable_tqdm=True,
         dataloader_pin_memory=False,
         remove_unused_columns=False,
+        **(stopping or {"save_strategy": "no"}),  # the caller saves the final model with its card
     )
+
+
+def early_stopping(cfg: "RMTrainConfig", validate: bool) -> list[Any]:
+    """The Trainer callbacks: transformers' own early stopping when there is a validation split."""
+    if not validate:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.patience)]
+
+
+def validation_examples(examples: Sequence[T], share: float, seed: int) -> tuple[list[T], list[T]]:
+    """(fitting examples, validation examples): `share` of the prompts, drawn by `seed`, held out
+    whole (a prompt's responses never straddle the two); at least one of each when share > 0."""
+    if share <= 0 or len(examples) < 2:
+        return list(examples), []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(examples) - 1, max(1, round(share * len(examples))))
+    held = set(order[:n_val])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
 @dataclass
@@ -80,6 +188,9 @@ class TrainResult:
     steps: int
     final_loss: float | None
     losses: list[float]  # mean training loss per logged epoch
+    epochs_run: float  # fewer than asked when early stopping ended the run
+    val_losses: list[float]  # validation loss per epoch (empty without a validation split)
+    best_epoch: int | None  # the epoch whose weights were kept (None: the last)
 
 
 def run_trainer(trainer: Any) -> TrainResult:
@@ -87,8 +198,12 @@ def run_trainer(trainer: Any) -> TrainResult:
     start, cpu = time.perf_counter(), time.process_time()
     out = trainer.train()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(seconds, cpu, int(out.global_step), losses[-1] if losses else None, losses)
+    history = trainer.state.log_history
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    val = [float(h["eval_loss"]) for h in history if "eval_loss" in h]
+    best = 1 + min(range(len(val)), key=val.__getitem__) if val else None
+    return TrainResult(seconds, cpu, int(out.global_step), losses[-1] if losses else None, losses,
+                       round(float(trainer.state.epoch or 0.0), 3), val, best)
 
 
 @contextlib.contextmanager

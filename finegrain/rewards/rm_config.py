@@ -20,6 +20,8 @@ KINDS = ("span", "pairwise")
 PAIRWISE_CATEGORIES = ("preference", "completeness")
 SPAN_LEVELS = ("subsentence", "sentence")
 COVERAGE_MEASURES = ("rouge1", "rouge2", "rougeL")
+FINETUNE_METHODS = ("full", "lora")
+EXTRA_PAIRS = ("fewer_errors", "corrected")
 
 # The paper's levels: relevance errors are marked per sub-sentence, factuality errors per sentence.
 DEFAULT_LEVEL = {"relevance": "subsentence", "factuality": "sentence"}
@@ -45,7 +47,24 @@ class RMTrainConfig(ConfigBase):
     passages: bool | None = field(
         default=None, metadata={"help": "put the source passages in the input (default: yes except for relevance)"}
     )
-    backbone: str = field(default="minilm-l6", metadata={"help": "embedded name, local HF folder or hub id of the encoder"})
+    backbone: str = field(
+        default="minilm-l6",
+        metadata={"help": "embedded name (minilm-l6, smollm2-135m), local HF folder or hub id: an encoder or a causal LM"},
+    )
+    finetune: str = field(
+        default="full", metadata={"help": "full (every weight) or lora (low-rank adapters via peft, merged into the weights when saved)"}
+    )
+    lora_r: int = field(default=8, metadata={"help": "lora: rank of the adapters"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "lora: scaling numerator (the update is scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "lora: dropout on the adapters' input"})
+    lora_targets: list[str] | None = field(
+        default=None, metadata={"help": "lora: names of the modules to adapt (default: peft's choice for the architecture)"}
+    )
+    extra_pairs: list[str] | None = field(
+        default=None,
+        metadata={"help": "pairwise: auxiliary training pairs: fewer_errors (of two annotated responses, the one with fewer "
+                          "error spans ranks higher), corrected (the corrected response over the annotated original)"},
+    )
     max_length: int = field(
         default=512, metadata={"help": "input length in tokens (capped by the backbone's); passages are cut first"}
     )
@@ -61,6 +80,17 @@ class RMTrainConfig(ConfigBase):
         default=1.0, metadata={"help": "span: loss weight of the error class relative to no-error (>1 favours recall)"}
     )
     threshold: float = field(default=0.5, metadata={"help": "span: P(error) at or above which a segment counts as an error"})
+    tune_threshold: bool = field(
+        default=False,
+        metadata={"help": "span: replace `threshold` by the one that maximises error F1 on the validation split "
+                          "(on the training data when validation=0); never chosen on evaluation data"},
+    )
+    validation: float = field(
+        default=0.0,
+        metadata={"help": "share of the training prompts held out as a validation split: early stopping on its loss "
+                          "(and the tuned threshold); 0: none"},
+    )
+    patience: int = field(default=2, metadata={"help": "with a validation split: epochs without a lower validation loss before stopping"})
     coverage: str = field(
         default="rouge2", metadata={"help": "completeness: how a response's coverage of the corrected response is measured (recall)"}
     )
@@ -84,6 +114,15 @@ class RMTrainConfig(ConfigBase):
         if self.level is not None:
             check_choice(self, "level", SPAN_LEVELS)
         check_choice(self, "coverage", COVERAGE_MEASURES)
+        check_choice(self, "finetune", FINETUNE_METHODS)
+        check_range(self, "lora_r", 1, None)
+        check_range(self, "lora_alpha", 0.0, None, low_open=True)
+        check_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
+        for extra in self.extra_pairs or ():
+            if extra not in EXTRA_PAIRS:
+                raise ConfigError(f"{self._name('extra_pairs')}: {extra!r} is not one of {', '.join(EXTRA_PAIRS)}")
+        if self.extra_pairs and self.kind != "pairwise":
+            raise ConfigError(f"{self._name('extra_pairs')}: auxiliary pairs are for kind=pairwise")
         check_range(self, "max_length", 16, None)
         check_range(self, "epochs", 0.0, None, low_open=True)
         check_range(self, "batch_size", 1, None)
@@ -94,6 +133,8 @@ class RMTrainConfig(ConfigBase):
         check_range(self, "error_weight", 0.0, None, low_open=True)
         check_range(self, "threshold", 0.0, 1.0)
         check_range(self, "margin", 0.0, 1.0)
+        check_range(self, "validation", 0.0, 0.5)
+        check_range(self, "patience", 1, None)
         if self.threads is not None:
             check_range(self, "threads", 1, None)
 

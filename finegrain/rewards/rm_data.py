@@ -199,6 +199,35 @@ def completeness_data(examples: Sequence[Example], measure: str = "rouge2", marg
     return PairData(groups, close, empty)
 
 
+def with_extra_pairs(data: PairData, examples: Sequence[Example], kinds: Sequence[str]) -> PairData:
+    """Add auxiliary training pairs from the span feedback to `data` (which was built from `examples`):
+    `fewer_errors`: of two annotated non-empty responses to one prompt, the one with fewer error spans
+    ranks higher; `corrected`: an annotator's corrected response ranks above the annotated original
+    when that has at least one error span (the corrected text joins the prompt's responses)."""
+    by_example = {id(g.example): g for g in data.groups}
+    groups = []
+    for ex in examples:
+        g = by_example.get(id(ex))
+        responses = list(g.responses) if g else [r.text for r in ex.responses]
+        pairs = list(g.pairs) if g else []
+        annotated = [(i, r) for i, r in ex.annotated if r.text.strip()]
+        if "fewer_errors" in kinds:
+            for (i, a), (j, b) in itertools.combinations(annotated, 2):
+                na, nb = len(a.annotation.spans), len(b.annotation.spans)
+                if na != nb:
+                    pairs.append((i, j) if na < nb else (j, i))
+        if "corrected" in kinds:
+            for i, r in annotated:
+                fixed = r.annotation.corrected
+                if fixed and fixed.strip() and fixed.strip() != r.text.strip() and r.annotation.spans:
+                    responses.append(fixed)
+                    pairs.append((len(responses) - 1, i))
+        unique = tuple(dict.fromkeys(pairs))
+        if unique:
+            groups.append(PairGroup(ex, tuple(responses), unique))
+    return PairData(groups, data.ties_dropped, data.empty_dropped)
+
+
 # --- encoding ---------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ composer turns that into a reward (the paper: +/-0.3 relevance, +/-0.5 factualit
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
-from finegrain.rewards.card import RMCard, calibration_of
+from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
 from finegrain.rewards.rm_common import with_cfg_threads
 from finegrain.rewards.rm_data import (
     SpanData,
@@ -144,8 +145,10 @@ class SpanRewardModel:
     def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "SpanRewardModel":
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
+        from finegrain.rewards.rm_common import prepare_rm_tokenizer
+
         card = card or RMCard.load(path)
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
         model = AutoModelForTokenClassification.from_pretrained(str(path))
         return cls(model, tok, card, **kwargs)
 
@@ -232,22 +235,34 @@ class SpanMetrics:
     threshold: float
     recall_by_category: dict[str, float]  # share of segments hit by each annotation category flagged
     responses_per_second: float  # scoring throughput (encode + forward), batch as configured
+    f1_ci: tuple[float, float] = (0.0, 0.0)  # 95% bootstrap interval over responses
+    accuracy_ci: tuple[float, float] = (0.0, 0.0)
+    ece: float = 0.0  # expected calibration error of P(error), 10 equal-width bins
+    # the trivial rules on the same segments: flag_all (f1, accuracy), flag_none (accuracy), each with its interval
+    baselines: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None = None) -> SpanMetrics:
-    import time
+def span_metrics(
+    probs: Sequence[Sequence[float]], data: SpanData, categories: Sequence[str], threshold: float, seconds: float = 0.0,
+) -> SpanMetrics:
+    """Metrics of P(error) predictions for `data`'s segments at `threshold`, with the trivial
+    baselines on the same segments and 95% bootstrap intervals over responses."""
+    import numpy as np
 
+    from finegrain.rewards import rm_eval
     from finegrain.segment import label_segments
 
-    threshold = rm.card.training.get("threshold", 0.5) if threshold is None else threshold
-    start = time.perf_counter()
-    probs, _ = rm.probabilities([it.example for it in data.items], [it.response for it in data.items])
-    seconds = time.perf_counter() - start
-    gold = [label for it in data.items for label in it.labels]
-    pred = [int(p >= threshold) for ps in probs for p in ps]
-    counts = count_binary(pred, gold)
+    gold = [list(it.labels) for it in data.items]
+    pred = [[int(p >= threshold) for p in ps] for ps in probs]
+    rows = rm_eval.binary_count_rows(pred, gold)  # (R, 4)
+    counts = BinaryCounts(*(int(x) for x in rows.sum(0)))
+    f1 = rm_eval.estimate(rows, rm_eval.f1_of_counts)
+    acc = rm_eval.estimate(rows, rm_eval.accuracy_of_counts)
+    flag_all, flag_none = rm_eval.span_baseline_rows(gold)
+    all_f1, all_acc = rm_eval.estimate(flag_all, rm_eval.f1_of_counts), rm_eval.estimate(flag_all, rm_eval.accuracy_of_counts)
+    none_acc = rm_eval.estimate(flag_none, rm_eval.accuracy_of_counts)
     by_cat: dict[str, float] = {}
-    for cat in rm.card.categories:
+    for cat in categories:
         hit, found = 0, 0
         for it, ps in zip(data.items, probs):
             for lab, p in zip(label_segments(list(it.segments), list(it.spans), [cat], it.response), ps):
@@ -256,19 +271,44 @@ def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None =
                     found += int(p >= threshold)
         if hit:
             by_cat[cat] = found / hit
+    flat_p = [p for ps in probs for p in ps]
+    flat_y = [y for ys in gold for y in ys]
+    n_seg = int(rows.sum())
     return SpanMetrics(
         responses=len(data.items),
-        segments=len(gold),
-        error_rate=sum(gold) / len(gold) if gold else 0.0,
+        segments=n_seg,
+        error_rate=float(np.mean(flat_y)) if flat_y else 0.0,
         accuracy=counts.accuracy,
         precision=counts.precision,
         recall=counts.recall,
         f1=counts.f1,
-        f1_all_error=count_binary([1] * len(gold), gold).f1,
+        f1_all_error=all_f1.value,
         threshold=threshold,
         recall_by_category=by_cat,
         responses_per_second=len(data.items) / seconds if seconds > 0 else 0.0,
+        f1_ci=(f1.low, f1.high),
+        accuracy_ci=(acc.low, acc.high),
+        ece=rm_eval.expected_calibration_error(flat_p, flat_y),
+        baselines={
+            "flag_all": {"f1": all_f1.value, "f1_ci": (all_f1.low, all_f1.high), "accuracy": all_acc.value},
+            "flag_none": {"f1": 0.0, "accuracy": none_acc.value, "accuracy_ci": (none_acc.low, none_acc.high)},
+        },
     )
+
+
+def span_probabilities(rm: SpanRewardModel, data: SpanData) -> tuple[list[list[float]], float]:
+    """P(error) of every segment of `data`'s responses, and the seconds scoring took."""
+    import time
+
+    start = time.perf_counter()
+    probs, _ = rm.probabilities([it.example for it in data.items], [it.response for it in data.items])
+    return probs, time.perf_counter() - start
+
+
+def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None = None) -> SpanMetrics:
+    threshold = rm.card.training.get("threshold", 0.5) if threshold is None else threshold
+    probs, seconds = span_probabilities(rm, data)
+    return span_metrics(probs, data, rm.card.categories, threshold, seconds)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -304,20 +344,20 @@ def train_span_rm(
     log: Callable[[str], None] = print,
 ) -> RMCard:
     """Fine-tune a token classifier on segment labels, save it with its card in `out_dir`."""
-    import dataclasses
-
     import torch
-    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+    from transformers import DataCollatorForTokenClassification, Trainer
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
-    from finegrain.models import load_tokenizer, resolve_model
     from finegrain.rewards import rm_common
+    from finegrain.rewards.rm_eval import best_threshold, to_record
 
     # 1. data: segment and label every annotated response
     categories = span_categories(cfg.category, cfg.categories, taxonomy)
     level = cfg.span_level
-    data = build_span_data(train_examples, categories, level)
+    fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
+    data = build_span_data(fit_examples, categories, level)
+    val_data = build_span_data(val_examples, categories, level)
     if not data.items:
         raise TrainingError(f"no annotated, non-empty responses to train the {cfg.category} RM on")
     n_seg = sum(len(it.labels) for it in data.items)
@@ -328,14 +368,18 @@ def train_span_rm(
     # 2. backbone, tokenizer, marker
     torch.manual_seed(cfg.seed)
     dev = rm_common.pick_device(device)
-    tok = load_tokenizer(cfg.backbone, padding_side="right")
-    model = AutoModelForTokenClassification.from_pretrained(
-        resolve_model(cfg.backbone), num_labels=2, id2label={0: "no error", 1: "error"}, label2id={"no error": 0, "error": 1}
+    model, tok, kind = rm_common.load_backbone(
+        cfg, "token", num_labels=2, id2label={0: "no error", 1: "error"}, label2id={"no error": 0, "error": 1}
     )
     marker, mid = marker_id(tok, model, cfg.marker)
+    if cfg.finetune == "lora":
+        model = rm_common.add_lora(model, cfg, "token")
+    finetune = rm_common.finetune_section(cfg, model)
     max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
     feats = _features(data.items, tok, cfg, max_length, mid)
-    log(f"{len(feats)} model inputs (max {max(len(f['input_ids']) for f in feats)} tokens, limit {max_length})")
+    val_feats = _features(val_data.items, tok, cfg, max_length, mid)
+    log(f"{len(feats)} model inputs (max {max(len(f['input_ids']) for f in feats)} tokens, limit {max_length})"
+        + (f", {len(val_feats)} validation inputs from {len(val_examples)} prompts" if val_feats else ""))
 
     # 3. train with the HF Trainer
     loss_func = None
@@ -345,24 +389,32 @@ def train_span_rm(
     with rm_common.scratch_dir() as scratch:
         trainer = Trainer(
             model=model,
-            args=rm_common.training_arguments(cfg, scratch, dev),
+            args=rm_common.training_arguments(cfg, scratch, dev, validate=bool(val_feats)),
             train_dataset=feats,
+            eval_dataset=val_feats or None,
             data_collator=DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE),
             processing_class=tok,
             compute_loss_func=loss_func,
+            callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
         )
         result = rm_common.run_trainer(trainer)
     if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
         raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
     log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
-        + ", ".join(f"{x:.3f}" for x in result.losses))
+        + ", ".join(f"{x:.3f}" for x in result.losses)
+        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
+           if result.val_losses else ""))
 
     # 4. save the model, then calibrate and evaluate it as the RewardSource it will be
     out_dir = Path(out_dir)
+    model = rm_common.merged(model)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     card = RMCard(
         kind="span",
+        backbone_kind=kind,
+        model_class=MODEL_CLASS["span"],
+        finetune=finetune,
         name=cfg.category,
         level=level,
         categories=list(categories),
@@ -382,16 +434,28 @@ def train_span_rm(
         training={**to_dict(cfg), "level": level, "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
                   "cpu_seconds": round(result.cpu_seconds, 1),
                   "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
+                  "epochs_run": result.epochs_run, "validation_losses": result.val_losses, "best_epoch": result.best_epoch,
+                  "validation_prompts": len(val_examples),
                   "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
     )
     rm = SpanRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
-    probs, _ = rm.probabilities([it.example for it in data.items], [it.response for it in data.items])
+    probs, _ = span_probabilities(rm, data)
     card.calibration = calibration_of([p for ps in probs for p in ps])
+    # 5. the threshold: the config's, or the best on the validation split (else the training data)
+    card.training["threshold_on_train"] = best_threshold([p for ps in probs for p in ps], [y for it in data.items for y in it.labels])
+    if val_data.items:
+        val_probs, _ = span_probabilities(rm, val_data)
+        card.training["threshold_on_validation"] = best_threshold([p for ps in val_probs for p in ps],
+                                                                   [y for it in val_data.items for y in it.labels])
+    if cfg.tune_threshold:
+        card.training["threshold"] = card.training.get("threshold_on_validation", card.training["threshold_on_train"])
+        log(f"threshold {card.training['threshold']:.3f} (best error F1 on the "
+            f"{'validation split' if val_data.items else 'training data'})")
     if eval_examples is not None:
         eval_data = build_span_data(eval_examples, categories, level)
         if eval_data.items:
-            card.metrics = dataclasses.asdict(evaluate_span(rm, eval_data, cfg.threshold))
+            card.metrics = to_record(evaluate_span(rm, eval_data, card.training["threshold"]))
             card.data["eval_responses"] = len(eval_data.items)
     card.save(out_dir)
     return card
