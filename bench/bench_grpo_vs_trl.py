@@ -4,6 +4,7 @@ finegrain's own PPO step, on the detoxification task, side by side in one run.
     nice -n 15 .venv/bin/python bench/bench_grpo_vs_trl.py                          # 4 steps per arm, 2 rounds, 1 thread
     nice -n 15 .venv/bin/python bench/bench_grpo_vs_trl.py --steps 6 --rounds 3 --json grpo-vs-trl.json
     nice -n 15 .venv/bin/python bench/bench_grpo_vs_trl.py --arms grpo-holistic grpo-finegrained trl-grpo
+    .venv/bin/python bench/bench_grpo_vs_trl.py --table grpo-vs-trl.json   # the table of a (partial) --json file
 
 Arms (each run in a fresh process; the arms alternate, A B C A B C ..., `--rounds` times, so a noisy
 shared machine slows them alike):
@@ -221,7 +222,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=defaults["new_tokens"], help="maximum completion length")
     parser.add_argument("--batch", type=int, default=defaults["batch"], help="responses per optimiser step")
     parser.add_argument("--json", type=Path, help="also write every run's result here (rewritten after each run)")
+    parser.add_argument("--table", type=Path, help="only print the table of a --json file written earlier (complete or not)")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads(args.table.read_text(encoding="utf-8"))
+        print(table(saved["runs"], f"{saved['started']}: {json.dumps(saved['settings'])}; {json.dumps(saved['args'])}"))
+        return
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step is a warm-up")
     settings = {**defaults, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens, "batch": args.batch}
