@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchkit import REPO, median_after_warmup, run_arm
+
 QA = REPO.parent / "shared" / "data" / "qa_feedback" / "feedback.json"
 
 OURS = """
-import json, resource, sys, importlib
+import sys, importlib
+from benchkit import emit
 from finegrain.config import load_config
 from finegrain.kernel.run import read_metrics
 from finegrain.recipes import RECIPES
@@ -40,12 +40,13 @@ module_name, config_name, _ = RECIPES[recipe]
 module = importlib.import_module(module_name)
 out = module.train(load_config(getattr(module, config_name), path))
 times = [r["time/step"] for r in read_metrics(out / "metrics.jsonl") if "time/step" in r]
-print("RESULT " + json.dumps({"times": times, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+emit({"times": times})
 """
 
 TRL = """
-import json, resource, sys, time
+import json, sys, time
 import torch
+from benchkit import emit
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
@@ -67,7 +68,7 @@ trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Datase
 start = time.perf_counter()
 trainer.train()
 times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-print("RESULT " + json.dumps({"times": times, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+emit({"times": times})
 """
 
 
@@ -119,14 +120,6 @@ def our_config(recipe: str, pairs: Path, out: Path, steps: int, batch: int, prom
     return cfg
 
 
-def run(cmd: list[str]) -> dict:
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def main() -> None:
     import yaml
 
@@ -149,14 +142,14 @@ def main() -> None:
             cfg = our_config(recipe, pairs, tmp / label.replace(" ", "_"), args.steps, args.batch, args.prompt_tokens, args.response_tokens, args.threads, reference, args.precision)
             path = tmp / f"{recipe}-{reference}.yaml"
             path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-            results[label] = run([sys.executable, "-c", OURS, recipe, str(path)])
+            results[label] = run_arm(OURS, [recipe, path], label=label)
             print(f"{label}: done", file=sys.stderr)
-        results["TRL 1.16 DPOTrainer"] = run([sys.executable, "-c", TRL, str(trl_rows), str(args.steps), str(args.batch), str(args.threads), str(tmp / "trl"), args.precision])
+        results["TRL 1.16 DPOTrainer"] = run_arm(TRL, [trl_rows, args.steps, args.batch, args.threads, tmp / "trl", args.precision], label="TRL DPOTrainer")
     print(f"SmolLM2-135M, {args.precision}, batch {args.batch}, prompt <= {args.prompt_tokens} + response <= {args.response_tokens} tokens, "
           f"{args.steps} steps (median of steps 2..{args.steps}), {args.threads} threads")
     print(f"| arm | s/step | steps/s | peak RSS (GiB) |\n|---|---|---|---|")
     for label, r in results.items():
-        t = statistics.median(r["times"][1:]) if len(r["times"]) > 1 else r["times"][0]
+        t = median_after_warmup(r["times"])
         print(f"| {label} | {t:.2f} | {1 / t:.3f} | {r['peak_rss_gib']:.2f} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
