@@ -98,7 +98,8 @@ def read_task_json(path: str | Path) -> list["Example"]:
             body = p["content"]
             if title and body.startswith(title):  # the content repeats the title on its first line
                 body = body[len(title):]
-            sentences = tuple(s.text.strip() for s in split_sentences(body.strip()) if s.text.strip())
+            body = body.strip()
+            sentences = tuple(t for t in (s.text(body).strip() for s in split_sentences(body)) if t)
             if sentences:
                 passages.append(Passage(title, sentences))
         answers = raw.get("answer")
