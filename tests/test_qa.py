@@ -84,6 +84,13 @@ def test_bad_qa_files_fail_naming_file_record_and_field(tmp_path):
     assert f"{path} record 1 field passages" in text and f"{path} record 2 field reference" in text
     kept = load_qa(path, skip_incomplete=True)
     assert [e.id for e in kept.examples] == ["q0", "q3"] and len(kept.dropped) == 2
+    # incomplete records leave their part of the split; the parts stay those of the whole file
+    from finegrain.kernel.data import hold_out
+
+    split = split_qa(path, heldout=2, seed=1, skip_incomplete=True)
+    train_all, held_all = hold_out([e.id for e in examples], 2, 1, "x", "x")
+    assert [e.id for e in split.heldout] == [i for i in held_all if i in ("q0", "q3")]
+    assert [e.id for e in split.train] == [i for i in train_all if i in ("q0", "q3")]
     with pytest.raises(ConfigError, match="leaves no held-out question"):
         split_qa(write_qa(tmp_path / "ok.jsonl", 4), heldout=0)
     with pytest.raises(ConfigError, match="leave none to train on"):

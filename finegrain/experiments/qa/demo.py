@@ -18,6 +18,7 @@ With several seeds, every run from PPO on is trained once per seed, in OUT/seed-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -192,7 +193,7 @@ class Demo:
 
     def __init__(self, cfg: QADemoConfig, fresh: bool, argv: list[str] | None):
         self.cfg, self.argv, self.say = cfg, argv, Progress()
-        self.data = Path(cfg.data) if cfg.data else DEFAULT_DATA
+        self.data = Path(cfg.data) if cfg.data else Path(os.path.relpath(DEFAULT_DATA))  # relative: no machine path in reports
         if not self.data.is_file():
             raise ConfigError(f"--data: {self.data} does not exist (pass a QA file: QA-Feedback .json, qa.json or finegrain .jsonl)")
         self.out = prepare_out(cfg, fresh)

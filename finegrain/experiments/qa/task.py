@@ -144,7 +144,11 @@ def load_qa(path: str | Path, skip_incomplete: bool = False) -> QAData:
     """The QA examples of a file. Without `skip_incomplete` any example lacking passages or a gold
     answer is an error naming file, record and field; with it such examples are left out and listed
     (a file with no complete example is an error either way)."""
-    examples = read_qa(path)
+    return complete(path, read_qa(path), skip_incomplete)
+
+
+def complete(path: str | Path, examples: list["Example"], skip_incomplete: bool) -> QAData:
+    """`load_qa` on examples already read."""
     problems = qa_problems(path, examples)
     if problems and not skip_incomplete:
         raise DataError(problems)
@@ -169,10 +173,17 @@ def split_qa(path: str | Path, heldout: int = HELDOUT, seed: int = SPLIT_SEED, s
     """The fixed split (see the module doc); fails when it would leave no held-out or no training question."""
     from finegrain.kernel.data import hold_out
 
-    data = load_qa(path, skip_incomplete)
     if heldout < 1:
         raise ConfigError(f"heldout: {heldout} leaves no held-out question ({path}): evaluation needs at least one")
-    train, held = hold_out(data.examples, heldout, seed, "heldout", str(path))
+    examples = read_qa(path)
+    data = complete(path, examples, skip_incomplete)
+    # split every record, then leave the incomplete ones out of their part: the parts stay those of
+    # `rm split` and of the recipes' eval_examples on the same file
+    bad = {p.record for p in data.dropped}
+    train, held = hold_out(list(range(len(examples))), heldout, seed, "heldout", str(path))
+    train, held = [examples[i] for i in train if i not in bad], [examples[i] for i in held if i not in bad]
+    if not held:
+        raise ConfigError(f"heldout: every held-out record of {path} is incomplete: no held-out question is left")
     return QASplit(train, held, data.dropped)
 
 
