@@ -87,10 +87,12 @@ def test_bad_qa_files_fail_naming_file_record_and_field(tmp_path):
     # incomplete records leave their part of the split; the parts stay those of the whole file
     from finegrain.kernel.data import hold_out
 
-    split = split_qa(path, heldout=2, seed=1, skip_incomplete=True)
-    train_all, held_all = hold_out([e.id for e in examples], 2, 1, "x", "x")
-    assert [e.id for e in split.heldout] == [i for i in held_all if i in ("q0", "q3")]
-    assert [e.id for e in split.train] == [i for i in train_all if i in ("q0", "q3")]
+    split = split_qa(path, heldout=2, seed=0, skip_incomplete=True)  # seed 0 holds out records 1 and 3
+    train_all, held_all = hold_out([e.id for e in examples], 2, 0, "x", "x")
+    assert [e.id for e in split.heldout] == [i for i in held_all if i in ("q0", "q3")] == ["q3"]
+    assert [e.id for e in split.train] == [i for i in train_all if i in ("q0", "q3")] == ["q0"]
+    with pytest.raises(ConfigError, match="every held-out record .* is incomplete"):
+        split_qa(path, heldout=2, seed=1, skip_incomplete=True)  # seed 1 holds out records 1 and 2
     with pytest.raises(ConfigError, match="leaves no held-out question"):
         split_qa(write_qa(tmp_path / "ok.jsonl", 4), heldout=0)
     with pytest.raises(ConfigError, match="leave none to train on"):
@@ -287,3 +289,28 @@ def test_an_rm_that_does_not_fit_its_role_fails_before_any_model_loads(tmp_path)
         check_reward_roles("configs/qa/ppo_finegrained.yaml", rewards)
     assert "configs/qa/ppo_finegrained.yaml rewards[0].path" in str(err.value) and "span RM 'factuality' at sentence level" in str(err.value)
     check_reward_roles("x.yaml", [RewardConfig(kind="rm", name="factuality", path=str(folder), mapping="binary")])
+
+
+def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
+    from dataclasses import replace
+
+    from finegrain.cli import main
+    from finegrain.data.jsonl import write_jsonl
+
+    out = str(tmp_path / "d")
+    assert main(["demo", "qa", "--out", out, "--set", "ppo.ppo.nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err and not Path(out).exists()
+    assert main(["demo", "qa", "--out", out, "--set", "dpo.run.steps=1"]) == 2
+    assert "GROUP one of sft, rm, ppo, pref" in capsys.readouterr().err
+    assert main(["demo", "qa", "--out", out, "--stage", "ppo-sideways"]) == 2
+    assert "'ppo-sideways' is not a stage" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [replace(e, reference=None) if e.id == "q1" else e for e in qa_examples(5)])  # record 3 is held out
+    assert main(["demo", "qa", "--out", out, "--data", str(bad), "--heldout", "1", "--stage", "split"]) == 0  # the demo leaves q1 out...
+    assert "record 1 field reference: a QA example needs a gold answer" in capsys.readouterr().err
+    assert main(["eval", "--task", "qa", "some-policy", "--prompts", str(bad)]) == 2  # ...evaluation refuses it
+    assert f"{bad} record 1 field reference" in capsys.readouterr().err
+    assert main(["eval", "--task", "qa", "some-policy"]) == 2
+    assert "--prompts: --task qa needs the held-out questions" in capsys.readouterr().err
+    assert main(["demo", "detox", "--stage", "split"]) == 2
+    assert "options of `finegrain demo qa`" in capsys.readouterr().err

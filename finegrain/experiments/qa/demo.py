@@ -96,17 +96,6 @@ def all_stages(seeds: list[int]) -> list[str]:
     return out
 
 
-class Progress:
-    """One line per event, with the time since the demo started."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        minutes, seconds = divmod(int(time.perf_counter() - self.start), 60)
-        print(f"[demo-qa {minutes:02d}:{seconds:02d}] {message}", file=sys.stderr, flush=True)
-
-
 def config_file(name: str) -> Path:
     path = CONFIGS / f"{name}.yaml"
     if not path.is_file():
@@ -192,6 +181,8 @@ class Demo:
     """The demo's state: folders, the split, timings; one method per kind of stage."""
 
     def __init__(self, cfg: QADemoConfig, fresh: bool, argv: list[str] | None):
+        from finegrain.experiments.detox.demo import Progress  # one heartbeat for every demo
+
         self.cfg, self.argv, self.say = cfg, argv, Progress()
         self.data = Path(cfg.data) if cfg.data else Path(os.path.relpath(DEFAULT_DATA))  # relative: no machine path in reports
         if not self.data.is_file():
@@ -312,12 +303,26 @@ class Demo:
         return write_qa_report(groups, self.out, LABELS, rm_dir=self.rm_dir, settings=settings, command=command)
 
 
+def check_stage_configs(cfg: QADemoConfig) -> None:
+    """Every stage config with the demo's overrides, built before anything runs: a bad setting fails here."""
+    for role in RM_ROLES:
+        rm_stage_config(role, cfg.group("rm"))
+    x = Path("x")
+    for name in policy_runs():
+        if name in PPO_RUNS:
+            ppo_stage_config(name, train_file=x, policy=x, rm_dir=x, out=x, seed=0, overrides=cfg.group("ppo"))
+        else:
+            recipe_stage_config(*PREF_RUNS[name], train_file=x, policy=x, out=x, seed=0, overrides=cfg.group("pref"))
+    recipe_stage_config("sft", "sft", train_file=x, policy=x, out=x, seed=0, overrides=cfg.group("sft"))
+
+
 def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
     """Run (or finish) the QA demo; returns the path of report.md (or of the last stage's output)."""
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    check_stage_configs(cfg)
     demo = Demo(cfg, fresh, argv)
     wanted = set(cfg.stages) or set(all_stages(cfg.seeds))
     stages = [s for s in all_stages(cfg.seeds) if s in wanted]
@@ -331,15 +336,6 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
         say(f"[{bar}] {i + 1}/{total} {name}")
         demo.timed(name, func, *args)
 
-    # 1. Every check that needs no model: the data and the stage configs (a bad override fails here).
-    for role in RM_ROLES:
-        rm_stage_config(role, cfg.group("rm"))
-    for name in policy_runs():
-        if name in PPO_RUNS:
-            ppo_stage_config(name, train_file=Path("x"), policy=Path("x"), rm_dir=Path("x"), out=Path("x"), seed=0, overrides=cfg.group("ppo"))
-        else:
-            recipe_stage_config(PREF_RUNS[name][0], PREF_RUNS[name][1], train_file=Path("x"), policy="x", out=Path("x"), seed=0, overrides=cfg.group("pref"))
-    recipe_stage_config("sft", "sft", train_file=Path("x"), policy="x", out=Path("x"), seed=0, overrides=cfg.group("sft"))
     judges = examples = None
     for i, name in enumerate(stages):
         if name == "split":
@@ -372,7 +368,7 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
             path = demo.report()
             say(f"[{'#' * 20}] {total}/{total} report: {path}")
     path = demo.report() if (demo.out / "sft").is_dir() or "report" in stages else demo.out
-    say(f"done in {(time.perf_counter() - say.start) / 60:.1f} min: {path}")
+    say(f"done in {say.elapsed() / 60:.1f} min: {path}")
     return path
 
 
