@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--task qa: the held-out questions, e.g. runs/qa/data/heldout.jsonl)")
     parser.add_argument("--rms", default=None, help="--task qa: folder with the relevance, factuality, completeness and preference RMs (e.g. runs/qa/rm)")
     parser.add_argument("--baseline", default=None, help="--task qa: eval folder of the policy to win against (e.g. runs/qa/sft/eval)")
-    parser.add_argument("--max-prompt-tokens", type=int, default=256, help="--task qa: prompt token budget (passages are cut first; default 256)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="--task qa: prompt token budget (passages are cut first; default 128, as configs/qa)")
     parser.add_argument("--max-prompts", type=int, default=None, help="evaluate only the first N prompts")
     parser.add_argument("--reference", default="smollm2-135m", help="LM under which perplexity is measured (default: the initial policy)")
     parser.add_argument("--scorer", default="profanity-check",

@@ -57,7 +57,7 @@ class QADemoConfig(ConfigBase):
     stages: list[str] = field(default_factory=list, metadata={"help": "run only these stages (and nothing after); default all"})
     overrides: list[str] = field(default_factory=list, metadata={"help": "GROUP.key=value for every config of a group: sft, rm, ppo, pref"})
     eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length in evaluation (tokens)"})
-    eval_max_prompt_tokens: int = field(default=256, metadata={"help": "prompt token budget in evaluation (as training's data.max_prompt_tokens)"})
+    eval_max_prompt_tokens: int = field(default=128, metadata={"help": "prompt token budget in evaluation (as training's data.max_prompt_tokens)"})
     eval_questions: int | None = field(default=None, metadata={"help": "evaluate on only the first N held-out questions"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
 

@@ -236,7 +236,7 @@ class AnswerSettings:
     max_new_tokens: int = 48
     temperature: float = 0.7
     top_k: int = 20
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = 128
     batch_size: int = 16
     seed: int = 0
     precision: str = "auto"
