@@ -314,3 +314,16 @@ def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
     assert "--prompts: --task qa needs the held-out questions" in capsys.readouterr().err
     assert main(["demo", "detox", "--stage", "split"]) == 2
     assert "options of `finegrain demo qa`" in capsys.readouterr().err
+
+
+def test_ppo_prompts_carry_the_passages_within_the_budget(tiny):
+    from finegrain.config import load_config
+    from finegrain.rl.config import TrainConfig
+    from finegrain.rl.trainer import make_renderer
+
+    cfg = load_config(TrainConfig, REPO / "configs" / "qa" / "ppo_finegrained.yaml")
+    renderer = make_renderer(cfg, str(tiny))
+    example = qa_examples(1)[0]
+    rendered = renderer.render(example)
+    assert "How many apples are in basket 0?" in rendered.text and "wikipage: Basket 0 text: Basket 0 holds 0 apples." in rendered.text
+    assert rendered.tokens <= cfg.data.max_prompt_tokens == 128
