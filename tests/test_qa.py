@@ -308,6 +308,8 @@ def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
     write_jsonl(bad, [replace(e, reference=None) if e.id == "q1" else e for e in qa_examples(5)])  # record 3 is held out
     assert main(["demo", "qa", "--out", out, "--data", str(bad), "--heldout", "1", "--stage", "split"]) == 0  # the demo leaves q1 out...
     assert "record 1 field reference: a QA example needs a gold answer" in capsys.readouterr().err
+    assert main(["demo", "qa", "--out", out + "-strict", "--data", str(bad), "--heldout", "1", "--stage", "split", "--strict"]) == 2
+    assert f"{bad} record 1 field reference: a QA example needs a gold answer" in capsys.readouterr().err
     assert main(["eval", "--task", "qa", "some-policy", "--prompts", str(bad)]) == 2  # ...evaluation refuses it
     assert f"{bad} record 1 field reference" in capsys.readouterr().err
     assert main(["eval", "--task", "qa", "some-policy"]) == 2

@@ -375,7 +375,8 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
 def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
     """`finegrain demo qa [GROUP.key=value ...] [--data F] [--stage S ...] [--seeds ...]`."""
     kwargs: dict[str, Any] = dict(out=args.out or "runs/demo-qa", seeds=args.seeds, policy=args.policy, threads=args.threads,
-                                  overrides=overrides, stages=args.stage or [], data=args.data)
+                                  overrides=overrides, stages=args.stage or [], data=args.data,
+                                  skip_incomplete=not args.strict)
     if args.heldout is not None:
         kwargs["heldout"] = args.heldout
     if args.eval_prompts is not None:
