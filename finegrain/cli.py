@@ -15,8 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
     "train": ("finegrain.recipes.cli", "train a policy: sft, dpo, simpo, or ppo (fine-grained or holistic rewards)"),
     "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
-    "demo": ("finegrain.experiments.detox.demo_cli", "the detoxification demo: holistic vs fine-grained PPO on the embedded models"),
-    "eval": ("finegrain.eval_cli", "evaluate a policy on prompts: toxicity, perplexity, diversity"),
+    "demo": ("finegrain.experiments.detox.demo_cli", "the demos on the embedded models: detox (holistic vs fine-grained PPO), qa (the long-form QA experiment)"),
+    "eval": ("finegrain.eval_cli", "evaluate a policy: toxicity, perplexity, diversity; --task qa: QA error rates, ROUGE-L, win rate"),
     "report": ("finegrain.experiments.detox.report_cli", "compare runs: report.md table and curves.png"),
 }
 

@@ -1,5 +1,6 @@
 """`finegrain eval POLICY`: sample k continuations per prompt and print the detoxification metrics,
-toxicity under the training scorer and under the independent judge."""
+toxicity under the training scorer and under the independent judge; with `--task qa`, answer the
+held-out questions and print the QA metrics (finegrain/experiments/qa/metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ from finegrain.rewards.cli import add_threads_argument, check_threads
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("policy", help="policy to evaluate: a run's final/ or best/ folder, an embedded name or a hub id")
+    parser.add_argument("--task", choices=["detox", "qa"], default="detox",
+                        help="detox (default): toxicity, perplexity, diversity; qa: RM-judged error rates, completeness, win rate, "
+                             "ROUGE-L, repetition, passage support, length on held-out questions (docs/qa.md)")
     parser.add_argument("--prompts", default=None,
-                        help="prompt file, every prompt of which is evaluated (default: the shipped held-out detox prompts)")
+                        help="prompt file, every prompt of which is evaluated (default: the shipped held-out detox prompts; "
+                             "--task qa: the held-out questions, e.g. runs/qa/data/heldout.jsonl)")
+    parser.add_argument("--rms", default=None, help="--task qa: folder with the relevance, factuality, completeness and preference RMs (e.g. runs/qa/rm)")
+    parser.add_argument("--baseline", default=None, help="--task qa: eval folder of the policy to win against (e.g. runs/qa/sft/eval)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="--task qa: prompt token budget (passages are cut first; default 128, as configs/qa)")
     parser.add_argument("--max-prompts", type=int, default=None, help="evaluate only the first N prompts")
     parser.add_argument("--reference", default="smollm2-135m", help="LM under which perplexity is measured (default: the initial policy)")
     parser.add_argument("--scorer", default="profanity-check",
@@ -21,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="independent toxicity judge (judge_avg_max_toxicity, ...): judge (shipped, on the embedded MiniLM), "
                         "a folder from `finegrain rm judge`, any --scorer value, or none (default: judge)")
     parser.add_argument("--samples", "-k", type=int, default=4, help="samples per prompt (default: 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="sample length in tokens (default: 32)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="sample length in tokens (default: 32; --task qa 48)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0; --task qa 0.7, top-k 20)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: bf16 only where the CPU/GPU runs it natively)")
@@ -36,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     from finegrain.config import ConfigError
+
+    qa = args.task == "qa"
+    args.max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else 48 if qa else 32
+    args.temperature = args.temperature if args.temperature is not None else 0.7 if qa else 1.0
 
     for name, low in (("samples", 1), ("max_new_tokens", 1), ("batch_size", 1)):
         if getattr(args, name) < low:
@@ -54,6 +66,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     _check(args)
     with torch_threads(args.threads):
+        if args.task == "qa":
+            from finegrain.experiments.qa.demo import evaluate_command
+
+            return evaluate_command(args)
         return _evaluate(args)
 
 

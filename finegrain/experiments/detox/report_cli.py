@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,7 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for report.md and curves.png")
     parser.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="name of each run in the table, in order (default: the folder's name)")
-    parser.add_argument("--title", default="finegrain report", help="the report's title")
+    parser.add_argument("--title", default=None, help="the report's title")
+    parser.add_argument("--task", choices=["detox", "qa"], default="detox",
+                        help="detox (default): toxicity table and curves.png; qa: the QA table (eval --task qa), rewards.png and presets.png")
+    parser.add_argument("--rms", default=None, help="--task qa: RM folder whose heldout.json (the RMs' held-out metrics) goes in the report")
     parser.set_defaults(func=_report)
 
 
@@ -22,9 +26,18 @@ def _report(args: argparse.Namespace) -> int:
     if args.label and len(args.label) != len(args.runs):
         raise ConfigError(f"--label: {len(args.label)} labels for {len(args.runs)} runs")
     labels = args.label or [None] * len(args.runs)
+    if args.task == "qa":
+        from finegrain.experiments.qa.report import write_qa_report
+
+        groups: dict = {}
+        for folder, label in zip(args.runs, labels):  # runs with the same label are seeds of one policy
+            groups.setdefault(label or Path(folder).name, []).append(folder)
+        command = "finegrain report --task qa " + " ".join(args.runs) + f" --out {args.out}"
+        print(write_qa_report(groups, args.out, rm_dir=args.rms, command=command, **({"title": args.title} if args.title else {})))
+        return 0
     runs = [summarize_run(folder, label) for folder, label in zip(args.runs, labels)]
     if not any(r.metrics is not None or r.steps for r in runs):
         raise ConfigError("none of the folders holds eval/metrics.json or metrics.jsonl: nothing to report")
-    path = write_report(runs, args.out, title=args.title, commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"])
+    path = write_report(runs, args.out, title=args.title or "finegrain report", commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"])
     print(path)
     return 0

@@ -1,0 +1,418 @@
+"""`finegrain demo qa`: the paper's long-form QA experiment, every stage in order, on the embedded models.
+
+Stages (each the config of the same name under configs/qa/, runnable on its own):
+  split                the fixed split of the QA file (task.py): data/train.jsonl, data/heldout.jsonl
+  sft                  SFT of the initial policy on the training questions' gold answers
+  rm-<role>            the relevance, factuality, completeness and preference RMs on the training split
+  ppo-finegrained      PPO from the SFT policy on the three fine-grained RMs (the paper's mappings)
+  ppo-holistic         the same on the standardised preference RM, on the last token
+  dpo-/simpo-human|span  DPO and SimPO from the SFT policy on human pairs and on span pairs
+  preset-short|long    the fine-grained run re-weighted (preset "medium" is the fine-grained run itself)
+  eval-<policy>        answers to the held-out questions, judged (metrics.py); rm-eval: the RMs' held-out metrics
+  report               report.md and the plots (report.py)
+A stage whose output exists is kept: run the same command again after an interruption and it goes on
+from the first unfinished stage (a PPO/SFT/DPO run resumes from its last checkpoint). `--fresh` starts over.
+With several seeds, every run from PPO on is trained once per seed, in OUT/seed-S/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finegrain.config import ConfigBase, ConfigError, check_range
+
+if TYPE_CHECKING:
+    import argparse
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = REPO / "configs" / "qa"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "qa_feedback" / "feedback.json"
+RM_ROLES = ("relevance", "factuality", "completeness", "preference")
+PPO_RUNS = {"ppo-finegrained": "ppo_finegrained", "ppo-holistic": "ppo_holistic", "preset-short": "preset_short", "preset-long": "preset_long"}
+PREF_RUNS = {"dpo-human": ("dpo", "dpo_human"), "dpo-span": ("dpo", "dpo_span"), "simpo-human": ("simpo", "simpo_human"), "simpo-span": ("simpo", "simpo_span")}
+LABELS = {
+    "sft": "SFT", "ppo-holistic": "Holistic PPO (preference RM)", "ppo-finegrained": "Fine-grained PPO (preset medium)",
+    "dpo-human": "DPO, human pairs", "dpo-span": "DPO, span pairs", "simpo-human": "SimPO, human pairs", "simpo-span": "SimPO, span pairs",
+    "preset-short": "Fine-grained PPO, preset short", "preset-long": "Fine-grained PPO, preset long",
+}
+GROUPS = ("sft", "rm", "ppo", "pref")  # --set GROUP.key=value goes to every config of the group
+
+
+@dataclass
+class QADemoConfig(ConfigBase):
+    out: str = field(default="runs/demo-qa", metadata={"help": "output folder: data/, rm/, one folder per policy, report.md, plots"})
+    data: str | None = field(default=None, metadata={"help": "QA file (QA-Feedback .json, the task's qa.json or finegrain .jsonl); default ../shared/data/qa_feedback/feedback.json"})
+    heldout: int = field(default=60, metadata={"help": "held-out questions (the fixed split, task.py)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the split (not of the runs)"})
+    skip_incomplete: bool = field(default=True, metadata={"help": "leave out (and list) examples without passages or gold answer, instead of failing"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of the runs from PPO on; several: OUT/seed-S each, mean ± std in the report"})
+    policy: str = field(default="smollm2-135m", metadata={"help": "initial policy (SFT starts from it)"})
+    stages: list[str] = field(default_factory=list, metadata={"help": "run only these stages (and nothing after); default all"})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "GROUP.key=value for every config of a group: sft, rm, ppo, pref"})
+    eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length in evaluation (tokens)"})
+    eval_max_prompt_tokens: int = field(default=128, metadata={"help": "prompt token budget in evaluation (as training's data.max_prompt_tokens)"})
+    eval_questions: int | None = field(default=None, metadata={"help": "evaluate on only the first N held-out questions"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
+
+    def __post_init__(self) -> None:
+        check_range(self, "heldout", 1)
+        check_range(self, "eval_max_new_tokens", 1)
+        check_range(self, "eval_max_prompt_tokens", 1)
+        if self.eval_questions is not None:
+            check_range(self, "eval_questions", 1)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {self.seeds} must name at least one seed, each once")
+        for i, s in enumerate(self.stages):
+            if s not in all_stages(self.seeds):
+                raise ConfigError(f"stages[{i}]: {s!r} is not a stage; choose from {', '.join(all_stages(self.seeds))}")
+        for i, o in enumerate(self.overrides):
+            if "=" not in o or o.split(".", 1)[0] not in GROUPS:
+                raise ConfigError(f"overrides[{i}]: {o!r} is not GROUP.key=value with GROUP one of {', '.join(GROUPS)}")
+
+    def group(self, name: str) -> list[str]:
+        return [o.split(".", 1)[1] for o in self.overrides if o.split(".", 1)[0] == name]
+
+    def seed_folder(self, out: Path, seed: int) -> Path:
+        return out if len(self.seeds) == 1 else out / f"seed-{seed}"
+
+
+def policy_runs() -> list[str]:
+    """The trained policies of one seed, in the report's order."""
+    return ["ppo-holistic", "ppo-finegrained", "dpo-human", "dpo-span", "simpo-human", "simpo-span", "preset-short", "preset-long"]
+
+
+def all_stages(seeds: list[int]) -> list[str]:
+    out = ["split", "sft", *(f"rm-{r}" for r in RM_ROLES)]
+    for _ in seeds[:1]:
+        out += policy_runs()
+    out += ["eval-sft", *(f"eval-{p}" for p in policy_runs()), "rm-eval", "report"]
+    return out
+
+
+def config_file(name: str) -> Path:
+    path = CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: `finegrain demo qa` reads the stage configs of the repository's configs/qa/")
+    return path
+
+
+def _json_settings(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]  # JSON is YAML: parsed like a command-line override
+
+
+def ppo_stage_config(name: str, *, train_file: Path, policy: Path, rm_dir: Path, out: Path, seed: int, overrides: list[str],
+                     threads: int | None = None):
+    """A PPO stage's TrainConfig: configs/qa/<name>.yaml with this demo's paths, then `overrides`."""
+    import yaml
+
+    from finegrain.config import load_config
+    from finegrain.rl.config import TrainConfig
+
+    path = config_file(PPO_RUNS[name])
+    rewards = yaml.safe_load(path.read_text(encoding="utf-8"))["rewards"]
+    for r in rewards:
+        r["path"] = str(rm_dir / r["name"])
+    settings = {"model.policy": str(policy), "data.prompts": str(train_file), "run.out": str(out), "run.seed": seed, "rewards": rewards}
+    if threads:
+        settings["run.threads"] = threads
+    return load_config(TrainConfig, path, [*_json_settings(settings), *overrides])
+
+
+def recipe_stage_config(recipe: str, name: str, *, train_file: Path, policy: str | Path, out: Path, seed: int, overrides: list[str],
+                        threads: int | None = None):
+    """An SFT/DPO/SimPO stage's config: configs/qa/<name>.yaml with this demo's paths, then `overrides`."""
+    import importlib
+
+    from finegrain.config import load_config
+    from finegrain.recipes import RECIPES
+
+    module_name, class_name, _ = RECIPES[recipe]
+    settings = {"model.policy": str(policy), "data.feedback": str(train_file), "run.out": str(out), "run.seed": seed}
+    if threads:
+        settings["run.threads"] = threads
+    return load_config(getattr(importlib.import_module(module_name), class_name), config_file(name), [*_json_settings(settings), *overrides])
+
+
+def rm_stage_config(role: str, overrides: list[str]):
+    from finegrain.config import load_config
+    from finegrain.rewards.rm_config import RMTrainConfig
+
+    return load_config(RMTrainConfig, config_file(f"rm_{role}"), overrides)
+
+
+def prepare_out(cfg: QADemoConfig, fresh: bool) -> Path:
+    """Create the output folder; refuse to mix two different demos' results in one folder."""
+    from finegrain.io import atomic_write_json
+
+    out = Path(cfg.out)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("stages", "threads")}
+    path = out / "demo.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != settings:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            raise ConfigError(f"{out} holds a QA demo with other settings ({', '.join(changed)} differ); pass --fresh to start over, or choose another --out")
+    atomic_write_json(path, settings)
+    return out
+
+
+def _train_recipe(module_name: str, cfg: Any, out: Path) -> None:
+    """Train, resuming from the last checkpoint of an interrupted run (a run without one starts over)."""
+    import importlib
+
+    from finegrain.kernel.checkpoint import latest_checkpoint
+
+    resume = latest_checkpoint(out) is not None
+    if out.exists() and not resume:
+        shutil.rmtree(out)
+    importlib.import_module(module_name).train(cfg, resume=resume)
+
+
+class Demo:
+    """The demo's state: folders, the split, timings; one method per kind of stage."""
+
+    def __init__(self, cfg: QADemoConfig, fresh: bool, argv: list[str] | None):
+        from finegrain.experiments.detox.demo import Progress  # one heartbeat for every demo
+
+        self.cfg, self.argv, self.say = cfg, argv, Progress()
+        self.data = Path(cfg.data) if cfg.data else Path(os.path.relpath(DEFAULT_DATA))  # relative: no machine path in reports
+        if not self.data.is_file():
+            raise ConfigError(f"--data: {self.data} does not exist (pass a QA file: QA-Feedback .json, qa.json or finegrain .jsonl)")
+        self.out = prepare_out(cfg, fresh)
+        self.split_dir, self.rm_dir, self.sft_dir = self.out / "data", self.out / "rm", self.out / "sft"
+        self.train_file, self.heldout_file = self.split_dir / "train.jsonl", self.split_dir / "heldout.jsonl"
+        timing_file = self.out / "timings.json"
+        saved = json.loads(timing_file.read_text(encoding="utf-8")) if timing_file.is_file() else {}
+        # per stage: wall-clock seconds, and CPU seconds of this process (all its threads): with --threads 1
+        # the CPU time is what the stage takes on one idle core, whatever else the machine runs
+        self.timings: dict[str, float] = saved.get("wall_s", {})
+        self.cpu: dict[str, float] = saved.get("cpu_s", {})
+
+    def timed(self, name: str, func, *args) -> None:
+        from finegrain.io import atomic_write_json
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        func(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.cpu[name] = round(time.process_time() - c0, 1)
+        atomic_write_json(self.out / "timings.json", {"wall_s": self.timings, "cpu_s": self.cpu})
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def split(self) -> None:
+        from finegrain.experiments.qa.task import write_split
+
+        m = write_split(self.data, self.split_dir, self.cfg.heldout, self.cfg.split_seed, self.cfg.skip_incomplete)
+        for line in m["dropped"]:
+            self.say(f"split: left out {line}")
+        self.say(f"split: {m['train']} training questions, {len(m['heldout_ids'])} held out ({self.data}, seed {m['seed']}) in {self.split_dir}")
+
+    def sft(self) -> None:
+        cfg = recipe_stage_config("sft", "sft", train_file=self.train_file, policy=self.cfg.policy, out=self.sft_dir,
+                                  seed=self.cfg.seeds[0], overrides=self.cfg.group("sft"), threads=self.cfg.threads)
+        self.say(f"sft: {cfg.run.steps} steps x {cfg.optim.batch_size} gold answers from {self.cfg.policy}")
+        _train_recipe("finegrain.recipes.sft", cfg, self.sft_dir)
+
+    def rm(self, role: str) -> None:
+        from finegrain.data.load import load_examples
+
+        cfg = rm_stage_config(role, self.cfg.group("rm"))
+        out = self.rm_dir / role
+        if out.exists():  # an RM is saved at the end only: an interrupted one starts over
+            shutil.rmtree(out)
+        self.say(f"rm-{role}: {cfg.kind} RM, {cfg.epochs:g} epochs on {self.train_file.name}")
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        common = dict(train_file=self.train_file, log=lambda line: None)
+        if cfg.threads is None and self.cfg.threads:
+            cfg.threads = self.cfg.threads
+        if cfg.kind == "span":
+            from finegrain.rewards.span_rm import train_span_rm
+
+            card = train_span_rm(cfg, load_examples(self.train_file), out, **common)
+        else:
+            from finegrain.rewards.pairwise_rm import train_pairwise_rm
+
+            card = train_pairwise_rm(cfg, load_examples(self.train_file), out, **common)
+        self.say(f"rm-{role}: saved in {out} ({card.training['seconds']} s)")
+
+    def ppo(self, name: str, seed: int) -> None:
+        out = self.cfg.seed_folder(self.out, seed) / name
+        cfg = ppo_stage_config(name, train_file=self.train_file, policy=self.sft_dir / "final", rm_dir=self.rm_dir, out=out, seed=seed,
+                               overrides=self.cfg.group("ppo"), threads=self.cfg.threads)
+        from finegrain.experiments.qa.task import check_reward_roles
+
+        check_reward_roles(config_file(PPO_RUNS[name]), cfg.rewards, self.heldout_file)
+        weights = ", ".join(f"{r.label} x{r.weight:g}" for r in cfg.rewards)
+        self.say(f"{name} (seed {seed}): {cfg.run.steps} PPO steps ({cfg.ppo.prompts_per_step} questions x {cfg.sampling.samples_per_prompt} "
+                 f"answers x {cfg.sampling.max_new_tokens} tokens; rewards {weights}; reward_norm {cfg.ppo.reward_norm})")
+        _train_recipe("finegrain.rl.trainer", cfg, out)
+
+    def pref(self, name: str, seed: int) -> None:
+        recipe, file = PREF_RUNS[name]
+        out = self.cfg.seed_folder(self.out, seed) / name
+        cfg = recipe_stage_config(recipe, file, train_file=self.train_file, policy=self.sft_dir / "final", out=out, seed=seed,
+                                  overrides=self.cfg.group("pref"), threads=self.cfg.threads)
+        self.say(f"{name} (seed {seed}): {cfg.run.steps} steps x {cfg.optim.batch_size} {'/'.join(cfg.data.pairs)} pairs")
+        _train_recipe(f"finegrain.recipes.{recipe}", cfg, out)
+
+    def evaluate(self, folder: Path, label: str, seed: int, judges, examples, baseline: Path | None) -> None:
+        from finegrain.experiments.qa.metrics import AnswerSettings, evaluate_policy, format_metrics, read_answers, write_eval
+        from finegrain.models import load_policy
+
+        policy_dir = folder / "final" if (folder / "final").is_dir() else folder
+        policy, tokenizer = load_policy(str(policy_dir))
+        settings = AnswerSettings(max_new_tokens=self.cfg.eval_max_new_tokens, max_prompt_tokens=self.cfg.eval_max_prompt_tokens, seed=seed)
+        base = read_answers(baseline) if baseline is not None else None
+        self.say(f"eval {label}: answering {len(examples)} held-out questions")
+        result = evaluate_policy(policy, tokenizer, examples, judges, settings, base, str(baseline) if baseline else None)
+        write_eval(result, folder / "eval", {**asdict(settings), "heldout": str(self.heldout_file), "rms": str(self.rm_dir), "policy": str(policy_dir)})
+        self.say(f"eval {label}:\n{format_metrics(result.metrics)}")
+
+    def rm_eval(self) -> None:
+        from finegrain.experiments.qa.report import rm_heldout_metrics
+        from finegrain.io import atomic_write_json
+
+        atomic_write_json(self.rm_dir / "heldout.json", rm_heldout_metrics(self.rm_dir, self.heldout_file))
+        self.say(f"rm-eval: held-out metrics of the RMs and their trivial baselines in {self.rm_dir / 'heldout.json'}")
+
+    def report(self) -> Path:
+        from finegrain.experiments.qa.report import write_qa_report
+
+        groups: dict[str, list[Path]] = {"sft": [self.sft_dir]}
+        for seed in self.cfg.seeds:
+            for name in policy_runs():
+                groups.setdefault(name, []).append(self.cfg.seed_folder(self.out, seed) / name)
+        command = "finegrain demo qa " + " ".join(self.argv) if self.argv is not None else f"finegrain demo qa --out {self.cfg.out}"
+        settings = {
+            "data": f"{self.data} ({self.split_dir / 'split.json'})", "initial policy": self.cfg.policy, "seeds": ", ".join(map(str, self.cfg.seeds)),
+            "overrides": " ".join(self.cfg.overrides) or "none", "evaluation": f"one answer per held-out question, {self.cfg.eval_max_new_tokens} tokens, "
+            "temperature 0.7, top-k 20; win rate against the SFT policy's answers",
+            "per stage, wall-clock / CPU seconds": ", ".join(f"{k} {v:.0f}/{self.cpu.get(k, 0):.0f}" for k, v in self.timings.items()) or "-",
+        }
+        return write_qa_report(groups, self.out, LABELS, rm_dir=self.rm_dir, settings=settings, command=command)
+
+
+def check_stage_configs(cfg: QADemoConfig) -> None:
+    """Every stage config with the demo's overrides, built before anything runs: a bad setting fails here."""
+    for role in RM_ROLES:
+        rm_stage_config(role, cfg.group("rm"))
+    x = Path("x")
+    for name in policy_runs():
+        if name in PPO_RUNS:
+            ppo_stage_config(name, train_file=x, policy=x, rm_dir=x, out=x, seed=0, overrides=cfg.group("ppo"))
+        else:
+            recipe_stage_config(*PREF_RUNS[name], train_file=x, policy=x, out=x, seed=0, overrides=cfg.group("pref"))
+    recipe_stage_config("sft", "sft", train_file=x, policy=x, out=x, seed=0, overrides=cfg.group("sft"))
+
+
+def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
+    """Run (or finish) the QA demo; returns the path of report.md (or of the last stage's output)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    check_stage_configs(cfg)
+    demo = Demo(cfg, fresh, argv)
+    wanted = set(cfg.stages) or set(all_stages(cfg.seeds))
+    stages = [s for s in all_stages(cfg.seeds) if s in wanted]
+    total, say = len(stages), demo.say
+
+    def stage(i: int, name: str, done: bool, func, *args) -> None:
+        bar = "#" * (i * 20 // total) + "." * (20 - i * 20 // total)
+        if done:
+            say(f"[{bar}] {i + 1}/{total} {name}: done earlier, kept")
+            return
+        say(f"[{bar}] {i + 1}/{total} {name}")
+        demo.timed(name, func, *args)
+
+    judges = examples = None
+    for i, name in enumerate(stages):
+        if name == "split":
+            stage(i, name, (demo.split_dir / "split.json").is_file() and demo.heldout_file.is_file(), demo.split)
+        elif name == "sft":
+            stage(i, name, (demo.sft_dir / "final").is_dir(), demo.sft)
+        elif name.startswith("rm-") and name != "rm-eval":
+            role = name[3:]
+            stage(i, name, (demo.rm_dir / role / "finegrain_rm.json").is_file(), demo.rm, role)
+        elif name in PPO_RUNS or name in PREF_RUNS:
+            for seed in cfg.seeds:
+                done = (cfg.seed_folder(demo.out, seed) / name / "final").is_dir()
+                stage(i, f"{name} (seed {seed})" if len(cfg.seeds) > 1 else name, done, demo.ppo if name in PPO_RUNS else demo.pref, name, seed)
+        elif name.startswith("eval-"):
+            policy = name[5:]
+            if judges is None:
+                from finegrain.data.load import load_examples
+                from finegrain.experiments.qa.metrics import load_judges
+
+                examples = load_examples(demo.heldout_file)[: cfg.eval_questions]
+                judges = load_judges(demo.rm_dir, demo.heldout_file)
+            folders = [demo.sft_dir] if policy == "sft" else [cfg.seed_folder(demo.out, s) / policy for s in cfg.seeds]
+            for seed, folder in zip(cfg.seeds, folders):
+                baseline = None if policy == "sft" else demo.sft_dir / "eval"
+                stage(i, f"{name} (seed {seed})" if len(folders) > 1 else name, (folder / "eval" / "metrics.json").is_file(),
+                      demo.evaluate, folder, LABELS[policy], seed, judges, examples, baseline)
+        elif name == "rm-eval":
+            stage(i, name, (demo.rm_dir / "heldout.json").is_file(), demo.rm_eval)
+        elif name == "report":
+            path = demo.report()
+            say(f"[{'#' * 20}] {total}/{total} report: {path}")
+    path = demo.report() if (demo.out / "sft").is_dir() or "report" in stages else demo.out
+    say(f"done in {say.elapsed() / 60:.1f} min: {path}")
+    return path
+
+
+def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
+    """`finegrain demo qa [GROUP.key=value ...] [--data F] [--stage S ...] [--seeds ...]`."""
+    kwargs: dict[str, Any] = dict(out=args.out or "runs/demo-qa", seeds=args.seeds, policy=args.policy, threads=args.threads,
+                                  overrides=overrides, stages=args.stage or [], data=args.data,
+                                  skip_incomplete=not args.strict)
+    if args.heldout is not None:
+        kwargs["heldout"] = args.heldout
+    if args.eval_prompts is not None:
+        kwargs["eval_questions"] = args.eval_prompts
+    if args.steps is not None:  # PPO, DPO and SimPO steps
+        kwargs["overrides"] = [f"ppo.run.steps={args.steps}", f"pref.run.steps={args.steps}", *overrides]
+    cfg = QADemoConfig(**kwargs)
+    path = run_demo(cfg, fresh=args.fresh, argv=sys.argv[3:] if sys.argv[1:3] == ["demo", "qa"] else None)
+    print(path)
+    return 0
+
+
+def evaluate_command(args: "argparse.Namespace") -> int:
+    """`finegrain eval --task qa POLICY --prompts HELDOUT --rms DIR [--baseline EVAL_DIR] [--out DIR]`."""
+    from finegrain.experiments.qa.metrics import AnswerSettings, evaluate_policy, format_metrics, load_judges, read_answers, write_eval
+    from finegrain.experiments.qa.task import load_qa
+    from finegrain.models import load_policy
+
+    if not args.prompts:
+        raise ConfigError("--prompts: --task qa needs the held-out questions (e.g. runs/qa/data/heldout.jsonl)")
+    examples = load_qa(args.prompts).examples  # every example must have passages and a gold answer
+    if args.max_prompts:
+        examples = examples[: args.max_prompts]
+    if args.rms is not None and not Path(args.rms).is_dir():
+        raise ConfigError(f"--rms: {args.rms} is not a folder")
+    baseline = read_answers(args.baseline) if args.baseline else None
+    judges = load_judges(args.rms, args.prompts)
+    policy, tokenizer = load_policy(args.policy)
+    settings = AnswerSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, max_prompt_tokens=args.max_prompt_tokens,
+                              batch_size=args.batch_size, seed=args.seed, precision="fp32" if args.fp32 else "bf16" if args.bf16 else "auto")
+    result = evaluate_policy(policy, tokenizer, examples, judges, settings, baseline, args.baseline)
+    if args.out:
+        write_eval(result, args.out, {**asdict(settings), "heldout": args.prompts, "rms": args.rms, "policy": args.policy})
+    if args.json:
+        print(json.dumps(result.metrics.to_json(), indent=2))
+    else:
+        print(f"{args.policy} on {len(examples)} held-out questions ({args.prompts})")
+        print(format_metrics(result.metrics))
+    return 0

@@ -1,0 +1,254 @@
+"""The QA report: one table over policies (SFT, holistic and fine-grained PPO, DPO and SimPO on
+human and span pairs, the presets), the RMs' held-out metrics beside their trivial baselines, and
+two plots: `rewards.png` (each reward source and the KL against PPO steps) and `presets.png`
+(answer length against the relevance error rate and against completeness, for the presets).
+
+A run folder is what a trainer writes (`config.yaml`, `metrics.jsonl`, `final/`) plus `eval/`
+(`metrics.json`, `samples.jsonl`) from `finegrain eval --task qa`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finegrain.experiments.qa.metrics import QAMetrics, read_metrics
+
+COLUMNS = (
+    ("relevance_error_rate", "Rel. err. ↓", "{:.3f}"),
+    ("factuality_error_rate", "Fact. err. ↓", "{:.3f}"),
+    ("completeness", "Compl. ↑", "{:+.2f}"),
+    ("win_rate", "Win vs SFT ↑", "{:.2f}"),
+    ("rouge_l", "ROUGE-L ↑", "{:.3f}"),
+    ("repeated_3grams", "Rep. 3-grams ↓", "{:.3f}"),
+    ("duplicate_sentences", "Dup. sent. ↓", "{:.3f}"),
+    ("passage_support", "Supported ↑", "{:.3f}"),
+    ("length_tokens", "Tokens", "{:.1f}"),
+    ("length_sentences", "Sentences", "{:.2f}"),
+)
+PRESETS = (("preset-short", "short"), ("ppo-finegrained", "medium"), ("preset-long", "long"))
+
+
+@dataclass
+class QARun:
+    label: str
+    folder: Path
+    metrics: QAMetrics | None
+    steps: list[int] = field(default_factory=list)
+    rewards: dict[str, list[float]] = field(default_factory=dict)  # source -> mean reward per step (before normalisation)
+    kl: list[float] = field(default_factory=list)
+    seconds: float | None = None
+
+
+def summarize(folder: str | Path, label: str | None = None) -> QARun:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {folder} does not exist")
+    eval_file = folder / "eval" / "metrics.json"
+    run = QARun(label or folder.name, folder, read_metrics(eval_file) if eval_file.is_file() else None)
+    log = folder / "metrics.jsonl"
+    if not log.is_file():
+        return run
+    seconds = 0.0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if "step" not in row or "kl" not in row:  # evaluation rows, and the recipes' (SFT/DPO) rows
+            continue
+        run.steps.append(int(row["step"]))
+        run.kl.append(float(row["kl"]))
+        for key, value in row.items():
+            if key.startswith("reward/") and key not in ("reward/total", "reward/penalised", "reward/normalised"):
+                run.rewards.setdefault(key[len("reward/"):], []).append(float(value))
+        seconds += float(row.get("time/step", 0.0))
+    run.seconds = seconds or None
+    return run
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    spread = f" ± {fmt.format(statistics.stdev(values)).lstrip('+')}" if len(values) > 1 else ""
+    return fmt.format(statistics.mean(values)) + spread
+
+
+def metrics_table(groups: dict[str, list[QARun]]) -> str:
+    """One row per policy; over several seeds each cell is mean ± std."""
+    evaluated = {label: [r.metrics.to_json() for r in runs if r.metrics is not None] for label, runs in groups.items()}
+    columns = [c for c in COLUMNS if any(m.get(c[0]) is not None for ms in evaluated.values() for m in ms)]
+    rows = ["| Policy | Seeds | " + " | ".join(t for _, t, _ in columns) + " |", "|---|---:|" + "|".join("---:" for _ in columns) + "|"]
+    for label, ms in evaluated.items():
+        if ms:
+            cells = [_cell([m[k] for m in ms if m.get(k) is not None], fmt) for k, _, fmt in columns]
+            rows.append(f"| {label} | {len(ms)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str, Any]:
+    """Each RM's metrics on the held-out file, with the trivial baselines it must beat (span RMs:
+    the F1 of flagging every segment and the accuracy of flagging none; pairwise RMs: chance, 0.5)."""
+    import dataclasses
+
+    from finegrain.data.load import load_examples
+    from finegrain.experiments.qa.task import ROLES, check_rm
+    from finegrain.rewards.card import load_reward_model
+
+    examples = load_examples(heldout_file)
+    out: dict[str, Any] = {}
+    for role in ROLES:
+        folder = Path(rm_dir) / role
+        if not folder.is_dir():
+            continue
+        card = check_rm(role, folder, f"{rm_dir}: {role}")
+        rm = load_reward_model(folder, card=card)
+        if card.kind == "span":
+            from finegrain.rewards.rm_data import build_span_data
+            from finegrain.rewards.span_rm import evaluate_span
+
+            data = build_span_data(examples, card.categories, card.level)
+            if not data.items:
+                continue
+            m = dataclasses.asdict(evaluate_span(rm, data))
+            out[role] = {"metric": "segment accuracy / error F1", "value": [m["accuracy"], m["f1"]],
+                         "baseline": [1 - m["error_rate"], m["f1_all_error"]], "segments": m["segments"], "error_rate": m["error_rate"]}
+        else:
+            from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data
+            from finegrain.rewards.rm_config import RMTrainConfig
+
+            cfg = RMTrainConfig(kind="pairwise", category=card.name, coverage=card.training.get("coverage", "rouge2"),
+                                margin=card.training.get("margin", 0.05))
+            pairs = pair_data(cfg, examples)
+            if not pairs.groups:
+                continue
+            m = dataclasses.asdict(evaluate_pairwise(rm, pairs))
+            out[role] = {"metric": "pairwise accuracy", "value": [m["accuracy"]], "baseline": [0.5], "pairs": m["pairs"]}
+    return out
+
+
+def rm_table(metrics: dict[str, Any]) -> str:
+    rows = ["| RM (held-out) | metric | value | trivial baseline | items |", "|---|---|---:|---:|---:|"]
+    for role, m in metrics.items():
+        value = " / ".join(f"{v:.3f}" for v in m["value"])
+        base = " / ".join(f"{v:.3f}" for v in m["baseline"])
+        items = f"{m['segments']} segments" if "segments" in m else f"{m['pairs']} pairs"
+        rows.append(f"| {role} | {m['metric']} | {value} | {base} | {items} |")
+    return "\n".join(rows)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from finegrain.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_rewards(runs: list[QARun], path: Path, window: int = 5) -> Path | None:
+    """Every reward source's mean reward (mapped, before normalisation) and the KL against PPO steps."""
+    trained = [r for r in runs if r.steps]
+    if not trained:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finegrain.experiments.detox.report import moving_average
+
+    sources = sorted({s for r in trained for s in r.rewards})
+    fig, axes = plt.subplots(1, len(sources) + 1, figsize=(4.2 * (len(sources) + 1), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(trained):
+        c = colors[i % len(colors)]
+        for ax, values in [*((axes[0][k], run.rewards.get(s)) for k, s in enumerate(sources)), (axes[0][-1], run.kl)]:
+            if values:
+                ax.plot(run.steps, values, color=c, alpha=0.25, linewidth=1)
+                ax.plot(run.steps, moving_average(values, window), color=c, linewidth=2, label=run.label)
+    for k, s in enumerate(sources):
+        axes[0][k].set(title=f"reward: {s}", xlabel="PPO step", ylabel="mean summed reward per answer")
+    axes[0][-1].set(title="KL to the SFT policy", xlabel="PPO step", ylabel="KL per answer (nats)")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"faint: per step; bold: {window}-step moving average", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_presets(groups: dict[str, list[QARun]], names: dict[str, str], path: Path) -> Path | None:
+    """Answer length (tokens) against the relevance error rate and against completeness, one point
+    per preset and seed."""
+    points = [(tag, r.metrics) for key, tag in PRESETS for r in groups.get(names.get(key, key), []) if r.metrics is not None]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rel, ax_comp) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, key, title in ((ax_rel, "relevance_error_rate", "relevance error rate (RM)"), (ax_comp, "completeness", "completeness (RM, standardised)")):
+        for tag, m in points:
+            value = getattr(m, key)
+            if value is not None:
+                ax.scatter(m.length_tokens, value, label=tag)
+                ax.annotate(tag, (m.length_tokens, value), fontsize=8)
+        ax.set(xlabel="answer length (tokens)", ylabel=title, title=f"presets: length vs {title.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: dict[str, str] | None = None, *,
+                    rm_dir: str | Path | None = None, settings: dict[str, Any] | None = None, command: str | None = None,
+                    title: str = "Long-form QA: fine-grained vs holistic RLHF") -> Path:
+    """`report.md`, `rewards.png`, `presets.png` in `out_dir` from run folders grouped by policy (one
+    folder per seed); returns the report's path. Folders that do not exist yet are left out."""
+    from finegrain.io import atomic_write_text
+
+    labels = labels or {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {labels.get(k, k): [summarize(f, labels.get(k, k)) for f in folders if Path(f).is_dir()] for k, folders in groups.items()}
+    runs = {k: v for k, v in runs.items() if v}
+    first_seed = [rs[0] for rs in runs.values()]
+    rewards_png = plot_rewards(first_seed, out / "rewards.png")
+    presets_png = plot_presets(runs, labels, out / "presets.png")
+    lines = [f"# {title}", ""]
+    evaluated = [r.metrics for rs in runs.values() for r in rs if r.metrics is not None]
+    if evaluated:
+        lines += [f"Held-out evaluation: {evaluated[0].questions} questions, one answer each. RM-judged: relevance and factuality "
+                  "error rates (share of sub-sentences / sentences flagged), completeness (standardised), win rate against the SFT "
+                  "policy under the preference RM. Independent of the RMs: ROUGE-L against the gold answer, repeated word 3-grams, "
+                  "near-duplicate sentences, passage support (share of sentences whose content words are in the passages), length.", "",
+                  metrics_table(runs), ""]
+    heldout_rm = Path(rm_dir) / "heldout.json" if rm_dir else None
+    if heldout_rm is not None and heldout_rm.is_file():
+        lines += ["Reward models on the held-out questions' annotated answers:", "", rm_table(json.loads(heldout_rm.read_text(encoding="utf-8"))), ""]
+    trained = [r for r in first_seed if r.steps]
+    if trained:
+        lines += ["| PPO run | Steps | Training time | Last-5-step KL |", "|---|---:|---:|---:|"]
+        for r in trained:
+            secs = f"{r.seconds / 60:.1f} min" if r.seconds else "-"
+            tail = r.kl[-5:]
+            lines.append(f"| {r.label} | {r.steps[-1]} | {secs} | {sum(tail) / len(tail):.3f} |")
+        lines.append("")
+    for png, what in ((rewards_png, "reward per source and KL against steps"), (presets_png, "presets: length against relevance and completeness")):
+        if png is not None:
+            lines += [f"![{what}]({png.name})", ""]
+    if settings:
+        lines += ["## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
+    if command:
+        lines += ["## Command", "", "```bash", command, "```", ""]
+    lines += ["## Runs", ""] + [f"- {label}: " + ", ".join(f"`{r.folder}`" for r in rs) for label, rs in runs.items()] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

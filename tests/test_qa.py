@@ -1,0 +1,331 @@
+"""The long-form QA experiment: the task's split and checks, the metrics on hand-computed cases, the
+stage configs, and a smoke run of every stage of `finegrain demo qa` on tiny models made here (with
+its resume), checking that no training stage reads a held-out question."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def qa_examples(n: int = 10):
+    """QA examples with passages, a gold answer, annotated responses (relevance and factuality spans,
+    corrections) and pairwise judgements."""
+    from finegrain.data.records import Annotation, Example, Passage, Preference, Response, Span
+
+    out = []
+    for i in range(n):
+        good = f"Basket {i} holds {i} apples."
+        bad = f"Basket {i} holds {i + 7} apples. Also, the sky is blue today."
+        spans = (Span(0, bad.index(" Also"), "Wrong-Grounding"), Span(bad.index("Also"), len(bad), "Irrelevant"))
+        annotated = Response(bad, Annotation(spans=spans, corrected=good + " Apples are fruit."))
+        out.append(Example(
+            id=f"q{i}", prompt=f"How many apples are in basket {i}?",
+            responses=(annotated, Response(good), Response(f"I do not know about basket {i}.")),
+            passages=(Passage(f"Basket {i}", (f"Basket {i} holds {i} apples.", "Apples are fruit.")),),
+            preferences=(Preference(0, 1, 2), Preference(1, 2, 1), Preference(0, 2, 0)),
+            reference=good,
+        ))
+    return out
+
+
+def write_qa(path: Path, n: int = 10) -> Path:
+    from finegrain.data.jsonl import write_jsonl
+
+    write_jsonl(path, qa_examples(n))
+    return path
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+def test_the_split_is_rm_splits_and_the_recipes(tmp_path):
+    from finegrain.data.load import load_examples
+    from finegrain.experiments.qa.task import split_qa, write_split
+    from finegrain.kernel.data import hold_out
+    from finegrain.rewards.rm_data import split_file
+
+    data = write_qa(tmp_path / "qa.jsonl", 12)
+    split = split_qa(data, heldout=3, seed=5)
+    split_file(data, 9, 5, tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    assert {e.id for e in split.heldout} == {e.id for e in load_examples(tmp_path / "b.jsonl")}
+    _, held = hold_out(load_examples(data), 3, 5, "data.eval_examples", str(data))  # a recipe's eval_examples
+    assert [e.id for e in held] == [e.id for e in split.heldout]
+    manifest = write_split(data, tmp_path / "split", heldout=3, seed=5)
+    assert manifest["heldout_ids"] == [e.id for e in split.heldout]
+    assert [e.prompt for e in load_examples(tmp_path / "split" / "train.jsonl")] == [e.prompt for e in split.train]
+    from finegrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="other settings"):
+        write_split(data, tmp_path / "split", heldout=4, seed=5)
+
+
+def test_bad_qa_files_fail_naming_file_record_and_field(tmp_path):
+    from dataclasses import replace
+
+    from finegrain.config import ConfigError
+    from finegrain.data.jsonl import write_jsonl
+    from finegrain.data.problems import DataError
+    from finegrain.experiments.qa.task import load_qa, split_qa
+
+    examples = qa_examples(4)
+    examples[1] = replace(examples[1], passages=())
+    examples[2] = replace(examples[2], reference=None)
+    path = tmp_path / "bad.jsonl"
+    write_jsonl(path, examples)
+    with pytest.raises(DataError) as err:
+        load_qa(path)
+    text = str(err.value)
+    assert f"{path} record 1 field passages" in text and f"{path} record 2 field reference" in text
+    kept = load_qa(path, skip_incomplete=True)
+    assert [e.id for e in kept.examples] == ["q0", "q3"] and len(kept.dropped) == 2
+    # incomplete records leave their part of the split; the parts stay those of the whole file
+    from finegrain.kernel.data import hold_out
+
+    split = split_qa(path, heldout=2, seed=0, skip_incomplete=True)  # seed 0 holds out records 1 and 3
+    train_all, held_all = hold_out([e.id for e in examples], 2, 0, "x", "x")
+    assert [e.id for e in split.heldout] == [i for i in held_all if i in ("q0", "q3")] == ["q3"]
+    assert [e.id for e in split.train] == [i for i in train_all if i in ("q0", "q3")] == ["q0"]
+    with pytest.raises(ConfigError, match="every held-out record .* is incomplete"):
+        split_qa(path, heldout=2, seed=1, skip_incomplete=True)  # seed 1 holds out records 1 and 2
+    with pytest.raises(ConfigError, match="leaves no held-out question"):
+        split_qa(write_qa(tmp_path / "ok.jsonl", 4), heldout=0)
+    with pytest.raises(ConfigError, match="leave none to train on"):
+        split_qa(tmp_path / "ok.jsonl", heldout=4)
+
+
+def test_the_task_format_is_read(tmp_path):
+    from finegrain.experiments.qa.task import load_qa
+
+    records = [{"question": "When did it open?", "answer": ["It opened in 1889."],
+                "passages": [{"wikipage": "Tower", "content": "Tower\n\nThe tower opened in 1889. It is tall."}]},
+               {"question": "Who built it?", "answer": [], "passages": [{"wikipage": "Tower", "content": "Tower\n\nEiffel built it."}]}]
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    data = load_qa(path, skip_incomplete=True)
+    (e,) = data.examples
+    assert e.passages[0].title == "Tower" and e.passages[0].sentences == ("The tower opened in 1889.", "It is tall.")
+    assert e.reference == "It opened in 1889."
+    assert str(data.dropped[0]).startswith(f"{path} record 1 field gold")
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_repetition_support_and_win_rate_by_hand():
+    from finegrain.experiments.qa.metrics import duplicate_sentences, repeated_ngram_share, supported_sentences, win_rate
+
+    # "a b c a b c": 3-grams abc, bca, cab, abc -> one of four repeats an earlier one
+    assert repeated_ngram_share("a b c a b c") == (1, 4)
+    assert repeated_ngram_share("one two") == (0, 0)
+    assert duplicate_sentences(["The tower is tall.", "Paris is big.", "the tower is TALL!"]) == 1
+    passage = {"tower", "opened", "1889", "paris"}
+    # content words: [tower, opened, 1889] all found; [tower, painted, red] one of three
+    assert supported_sentences(["The tower opened in 1889.", "The tower is painted red.", "It is."], passage) == (1, 2)
+    assert win_rate([1.0, 0.0, 0.5], [0.0, 1.0, 0.5]) == pytest.approx(0.5)
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+def _yaml(name: str) -> dict:
+    return yaml.safe_load((REPO / "configs" / "qa" / f"{name}.yaml").read_text(encoding="utf-8"))
+
+
+def test_ppo_arms_differ_only_in_rewards_and_use_the_papers_mappings():
+    fg, hol = _yaml("ppo_finegrained"), _yaml("ppo_holistic")
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("rewards", "run")} | {"run": {k: v for k, v in c["run"].items() if k != "out"}}
+    assert strip(fg) == strip(hol)
+    assert fg["ppo"]["reward_norm"] == "batch"
+    by = {r["name"]: r for r in fg["rewards"]}
+    assert (by["relevance"]["mapping"], by["relevance"]["reward_ok"], by["relevance"]["reward_error"]) == ("binary", 0.3, -0.3)
+    assert (by["factuality"]["mapping"], by["factuality"]["reward_ok"], by["factuality"]["reward_error"]) == ("binary", 0.5, -0.5)
+    assert (by["completeness"]["mapping"], by["completeness"]["scale"]) == ("standardize", 0.3)
+    assert [(r["name"], r["mapping"]) for r in hol["rewards"]] == [("preference", "standardize")]
+    weights = {}
+    for preset in ("short", "medium", "long"):
+        p = _yaml(f"preset_{preset}")
+        assert strip(p) == strip(fg)
+        weights[preset] = {r["name"]: r["weight"] for r in p["rewards"]}
+        assert [{k: v for k, v in r.items() if k != "weight"} for r in p["rewards"]] == [{k: v for k, v in r.items() if k != "weight"} for r in fg["rewards"]]
+    assert weights["medium"] == {r["name"]: r["weight"] for r in fg["rewards"]}
+    assert weights["short"]["relevance"] > weights["medium"]["relevance"] > weights["long"]["relevance"]
+    assert weights["short"]["completeness"] < weights["medium"]["completeness"] < weights["long"]["completeness"]
+
+
+def test_every_stage_config_loads_and_reads_only_the_training_split():
+    from finegrain.config import load_config
+    from finegrain.experiments.qa.demo import PPO_RUNS, PREF_RUNS
+    from finegrain.recipes.sft import SFTConfig
+    from finegrain.rewards.rm_config import RMTrainConfig
+    from finegrain.rl.config import TrainConfig
+
+    folder = REPO / "configs" / "qa"
+    assert load_config(SFTConfig, folder / "sft.yaml").data.feedback == "runs/qa/data/train.jsonl"
+    for name in PPO_RUNS.values():
+        assert load_config(TrainConfig, folder / f"{name}.yaml").data.prompts == "runs/qa/data/train.jsonl"
+    for recipe, name in PREF_RUNS.values():
+        from finegrain.recipes import RECIPES
+        import importlib
+
+        module, cls, _ = RECIPES[recipe]
+        assert load_config(getattr(importlib.import_module(module), cls), folder / f"{name}.yaml").data.feedback == "runs/qa/data/train.jsonl"
+    for role in ("relevance", "factuality", "completeness", "preference"):
+        cfg = load_config(RMTrainConfig, folder / f"rm_{role}.yaml")
+        assert cfg.category == role
+
+
+# --- the demo on tiny models --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer("minilm-l6", padding_side="right")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("qa-bert")
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_settings(bert: Path) -> list[str]:
+    return [
+        "sft.run.steps=2", "sft.run.eval_every=2", "sft.data.eval_examples=2", "sft.prompt.max_prompt_tokens=96", "sft.prompt.max_response_tokens=12",
+        "sft.optim.lr=1e-3", "sft.model.precision=fp32",
+        f"rm.backbone={bert}", "rm.max_length=128", "rm.epochs=1", "rm.bf16=false", "rm.threads=1",
+        "ppo.run.steps=2", "ppo.run.save_every=1", "ppo.data.max_prompt_tokens=96", "ppo.sampling.max_new_tokens=10", "ppo.sampling.samples_per_prompt=2",
+        "ppo.ppo.prompts_per_step=2", "ppo.ppo.minibatch_size=4", "ppo.run.progress=false", "ppo.model.precision=fp32",
+        "pref.run.steps=2", "pref.run.eval_every=2", "pref.data.eval_examples=2", "pref.prompt.max_prompt_tokens=96", "pref.prompt.max_response_tokens=12",
+        "pref.model.precision=fp32",
+    ]
+
+
+def test_demo_qa_every_stage_resumes_and_never_trains_on_held_out_questions(tmp_path, tiny, tiny_bert, one_thread, monkeypatch, capsys):
+    import finegrain.data.load as load
+    from finegrain.experiments.qa.demo import QADemoConfig, all_stages, run_demo
+    from finegrain.experiments.qa.task import heldout_questions
+
+    data = write_qa(tmp_path / "qa.jsonl", 10)
+    base = dict(out=str(tmp_path / "demo"), data=str(data), heldout=2, policy=str(tiny), overrides=tiny_settings(tiny_bert),
+                eval_max_new_tokens=8, eval_max_prompt_tokens=96, threads=1)
+    run_demo(QADemoConfig(**base, stages=["split"]))
+    held = heldout_questions(tmp_path / "demo" / "data")
+    assert len(held) == 2
+    # 1. every training stage, with any read of a held-out question failing the test
+    real = load.load_examples
+    reads: list[str] = []
+
+    def guarded(path, *args, **kwargs):
+        examples = real(path, *args, **kwargs)
+        leaked = [e.prompt for e in examples if e.prompt in held]
+        assert not leaked, f"a training stage read held-out question(s) {leaked} from {path}"
+        reads.append(str(path))
+        return examples
+
+    monkeypatch.setattr(load, "load_examples", guarded)
+    training = [s for s in all_stages([0]) if s not in ("split", "rm-eval", "report") and not s.startswith("eval-")]
+    run_demo(QADemoConfig(**base, stages=training))
+    assert reads and all(Path(p).name == "train.jsonl" for p in reads)
+    monkeypatch.setattr(load, "load_examples", real)
+    # 2. evaluation and the report
+    report = run_demo(QADemoConfig(**base))
+    out = tmp_path / "demo"
+    text = report.read_text(encoding="utf-8")
+    for label in ("SFT", "Holistic PPO", "Fine-grained PPO (preset medium)", "DPO, span pairs", "SimPO, human pairs", "preset long"):
+        assert label in text
+    assert (out / "rewards.png").stat().st_size > 0 and (out / "presets.png").stat().st_size > 0
+    sft = json.loads((out / "sft" / "eval" / "metrics.json").read_text())
+    fg = json.loads((out / "ppo-finegrained" / "eval" / "metrics.json").read_text())
+    assert sft["win_rate"] is None and 0.0 <= fg["win_rate"] <= 1.0
+    for key in ("relevance_error_rate", "factuality_error_rate", "completeness", "rouge_l", "passage_support", "length_tokens"):
+        assert fg[key] is not None
+    assert set(json.loads((out / "rm" / "heldout.json").read_text())) == {"relevance", "factuality", "completeness", "preference"}
+    # 3. resume: a finished demo keeps every stage; a lost evaluation and an interrupted run are redone
+    (out / "ppo-holistic" / "final").rename(out / "ppo-holistic" / "final-old")
+    import shutil
+
+    shutil.rmtree(out / "ppo-holistic" / "eval")
+    capsys.readouterr()
+    run_demo(QADemoConfig(**base))
+    err = capsys.readouterr().err
+    assert "sft: done earlier, kept" in err and "rm-preference: done earlier, kept" in err
+    assert "ppo-holistic: done earlier" not in err and "eval-ppo-holistic: done earlier" not in err
+    assert "eval-ppo-finegrained: done earlier, kept" in err
+    assert (out / "ppo-holistic" / "final").is_dir() and (out / "ppo-holistic" / "eval" / "metrics.json").is_file()
+    # 4. the same evaluation and report from the command line
+    from finegrain.cli import main
+
+    assert main(["eval", "--task", "qa", str(out / "ppo-finegrained" / "final"), "--prompts", str(out / "data" / "heldout.jsonl"),
+                 "--rms", str(out / "rm"), "--baseline", str(out / "sft" / "eval"), "--max-new-tokens", "6", "--max-prompt-tokens", "96",
+                 "--out", str(tmp_path / "cli-eval"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "cli-eval" / "metrics.json").read_text())["questions"] == 2
+    assert main(["report", "--task", "qa", str(out / "sft"), str(out / "ppo-finegrained"), "--out", str(tmp_path / "rep"), "--rms", str(out / "rm")]) == 0
+    assert "| sft | 1 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_an_rm_that_does_not_fit_its_role_fails_before_any_model_loads(tmp_path):
+    from finegrain.config import ConfigError
+    from finegrain.experiments.qa.task import check_reward_roles
+    from finegrain.rewards.card import Calibration, RMCard
+    from finegrain.rl.config import RewardConfig
+
+    folder = tmp_path / "rm-factuality"
+    folder.mkdir()
+    RMCard(kind="span", name="factuality", level="sentence", categories=[], label_map={}, score="p_error", input_template="", passages=True,
+           truncation="", marker=None, max_length=16, backbone="x", tokenizer="x", data={}, training={}, calibration=Calibration(0, 1, 0)).save(folder)
+    rewards = [RewardConfig(kind="rm", name="relevance", path=str(folder), mapping="binary")]
+    with pytest.raises(ConfigError) as err:
+        check_reward_roles("configs/qa/ppo_finegrained.yaml", rewards)
+    assert "configs/qa/ppo_finegrained.yaml rewards[0].path" in str(err.value) and "span RM 'factuality' at sentence level" in str(err.value)
+    check_reward_roles("x.yaml", [RewardConfig(kind="rm", name="factuality", path=str(folder), mapping="binary")])
+
+
+def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
+    from dataclasses import replace
+
+    from finegrain.cli import main
+    from finegrain.data.jsonl import write_jsonl
+
+    out = str(tmp_path / "d")
+    assert main(["demo", "qa", "--out", out, "--set", "ppo.ppo.nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err and not Path(out).exists()
+    assert main(["demo", "qa", "--out", out, "--set", "dpo.run.steps=1"]) == 2
+    assert "GROUP one of sft, rm, ppo, pref" in capsys.readouterr().err
+    assert main(["demo", "qa", "--out", out, "--stage", "ppo-sideways"]) == 2
+    assert "'ppo-sideways' is not a stage" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [replace(e, reference=None) if e.id == "q1" else e for e in qa_examples(5)])  # record 3 is held out
+    assert main(["demo", "qa", "--out", out, "--data", str(bad), "--heldout", "1", "--stage", "split"]) == 0  # the demo leaves q1 out...
+    assert "record 1 field reference: a QA example needs a gold answer" in capsys.readouterr().err
+    assert main(["demo", "qa", "--out", out + "-strict", "--data", str(bad), "--heldout", "1", "--stage", "split", "--strict"]) == 2
+    assert f"{bad} record 1 field reference: a QA example needs a gold answer" in capsys.readouterr().err
+    assert main(["eval", "--task", "qa", "some-policy", "--prompts", str(bad)]) == 2  # ...evaluation refuses it
+    assert f"{bad} record 1 field reference" in capsys.readouterr().err
+    assert main(["eval", "--task", "qa", "some-policy"]) == 2
+    assert "--prompts: --task qa needs the held-out questions" in capsys.readouterr().err
+    assert main(["demo", "detox", "--stage", "split"]) == 2
+    assert "options of `finegrain demo qa`" in capsys.readouterr().err
+
+
+def test_ppo_prompts_carry_the_passages_within_the_budget(tiny):
+    from finegrain.config import load_config
+    from finegrain.rl.config import TrainConfig
+    from finegrain.rl.trainer import make_renderer
+
+    cfg = load_config(TrainConfig, REPO / "configs" / "qa" / "ppo_finegrained.yaml")
+    renderer = make_renderer(cfg, str(tiny))
+    example = qa_examples(1)[0]
+    rendered = renderer.render(example)
+    assert "How many apples are in basket 0?" in rendered.text and "wikipage: Basket 0 text: Basket 0 holds 0 apples." in rendered.text
+    assert rendered.tokens <= cfg.data.max_prompt_tokens == 128
