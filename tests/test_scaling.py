@@ -72,7 +72,7 @@ def test_fsdp2_sharded_generation_and_saving_on_two_cpu_processes(tmp_path, tiny
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         str(Path(__file__)), "--fsdp2-worker", str(tiny), str(tmp_path / "final"),
     ]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generation and saving checked" in done.stdout
 
