@@ -75,13 +75,13 @@ def config(recipe: str, policy: str, backend: str, out: Path, steps: int, pairs:
 
 def arm(recipe: str, policy: str, backend: str, steps: int, pairs: str) -> dict:
     """One arm, in this process: run the recipe, return its mean phase times (the first step, warm-up, dropped)."""
+    import importlib
+
     import yaml
 
     from finegrain.config import load_config
     from finegrain.kernel.run import read_metrics
     from finegrain.recipes import RECIPES
-
-    import importlib
 
     module_name, config_name, _ = RECIPES[recipe]
     module = importlib.import_module(module_name)

@@ -36,7 +36,7 @@ def missing() -> str | None:
 def parity(policy: str, prompts: int = 32, samples: int = 4, max_new_tokens: int = 64, precision: str = "fp32") -> dict[str, float]:
     import torch
 
-    from finegrain.kernel.generation import GenerationSettings, finish_responses
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator, finish_responses
     from finegrain.kernel.logprobs import response_logprobs
     from finegrain.kernel.models import autocast, load_causal_lm, set_pad_token
     from finegrain.kernel.sequences import pad_left
@@ -47,7 +47,7 @@ def parity(policy: str, prompts: int = 32, samples: int = 4, max_new_tokens: int
     tok = load_tokenizer(path, padding_side="left")
     model = load_causal_lm(path).cuda().eval()
     set_pad_token(model, tok)
-    gen = VLLMGenerator(model, tok, precision=precision, gpu_memory=0.4)
+    gen = VLLMGenerator(HFGenerator(model, tok, precision=precision), gpu_memory=0.4)
     rows = [tok(PROMPTS[i % len(PROMPTS)], add_special_tokens=False)["input_ids"] for i in range(prompts)]
     ids, mask = pad_left(rows, tok.pad_token_id)
     settings = GenerationSettings(samples, max_new_tokens, 0, 1.0, 0, 1.0)  # no filtering: vLLM's log-probs are the model's

@@ -71,9 +71,9 @@ class ReplayGenerator:
         return finish_responses(query_ids.repeat_interleave(g_, 0), query_mask.repeat_interleave(g_, 0), torch.stack(rows), eos, self.tokenizer.pad_token_id)
 
 
-def use_replay(module) -> None:
-    """Make every recipe sample through ReplayGenerator (`module` is finegrain.kernel.generation)."""
-    module.make_generator = lambda backend, model, tokenizer, *a, **k: ReplayGenerator(tokenizer)
+def replay_generator(backend, model, tokenizer, *args, **kwargs) -> ReplayGenerator:
+    """Stands in for `generation.make_generator`: every recipe then samples through ReplayGenerator."""
+    return ReplayGenerator(tokenizer)
 
 
 def configs(policy: Path, feedback: Path, out: Path, processes: int) -> dict[str, dict]:
@@ -94,13 +94,13 @@ def configs(policy: Path, feedback: Path, out: Path, processes: int) -> dict[str
 
 def worker(plan_file: str) -> None:
     """Run each recipe of the plan (a JSON {recipe: config file}) with the ReplayGenerator."""
+    import importlib
+
     import finegrain.kernel.generation as generation
     from finegrain.config import load_config
     from finegrain.recipes import RECIPES as ALL
 
-    use_replay(generation)
-    import importlib
-
+    generation.make_generator = replay_generator
     from accelerate.state import AcceleratorState, PartialState
 
     # one process group for the four runs: each recipe's `end_training` would destroy it
@@ -141,7 +141,7 @@ def runs(tmp_path_factory):
     try:
         import finegrain.kernel.generation as generation
 
-        mp.setattr(generation, "make_generator", lambda backend, model, tokenizer, *a, **k: ReplayGenerator(tokenizer))
+        mp.setattr(generation, "make_generator", replay_generator)
         worker(str(root / "plan1.json"))  # meanwhile, the two processes run theirs
     finally:
         mp.undo()
@@ -159,7 +159,6 @@ def _compared(row: dict) -> dict:
 @pytest.mark.embedded  # the SmolLM2 tokenizer
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_two_processes_train_as_one(runs, recipe):
-    import torch
     from safetensors.torch import load_file
 
     from finegrain.kernel.run import read_metrics

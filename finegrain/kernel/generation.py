@@ -173,12 +173,13 @@ def make_generator(
     """The generation backend a recipe's config names: `hf` (Hugging Face `generate` on the trained
     model) or `vllm` (a colocated vLLM engine, weights pushed by `sync_weights`). `field_name` is
     the config field named in errors; `gpu_memory` the share of GPU memory vLLM may take."""
+    hf = HFGenerator(model, tokenizer, accelerator, precision, pick)
     if backend == "hf":
-        return HFGenerator(model, tokenizer, accelerator, precision, pick)
+        return hf
     if backend == "vllm":
         from finegrain.kernel.vllm_generation import VLLMGenerator
 
-        return VLLMGenerator(model, tokenizer, accelerator, precision, pick, field_name=field_name, gpu_memory=gpu_memory)
+        return VLLMGenerator(hf, field_name=field_name, gpu_memory=gpu_memory)
     from finegrain.config import ConfigError
 
     raise ConfigError(f"{field_name}: unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")

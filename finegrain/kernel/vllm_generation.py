@@ -19,17 +19,15 @@ Shape legend: N prompts, G samples per prompt, B = N * G responses, P prompt tok
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from finegrain.kernel.generation import GenerationSettings, finish_responses, full_tensors
+from finegrain.kernel.generation import GenerationSettings, HFGenerator, finish_responses, full_tensors
 from finegrain.kernel.sequences import Sequences, eos_token_ids
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
 
 def check_vllm(field_name: str = "sampling.backend") -> None:
@@ -77,23 +75,16 @@ def completion_tokens(completion, eos: list[int]) -> list[int]:
 class VLLMGenerator:
     """A colocated vLLM engine that samples with the trained model's current weights."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: "PreTrainedTokenizerBase",
-        accelerator: "Accelerator | None" = None,
-        precision: str = "fp32",
-        pick: Callable[[torch.nn.Module], "PreTrainedModel"] | None = None,
-        field_name: str = "sampling.backend",
-        gpu_memory: float = 0.3,
-    ):
+    def __init__(self, trained: HFGenerator, field_name: str = "sampling.backend", gpu_memory: float = 0.3):
+        """`trained`: the trained model as the Hugging Face backend holds it (module, tokenizer,
+        accelerator, precision, `pick`); vLLM samples in its place."""
         check_vllm(field_name)
         from vllm import LLM
 
         from finegrain.precision import use_bf16
 
-        self.model, self.tokenizer, self.accelerator = model, tokenizer, accelerator
-        self.pick = pick or (lambda m: m)
+        self.model, self.tokenizer, self.accelerator, self.pick = trained.model, trained.tokenizer, trained.accelerator, trained.pick
+        accelerator, tokenizer, precision = trained.accelerator, trained.tokenizer, trained.precision
         lm = self._lm()
         self.eos = eos_token_ids(lm, tokenizer)
         rank = accelerator.process_index if accelerator is not None else 0

@@ -232,8 +232,6 @@ def normalise_rewards(run: Run, state: TrainerState, scores, mask: "torch.Tensor
     """The source rewards PPO optimises, normalised per `ppo.reward_norm` with statistics pooled over
     every process (and, for `running`, over every step so far: kept in the trainer state, so a resumed
     run normalises exactly as an uninterrupted one). Returns the (B, T) rewards and what to log."""
-    import torch
-
     from finegrain.rl import maths
 
     mode, acc = run.cfg.ppo.reward_norm, run.accelerator
