@@ -68,9 +68,13 @@ def parity(policy: str, prompts: int = 32, samples: int = 4, max_new_tokens: int
     seq = finish_responses(ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0), responses, gen.eos, tok.pad_token_id).to("cuda")
     with torch.no_grad(), autocast("cuda", precision):
         hf_lp = response_logprobs(model, seq).float().cpu()
-    m = seq.response_mask.cpu()
-    m[:, : vllm_lp.shape[1]] &= torch.tensor([[j < len(c.token_ids) for j in range(vllm_lp.shape[1])] for c in completions])  # tokens vLLM scored
-    diff = (hf_lp - vllm_lp[:, : hf_lp.shape[1]]).abs()[m[:, : hf_lp.shape[1]]]
+    m = seq.response_mask.cpu()  # (B, T)
+    T = m.shape[1]
+    scored = torch.zeros_like(m)  # the tokens vLLM gave a log-prob (an appended stop token has none)
+    for b, c in enumerate(completions):
+        scored[b, : min(len(c.token_ids), T)] = True
+    m &= scored
+    diff = (hf_lp - vllm_lp[:, :T]).abs()[m]
     return {"responses": float(len(tokens)), "tokens": float(m.sum()), "max_abs_logprob_diff": float(diff.max()), "mean_abs_logprob_diff": float(diff.mean())}
 
 
