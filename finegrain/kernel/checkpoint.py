@@ -109,14 +109,19 @@ def load_checkpoint(accelerator: "Accelerator", folder: Path, state_type: type[S
 
 
 def save_policy(
-    policy: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", folder: Path, info: dict[str, Any] | None = None
+    policy: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    folder: Path,
+    info: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """The policy in HF format (what `from_pretrained` and the evaluation read), replaced atomically.
+    `state_dict`: the whole weights when `policy` holds only a shard of them (`run.full_state_dict`).
     A `.tmp-*` or `.old-*` folder left by a kill is removed by the next save."""
     tmp = folder.parent / f".tmp-{folder.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.save_pretrained(tmp)
+    policy.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if info is not None:
         atomic_write_json(tmp / "finegrain_policy.json", info)

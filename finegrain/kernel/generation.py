@@ -7,7 +7,9 @@ push; an engine that keeps its own copy of the weights (vLLM) implements the sam
 copies the weights there, and no recipe changes.
 
 This module holds the library's only call of `generate(`: rollouts, evaluation, annotation
-sampling and `finegrain models generate` all come through `HFGenerator`.
+sampling and `finegrain models generate` all come through `HFGenerator`; `make_generator` picks the
+backend a recipe's `sampling.backend` names (`hf`, or `vllm`: kernel/vllm_generation.py), and every
+backend ends its responses with `finish_responses` (the one response-mask rule, the same trimming).
 Shape legend: N prompts, G samples per prompt, B = N * G responses, P prompt tokens, T response tokens.
 """
 
@@ -55,16 +57,35 @@ class Generator(Protocol):
         ...
 
 
+BACKENDS = ("hf", "vllm")
+
+
+def is_sharded(model: torch.nn.Module, accelerator: "Accelerator | None") -> bool:
+    """Whether the processes hold only shards of `model`'s parameters (FSDP2, DeepSpeed ZeRO-3)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return False
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed support
+        return False
+    return isinstance(model, FSDPModule)
+
+
 @contextlib.contextmanager
 def gathered_for_generation(model: torch.nn.Module, accelerator: "Accelerator | None") -> Iterator[torch.nn.Module]:
     """The trained module, unwrapped, with every parameter it generates with present on this process.
 
     - DeepSpeed ZeRO-3 partitions each parameter over the processes: gather them all for the
       duration (`deepspeed.zero.GatheredParameters`), as TRL's `unwrap_model_for_generation` does.
-    - FSDP: the root unit's own parameters (embeddings, heads) are only gathered by the root's
-      forward, which `generate` on an inner module bypasses: unshard the root for the duration
-      (FSDP2 `unshard`/`reshard`, FSDP1 `summon_full_params(recurse=False)`); the inner units keep
-      gathering their layer's parameters in their own forward hooks.
+    - FSDP2: the root unit's own parameters (embeddings, heads; for PPO's actor-critic the value
+      head too) are only gathered by the root's forward, which `generate` on an inner module
+      bypasses: unshard the root for the duration; the inner units (one per transformer layer)
+      keep gathering their layer in their own forward hooks, so every process must run the same
+      number of forwards (`HFGenerator` passes `synced_gpus`). FSDP1 is refused when the
+      accelerator is made (`kernel.run.check_distributed`).
     - One process, DDP: every process holds the whole model; nothing to gather.
     """
     if accelerator is None:
@@ -78,7 +99,7 @@ def gathered_for_generation(model: torch.nn.Module, accelerator: "Accelerator | 
             yield accelerator.unwrap_model(model)
         return
     try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+        from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch built without distributed support
         yield accelerator.unwrap_model(model)
         return
@@ -88,11 +109,80 @@ def gathered_for_generation(model: torch.nn.Module, accelerator: "Accelerator | 
             yield model
         finally:
             model.reshard()
-    elif isinstance(model, FullyShardedDataParallel):
-        with FullyShardedDataParallel.summon_full_params(model, recurse=False, writeback=False):
-            yield accelerator.unwrap_model(model, keep_fsdp_wrapping=False)
     else:
         yield accelerator.unwrap_model(model)
+
+
+def holds_shards(module: torch.nn.Module) -> bool:
+    """Whether some parameter of `module` is a shard: an FSDP2 DTensor or a DeepSpeed ZeRO-3 partition."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        DTensor = ()  # noqa: N806
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in module.parameters())
+
+
+def full_tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every entry of `module`'s state dict, whole, one at a time (so at most one gathered
+    parameter is alive beyond the shards): FSDP2 DTensors all-gathered, DeepSpeed ZeRO-3 partitions
+    gathered for the copy, anything else as it is. Names as in the plain model (what
+    `save_pretrained` and vLLM's `load_weights` read). Collective when sharded: every process must
+    iterate it to the end."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        DTensor = ()  # noqa: N806
+    for name, t in module.state_dict(keep_vars=True).items():
+        name = name.replace("_checkpoint_wrapped_module.", "")  # FSDP activation checkpointing's wrapper
+        if isinstance(t, DTensor):
+            yield name, t.full_tensor().detach()
+        elif hasattr(t, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([t]):
+                yield name, t.detach().clone()
+        else:
+            yield name, t.detach()
+
+
+def finish_responses(
+    query_ids: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor, eos: list[int], pad_id: int
+) -> Sequences:
+    """What every backend returns: the response-mask rule (`sequences.response_mask`), responses
+    trimmed to the longest one, the pad token after each response's end.
+
+    Shape: query_ids (B, P), query_mask (B, P), responses (B, T') -> Sequences with T <= T'.
+    """
+    rmask = response_mask(responses, eos)
+    width = int(rmask.sum(-1).max().clamp(min=1))
+    responses, rmask = responses[:, :width], rmask[:, :width]
+    responses = torch.where(rmask, responses, torch.full_like(responses, pad_id))
+    return Sequences(query_ids, query_mask, responses, rmask)
+
+
+def make_generator(
+    backend: str,
+    model: torch.nn.Module,
+    tokenizer: "PreTrainedTokenizerBase",
+    accelerator: "Accelerator | None" = None,
+    precision: str = "fp32",
+    pick: Callable[[torch.nn.Module], "PreTrainedModel"] | None = None,
+    field_name: str = "sampling.backend",
+    gpu_memory: float = 0.3,
+) -> Generator:
+    """The generation backend a recipe's config names: `hf` (Hugging Face `generate` on the trained
+    model) or `vllm` (a colocated vLLM engine, weights pushed by `sync_weights`). `field_name` is
+    the config field named in errors; `gpu_memory` the share of GPU memory vLLM may take."""
+    hf = HFGenerator(model, tokenizer, accelerator, precision, pick)
+    if backend == "hf":
+        return hf
+    if backend == "vllm":
+        from finegrain.kernel.vllm_generation import VLLMGenerator
+
+        return VLLMGenerator(hf, field_name=field_name, gpu_memory=gpu_memory)
+    from finegrain.config import ConfigError
+
+    raise ConfigError(f"{field_name}: unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class HFGenerator:
@@ -136,10 +226,6 @@ class HFGenerator:
                     eos_token_id=eos,
                     pad_token_id=self.tokenizer.pad_token_id,
                     use_cache=True,
+                    synced_gpus=is_sharded(self.model, self.accelerator),  # FSDP2/ZeRO-3: every process runs every forward
                 )
-        responses = out[:, ids.shape[1] :]  # (B, T)
-        rmask = response_mask(responses, eos)
-        width = int(rmask.sum(-1).max().clamp(min=1))
-        responses, rmask = responses[:, :width], rmask[:, :width]
-        responses = torch.where(rmask, responses, torch.full_like(responses, self.tokenizer.pad_token_id))
-        return Sequences(ids, mask, responses, rmask)
+        return finish_responses(ids, mask, out[:, ids.shape[1] :], eos, self.tokenizer.pad_token_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,24 +32,41 @@ def build_scheduler(optimizer: "torch.optim.Optimizer", schedule: str, warmup_st
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 
+@contextlib.contextmanager
+def micro_batch(accelerator, model, last: bool) -> Iterator[None]:
+    """The backward of one micro-batch of an optimiser step: DDP/FSDP sync gradients on the last only;
+    DeepSpeed (whose engine clips, steps and zeroes inside `backward`) is told that only the last
+    is a gradient-accumulation boundary."""
+    if last:
+        yield
+        return
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    if deepspeed:
+        accelerator.gradient_state._set_sync_gradients(False)
+    try:
+        with accelerator.no_sync(model):
+            yield
+    finally:
+        if deepspeed:
+            accelerator.gradient_state._set_sync_gradients(True)
+
+
 def accumulated_step(accelerator, model, optimizer, micro_batches, loss_of, max_grad_norm: float, precision: str, name: str):
     """One optimiser step over micro-batches (gradient accumulation; DDP syncs on the last only).
     `loss_of(batch)` returns (the micro-batch's share of the batch loss, its statistics).
     Returns (the statistics of every micro-batch, the gradient norm before clipping)."""
-    import contextlib
-
     from finegrain.kernel.models import autocast
     from finegrain.kernel.run import check_finite
 
     stats = []
     for j, batch in enumerate(micro_batches):
         last = j == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not last else contextlib.nullcontext(), autocast(accelerator.device, precision):
+        with micro_batch(accelerator, model, last), autocast(accelerator.device, precision):
             loss, s = loss_of(batch)
             check_finite(accelerator, name, loss)
             accelerator.backward(loss)
         stats.append(s)
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)) if max_grad_norm > 0 else 0.0
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) or 0.0) if max_grad_norm > 0 else 0.0
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return stats, grad_norm

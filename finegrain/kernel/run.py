@@ -89,9 +89,62 @@ def make_accelerator(out: Path, seed: int, config: Any, log_with: list[str] = ()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+    check_distributed(accelerator)
     if log_with:
         accelerator.init_trackers(project, config=flat_config(to_dict(config)), init_kwargs={"wandb": {"dir": str(out)}})
     return accelerator
+
+
+def check_distributed(accelerator: "Accelerator") -> None:
+    """Refuse what would train wrongly without saying so:
+    - several processes launched but each set up alone (accelerate 1.x does this on a machine
+      without GPUs given an FSDP or DeepSpeed config and no ACCELERATE_USE_CPU): N independent runs
+      writing one folder;
+    - FSDP1 (`fsdp_version: 1`): finegrain gathers parameters for generation and saving the FSDP2 way.
+    And say when an FSDP config runs as DDP (accelerate runs FSDP on GPUs only; on CPU it falls back)."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            f"accelerate launch started {launched} processes, but accelerate set each up as a single process "
+            f"(distributed_type {accelerator.distributed_type.value}): they would train {launched} separate copies. "
+            "FSDP and DeepSpeed need GPUs; on CPU launch with ACCELERATE_USE_CPU=true and --multi_gpu (DDP over gloo), docs/scaling.md"
+        )
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type == DistributedType.FSDP and plugin is not None and plugin.fsdp_version != 2:
+        raise ConfigError("accelerate config fsdp_config.fsdp_version: finegrain needs FSDP2 (fsdp_version: 2), got 1; see configs/accelerate/fsdp2.yaml")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
+        print(f"note: the accelerate config asks for FSDP, but accelerate runs {accelerator.distributed_type.value} here "
+              "(it shards with FSDP on GPUs only); every process holds the whole model")
+
+
+def configure_deepspeed(accelerator: "Accelerator", max_grad_norm: float) -> None:
+    """Under DeepSpeed, before `prepare`: the settings accelerate would take from a data loader
+    (finegrain has none) and the recipe's gradient clipping, which DeepSpeed's engine applies itself.
+    The micro-batch size only feeds DeepSpeed's bookkeeping: finegrain cuts its own micro-batches."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_clipping"] = float(max_grad_norm)
+
+
+def prepare_trained(accelerator: "Accelerator", model, optimizer, scheduler, max_grad_norm: float):
+    """accelerate's `prepare` of the trained module, its optimiser and schedule. Under DeepSpeed
+    (`configure_deepspeed` first) the schedule stays out of DeepSpeed's engine, which would step it
+    at every optimiser step where finegrain's schedules count recipe steps; it is registered so
+    that checkpoints still save it."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is None:
+        return accelerator.prepare(model, optimizer, scheduler)
+    configure_deepspeed(accelerator, max_grad_norm)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    return model, optimizer, scheduler
 
 
 def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,6 +249,24 @@ def reduce_across_processes(accelerator: "Accelerator", row: dict[str, float]) -
     return dict(zip(keys, values.tolist()))
 
 
+def process_mean(accelerator: "Accelerator", value: float) -> float:
+    """The mean of `value` over processes. A loss that is a mean over tokens divides its sum by the
+    mean *per-process* token count (not its own): DDP averages the processes' gradients, so the
+    result is the gradient of the mean over every process's tokens, as one process holding them all
+    would compute it."""
+    return sum_across_processes(accelerator, [value])[0] / accelerator.num_processes
+
+
+def sum_across_processes(accelerator: "Accelerator", values: list[float]) -> list[float]:
+    """Each of `values` summed over processes (float64): pooled statistics, e.g. `Moments`."""
+    if accelerator.num_processes == 1:
+        return [float(v) for v in values]
+    import torch
+
+    pooled = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum")
+    return pooled.tolist()
+
+
 def stop_together(accelerator: "Accelerator", problem: str | None) -> None:
     """Raise TrainingError on every process when any process found a problem: a process that
     stopped alone would leave the others waiting at their next collective operation."""
@@ -248,26 +319,46 @@ def keep_best(
     tokenizer: "PreTrainedTokenizerBase",
     score_name: str = "eval",
 ) -> bool:
-    """Save `model` (unwrapped) as out/best when `score` beats the best so far; returns whether it did."""
+    """Save `model` (unwrapped) as out/best when `score` beats the best so far; returns whether it did.
+    Every process must call it (a sharded model is gathered by all of them)."""
     best = state.best_eval
     better = best is None or (score > best if higher_is_better else score < best)
     if better:
         state.best_eval, state.best_step = score, state.step
+        full = full_state_dict(accelerator, model)
         if accelerator.is_main_process:
-            save_policy(model, tokenizer, out / "best", {"step": state.step, score_name: score})
+            save_policy(model, tokenizer, out / "best", {"step": state.step, score_name: score}, full)
     accelerator.wait_for_everyone()
     return better
 
 
 def save_final(accelerator: "Accelerator", out: Path, state: RunState, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
-    """out/final; and out/best too when no evaluation ran (the final policy is the best we know)."""
+    """out/final; and out/best too when no evaluation ran (the final policy is the best we know).
+    Every process must call it (a sharded model is gathered by all of them)."""
     accelerator.wait_for_everyone()
+    full = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
         info = {"step": state.step, "best_step": state.best_step, "best_eval": state.best_eval}
-        save_policy(model, tokenizer, out / "final", info)
+        save_policy(model, tokenizer, out / "final", info, full)
         if state.best_step is None:
-            save_policy(model, tokenizer, out / "best", {**info, "best_step": state.step})
+            save_policy(model, tokenizer, out / "best", {**info, "best_step": state.step}, full)
     accelerator.wait_for_everyone()
+
+
+def full_state_dict(accelerator: "Accelerator", model: "torch.nn.Module") -> dict[str, "torch.Tensor"] | None:
+    """The whole state dict of `model` (unwrapped, or a sub-module of it such as PPO's policy) on
+    the main process, gathered from every process's shards under FSDP2 or DeepSpeed ZeRO-3; None
+    where nothing is sharded (one process, DDP, ZeRO-1/2: `model`'s own state dict is whole).
+    Every process must call it: the gather is collective."""
+    from finegrain.kernel.generation import full_tensors, holds_shards
+
+    if accelerator.num_processes == 1 or not holds_shards(model):
+        return None
+    full = {}
+    for name, tensor in full_tensors(model):
+        if accelerator.is_main_process:
+            full[name] = tensor.to("cpu", copy=True)
+    return full if accelerator.is_main_process else None
 
 
 # --- what every recipe's setup and loop share ---------------------------------------------------
@@ -301,7 +392,7 @@ def prepare_policy(accelerator: "Accelerator", policy_path: str, prompt: "Prompt
     model.eval()
     optimizer = build_optimizer(model, optim.lr, optim.weight_decay, accelerator.device)
     scheduler = build_scheduler(optimizer, optim.schedule, optim.warmup_steps, steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare_trained(accelerator, model, optimizer, scheduler, optim.max_grad_norm)
     return Trainable(model, tokenizer, prompts, optimizer, scheduler)
 
 

@@ -232,7 +232,7 @@ def check_inputs(cfg: CriticFreeConfig, out: Path, resume: bool) -> Inputs:
 def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inputs) -> Run:
     from finegrain.kernel import run as R
     from finegrain.kernel.config import PromptConfig
-    from finegrain.kernel.generation import HFGenerator
+    from finegrain.kernel.generation import make_generator
     from finegrain.kernel.models import load_frozen, set_pad_token
     from finegrain.precision import use_bf16
     from finegrain.rl.sources import build_sources
@@ -244,7 +244,8 @@ def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inpu
     if ref is not None:
         set_pad_token(ref, policy.tokenizer)
     sources = build_sources(cfg.rewards, inputs.cards, device=str(acc.device), bf16=use_bf16(cfg.model.precision, acc.device.type))
-    generator = HFGenerator(policy.model, policy.tokenizer, acc, cfg.model.precision)
+    s = cfg.sampling
+    generator = make_generator(s.backend, policy.model, policy.tokenizer, acc, cfg.model.precision, gpu_memory=s.vllm_gpu_memory)
     return Run(cfg, out, acc, policy, ref, generator, sources, inputs)
 
 
@@ -345,6 +346,7 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
     to the minibatch's aggregate exactly (`micro_batch_share`)."""
     import torch
 
+    from finegrain.kernel import run as R
     from finegrain.kernel.logprobs import response_logprobs
     from finegrain.kernel.optim import accumulated_step, micro_batches
     from finegrain.kernel.stats import add_stats, divide_stats
@@ -360,6 +362,8 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
         perm = torch.randperm(B).tolist()
         for i in range(B // mb):
             batch_mask = mask[perm[i * mb : (i + 1) * mb]]
+            # token_mean: the share of every process's tokens (N processes step as one holding them all)
+            global_tokens = R.process_mean(acc, float(batch_mask.sum())) / max(float(batch_mask.sum()), 1.0) if c.loss_aggregation == "token_mean" else 1.0
 
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
@@ -368,7 +372,7 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
                     logprobs, rollout.logprobs[idx], rollout.ref_logprobs[idx], rollout.advantages[idx], mask[idx],
                     c.clip, c.loss_aggregation, kl_loss_coef, cfg.sampling.max_new_tokens,
                 )
-                share = micro_batch_share(mask[idx], batch_mask, c.loss_aggregation)
+                share = micro_batch_share(mask[idx], batch_mask, c.loss_aggregation) / global_tokens
                 return out.loss * share, LossStats(float(out.loss.detach()) * share, float(out.policy) * share, float(out.kl) * share, float(out.clip_frac) * share, float(out.ratio_mean) * share)
 
             micro = micro_batches(perm[i * mb : (i + 1) * mb], cfg.optim.grad_accum)

@@ -154,19 +154,22 @@ def train(cfg: SFTConfig, resume: bool = False) -> Path:
 
 
 def sft_step(acc, model, optimizer, batches, cfg: SFTConfig) -> tuple[SFTStats, float]:
-    """One optimiser step: the token-mean NLL of the whole batch's targets (over its micro-batches)."""
+    """One optimiser step: the token-mean NLL of the whole batch's targets (over its micro-batches),
+    over every process's targets (`process_mean`: N processes step as one holding them all would).
+    The returned `tokens` is that per-process mean, so loss_sum / tokens averages to the global loss."""
     from finegrain.kernel.logprobs import response_logprobs
     from finegrain.kernel.optim import accumulated_step
+    from finegrain.kernel.run import process_mean
     from finegrain.kernel.stats import add_stats
 
-    tokens = sum(float(b.response_mask.sum()) for b in batches)
+    tokens = max(process_mean(acc, sum(float(b.response_mask.sum()) for b in batches)), 1.0)
 
     def loss_of(batch):
         nll = -response_logprobs(model, batch).sum()
-        return nll / tokens, SFTStats(float(nll.detach()), float(batch.response_mask.sum()))
+        return nll / tokens, SFTStats(float(nll.detach()), 0.0)
 
     parts, grad_norm = accumulated_step(acc, model, optimizer, batches, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, "SFT")
-    return add_stats(parts), grad_norm
+    return add_stats(parts)._replace(tokens=tokens), grad_norm
 
 
 def _batcher(tokenizer, prompts: dict[str, list[int]], max_response_tokens: int):

@@ -74,8 +74,12 @@ class SamplingConfig(ConfigBase):
     max_new_tokens: int = field(default=48, metadata={"help": "response length limit in tokens"})
     min_new_tokens: int = field(default=0, metadata={"help": "EOS is forbidden before this many tokens"})
     samples_per_prompt: int = field(default=4, metadata={"help": "responses sampled per prompt"})
+    backend: str = field(default="hf", metadata={"help": "generation backend: hf (Hugging Face generate on the trained model) or vllm (a colocated vLLM engine on the GPU, pip install 'finegrain[vllm]'; docs/scaling.md)"})
+    vllm_gpu_memory: float = field(default=0.3, metadata={"help": "backend vllm: share of the GPU's memory the engine may take (weights + KV cache)"})
 
     def __post_init__(self) -> None:
+        check_choice(self, "backend", ("hf", "vllm"))
+        check_range(self, "vllm_gpu_memory", 0.0, 1.0, low_open=True)
         check_range(self, "temperature", 0.0, None, low_open=True)
         check_range(self, "top_k", 0)
         check_range(self, "top_p", 0.0, 1.0, low_open=True)

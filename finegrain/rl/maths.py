@@ -47,16 +47,20 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, keep_mean: bool = False, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, keep_mean: bool = False, eps: float = 1e-8, moments: "Moments | None" = None) -> torch.Tensor:
     """(x - mean) / std over the masked positions; masked-out positions come back as 0.
 
     Divides by the standard deviation, so the output has std 1 (the paper's code divided by
     sqrt(std), which leaves the scale data-dependent). `keep_mean=True` adds the mean back
-    (used for rewards, whose sign carries meaning).
+    (used for rewards, whose sign carries meaning). `moments`: the mean and std to use instead of
+    x's own (e.g. pooled over every process's rollout).
 
     Shape: x (B, T), mask (B, T) -> (B, T).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if moments is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = x.new_tensor(moments.mean), x.new_tensor(moments.std**2)
     out = (x - mean) * torch.rsqrt(var + eps)
     if keep_mean:
         out = out + mean

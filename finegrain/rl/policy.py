@@ -38,6 +38,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        # FSDP2 (accelerate's TRANSFORMER_BASED_WRAP) shards one unit per block class named here
+        self._no_split_modules = list(getattr(policy, "_no_split_modules", None) or [])
         hidden = policy.config.get_text_config().hidden_size
         self.value_head = nn.Linear(hidden, 1)
         # V = 0 at the start: the first advantages are the (whitened) returns, not head noise

@@ -9,7 +9,7 @@ T response tokens (right-padded), V vocabulary, K reward sources, S segments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -172,9 +172,11 @@ def forward(
 
 
 def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float, ppo: "PPOConfig",
-                  task_rewards: torch.Tensor | None = None) -> Rollout:
+                  task_rewards: torch.Tensor | None = None, pool: Callable[[maths.Moments], maths.Moments] | None = None) -> Rollout:
     """Per-token rewards with the KL penalty, then GAE, then (optionally) whitened advantages.
-    `task_rewards` are the source rewards after normalisation (default: `scores.total` as it is).
+    `task_rewards` are the source rewards after normalisation (default: `scores.total` as it is);
+    `pool` turns this rollout's advantage moments into those to whiten with (the trainer pools them
+    over processes, so that N processes whiten as one process holding every rollout would).
 
     Shape: everything (B, T) -> Rollout.
     """
@@ -184,7 +186,8 @@ def build_rollout(samples: Samples, scores: Scores, fwd: Forward, kl_coef: float
     rewards = maths.penalised_rewards(task, kl, kl_coef, mask)
     values = fwd.values * mask
     adv = maths.gae(rewards, values, mask, ppo.gamma, ppo.lam)
-    advantages = maths.whiten(adv.advantages, mask) if ppo.whiten_advantages else adv.advantages
+    moments = pool(maths.Moments.of(adv.advantages[mask])) if pool is not None else None
+    advantages = maths.whiten(adv.advantages, mask, moments=moments) if ppo.whiten_advantages else adv.advantages
     return Rollout(
         query_ids=samples.query_ids,
         query_mask=samples.query_mask,

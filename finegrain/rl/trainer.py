@@ -140,7 +140,7 @@ def make_renderer(cfg: TrainConfig, policy_path: str, tokenizer: "PreTrainedToke
 
 
 def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: Inputs) -> Run:
-    from finegrain.kernel.generation import HFGenerator
+    from finegrain.kernel.generation import make_generator
     from finegrain.kernel.models import load_frozen, set_pad_token
     from finegrain.kernel.optim import build_optimizer, build_scheduler
     from finegrain.models import load_tokenizer
@@ -158,8 +158,9 @@ def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: I
     sources = build_sources(cfg.rewards, inputs.cards, device=str(accelerator.device), bf16=bf16)
     optimizer = build_optimizer(model, cfg.ppo.lr, cfg.ppo.weight_decay, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg.ppo.schedule, cfg.ppo.warmup_steps, cfg.run.steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    generator = HFGenerator(model, tokenizer, accelerator, cfg.model.precision, pick=lambda m: m.policy)
+    model, optimizer, scheduler = R.prepare_trained(accelerator, model, optimizer, scheduler, cfg.ppo.max_grad_norm)
+    s = cfg.sampling
+    generator = make_generator(s.backend, model, tokenizer, accelerator, cfg.model.precision, pick=lambda m: m.policy, gpu_memory=s.vllm_gpu_memory)
     renderer = make_renderer(cfg, inputs.policy_path, tokenizer)
     return Run(cfg, out, accelerator, model, ref, tokenizer, renderer, generator, sources, optimizer, scheduler, inputs)
 
@@ -191,7 +192,7 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     try:
         samples, scores, fwd = collect(run, examples, cfg.sampling.samples_per_prompt, times, keep_graph=keep)
         task, norm_row = normalise_rewards(run, state, scores, samples.response_mask.to(scores.total.device))
-        rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo, task)
+        rollout = build_rollout(samples, scores, fwd, state.kl_coef, cfg.ppo, task, pool=lambda m: maths.Moments(*R.sum_across_processes(acc, list(m))))
         bad = [n for n in ("logprobs", "ref_logprobs", "values", "advantages", "returns") if not torch.isfinite(getattr(rollout, n)).all()]
         problem = f"the rollout's {bad[0]} hold NaN or inf" if bad else None
     except TrainingError as err:  # a non-finite reward (compose names the source and response)
@@ -231,8 +232,6 @@ def normalise_rewards(run: Run, state: TrainerState, scores, mask: "torch.Tensor
     """The source rewards PPO optimises, normalised per `ppo.reward_norm` with statistics pooled over
     every process (and, for `running`, over every step so far: kept in the trainer state, so a resumed
     run normalises exactly as an uninterrupted one). Returns the (B, T) rewards and what to log."""
-    import torch
-
     from finegrain.rl import maths
 
     mode, acc = run.cfg.ppo.reward_norm, run.accelerator
@@ -240,10 +239,7 @@ def normalise_rewards(run: Run, state: TrainerState, scores, mask: "torch.Tensor
         return scores.total, {}
     ends = scores.ends.to(mask.device) & mask
     values = scores.total[ends] if mode == "segment" else maths.sequence_sums(scores.total, mask)
-    moments = maths.Moments.of(values)
-    if acc.num_processes > 1:
-        pooled = acc.reduce(torch.tensor(list(moments), dtype=torch.float64, device=acc.device), reduction="sum")
-        moments = maths.Moments(*pooled.tolist())
+    moments = maths.Moments(*R.sum_across_processes(acc, list(maths.Moments.of(values))))
     if mode == "running":
         moments = moments + maths.Moments(*state.reward_moments) if state.reward_moments else moments
         state.reward_moments = list(moments)

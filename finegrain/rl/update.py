@@ -6,7 +6,6 @@ Shape legend: b responses in a minibatch, T response tokens, V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from finegrain.kernel.models import autocast
-from finegrain.kernel.run import check_finite, stop_together  # noqa: F401  (stop_together: the trainer's too)
+from finegrain.kernel.optim import micro_batch
+from finegrain.kernel.run import check_finite, process_mean, stop_together  # noqa: F401  (stop_together: the trainer's too)
 from finegrain.kernel.stats import add_stats, divide_stats
 from finegrain.rl import maths
 
@@ -127,6 +127,10 @@ def ppo_update(
         perm = torch.randperm(B)
         for i in range(n_mb):
             micro = perm[i * mb : (i + 1) * mb].chunk(ppo.grad_accum)
+            # each micro-batch's share of the minibatch's token-mean losses, over every process's
+            # tokens (`process_mean`): N processes take the step one process holding them all would
+            tokens = [float(rollout.response_mask[idx].sum()) for idx in micro]
+            per_process = max(process_mean(accelerator, sum(tokens)), 1.0)
             ptx_value = torch.zeros(())
             if ptx_batches is not None and ppo.ptx_coef > 0:
                 with accelerator.no_sync(model), autocast(accelerator.device, precision):
@@ -135,7 +139,7 @@ def ppo_update(
                     accelerator.backward(ppo.ptx_coef * ptx_value)
             for j, idx in enumerate(micro):
                 last = j == len(micro) - 1
-                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                with micro_batch(accelerator, model, last):
                     reuse = first_pass if epoch == 0 and i == 0 else None
                     with autocast(accelerator.device, precision):
                         losses = ppo_losses(model, rollout if reuse is not None else rollout.select(idx), ppo, reuse)
@@ -145,17 +149,18 @@ def ppo_update(
                             stopped = True
                             break
                     check_finite(accelerator, "PPO", losses.total)
-                    accelerator.backward(losses.total / len(micro))
-                part = StepStats(
-                    float(losses.policy), float(losses.value), float(ptx_value.detach()), float(losses.entropy),
-                    float(losses.approx_kl), float(losses.clip_frac), float(losses.value_clip_frac),
-                )
-                parts.append(divide_stats(part, len(micro)))
+                    share = tokens[j] / per_process
+                    accelerator.backward(losses.total * share)
+                parts.append(StepStats(
+                    float(losses.policy) * share, float(losses.value) * share, float(ptx_value.detach()) / len(micro),
+                    float(losses.entropy) * share, float(losses.approx_kl) * share, float(losses.clip_frac) * share,
+                    float(losses.value_clip_frac) * share,
+                ))
             if stopped:
                 optimizer.zero_grad(set_to_none=True)
                 break
             if ppo.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), ppo.max_grad_norm))
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), ppo.max_grad_norm) or 0.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             count += 1
