@@ -146,8 +146,6 @@ def plot_reliability(path: str | Path, table: Sequence[ReliabilityBin], title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from finegrain.io import atomic_write_bytes
-
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     used = [b for b in table if b.count]
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
@@ -162,13 +160,9 @@ def plot_reliability(path: str | Path, table: Sequence[ReliabilityBin], title: s
     bottom.set_xlabel("predicted P(error)")
     bottom.set_ylabel("segments")
     fig.tight_layout()
-    import io
+    from finegrain.io import save_figure
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 def best_threshold(probs: Sequence[float], labels: Sequence[int]) -> float:

@@ -162,8 +162,6 @@ def plot_curves(runs: list[RunSummary], path: str | Path, window: int = 10) -> P
     matplotlib.use("Agg")  # no display: write files only
     import matplotlib.pyplot as plt
 
-    from finegrain.io import atomic_write_bytes
-
     fig, (ax_tox, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(trained):
@@ -178,13 +176,9 @@ def plot_curves(runs: list[RunSummary], path: str | Path, window: int = 10) -> P
         ax.legend()
     fig.suptitle(f"faint: per step; bold: {window}-step moving average", fontsize=9)
     fig.tight_layout()
-    import io
+    from finegrain.io import save_figure
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def write_report(

@@ -138,17 +138,9 @@ def rm_table(metrics: dict[str, Any]) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import io
+    from finegrain.io import save_figure
 
-    import matplotlib.pyplot as plt
-
-    from finegrain.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def plot_rewards(runs: list[QARun], path: Path, window: int = 5) -> Path | None:
