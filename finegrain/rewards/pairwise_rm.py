@@ -291,7 +291,6 @@ def train_pairwise_rm(
 ) -> RMCard:
     """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card."""
     import torch
-    from transformers import Trainer
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
@@ -326,23 +325,9 @@ def train_pairwise_rm(
                 + (f", {len(val_feats)} validation prompts" if val_feats else ""))
         if cfg.ensemble > 1:
             log(f"ensemble member {len(models) + 1}/{cfg.ensemble}, seed {member.seed}")
-        with rm_common.scratch_dir() as scratch:
-            trainer = Trainer(
-                model=model,
-                args=rm_common.training_arguments(member, scratch, dev, validate=bool(val_feats)),
-                train_dataset=feats,
-                eval_dataset=val_feats or None,
-                data_collator=GroupCollator(tok.pad_token_id or 0),
-                processing_class=tok,
-                compute_loss_func=bt_loss_from_outputs,
-                callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
-            )
-            result = rm_common.run_trainer(trainer)
-        if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
-            raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-        log(rm_common.describe_training(result))
+        results.append(rm_common.fit(model, tok, member, dev, feats, val_feats, GroupCollator(tok.pad_token_id or 0),
+                                     bt_loss_from_outputs, log))
         models.append(rm_common.merged(model))
-        results.append(result)
 
     # 4. save, calibrate on the training responses, evaluate on held-out prompts
     out_dir = Path(out_dir)

@@ -207,12 +207,36 @@ def run_trainer(trainer: Any) -> TrainResult:
                        round(float(trainer.state.epoch or 0.0), 3), val, best)
 
 
-def describe_training(result: TrainResult) -> str:
-    """The log line of one finished training run."""
-    return (f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
-            + ", ".join(f"{x:.3f}" for x in result.losses)
-            + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
-               if result.val_losses else ""))
+def fit(model: Any, tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", device: "torch.device", feats: list[Any],
+        val_feats: list[Any], collator: Callable[..., Any], loss_func: Callable[..., Any] | None,
+        log: Callable[[str], None]) -> TrainResult:
+    """Train `model` on `feats` with the HF Trainer (with `val_feats`: early stopping on their loss) and
+    log the run; a non-finite training loss is a TrainingError."""
+    import math
+
+    from transformers import Trainer
+
+    from finegrain.errors import TrainingError
+
+    with scratch_dir() as scratch:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg, scratch, device, validate=bool(val_feats)),
+            train_dataset=feats,
+            eval_dataset=val_feats or None,
+            data_collator=collator,
+            processing_class=tok,
+            compute_loss_func=loss_func,
+            callbacks=early_stopping(cfg, bool(val_feats)),
+        )
+        result = run_trainer(trainer)
+    if result.final_loss is not None and not math.isfinite(result.final_loss):
+        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
+    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
+        + ", ".join(f"{x:.3f}" for x in result.losses)
+        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
+           if result.val_losses else ""))
+    return result
 
 
 # --- ensembles: several members trained alike with consecutive seeds, their scores averaged ------------

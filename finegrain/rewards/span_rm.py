@@ -374,7 +374,7 @@ def train_span_rm(
     `cfg.tasks`, one classifier with a head per category, trained on every category's inputs at once (mixed
     batches); with `cfg.ensemble` > 1, that many classifiers with consecutive seeds, scored as their mean."""
     import torch
-    from transformers import DataCollatorForTokenClassification, Trainer
+    from transformers import DataCollatorForTokenClassification
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
@@ -419,23 +419,9 @@ def train_span_rm(
                 + (f", {len(val_feats)} validation inputs from {len(val_examples)} prompts" if val_feats else ""))
         if cfg.ensemble > 1:
             log(f"ensemble member {len(models) + 1}/{cfg.ensemble}, seed {member.seed}")
-        with rm_common.scratch_dir() as scratch:
-            trainer = Trainer(
-                model=model,
-                args=rm_common.training_arguments(member, scratch, dev, validate=bool(val_feats)),
-                train_dataset=feats,
-                eval_dataset=val_feats or None,
-                data_collator=DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE),
-                processing_class=tok,
-                compute_loss_func=loss_func,
-                callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
-            )
-            result = rm_common.run_trainer(trainer)
-        if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
-            raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-        log(rm_common.describe_training(result))
+        results.append(rm_common.fit(model, tok, member, dev, feats, val_feats,
+                                     DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE), loss_func, log))
         models.append(rm_common.merged(model))
-        results.append(result)
 
     # 4. save the model(s), then calibrate, set the threshold and evaluate each head as the RewardSource it will be
     out_dir = Path(out_dir)
