@@ -91,7 +91,43 @@ def test_bad_tasks_and_ensemble_settings_name_the_field(tmp_path):
     rel, fact = span_tasks(cfg)  # `category` keeps the config's settings, the other head its defaults
     assert (rel.name, rel.level, rel.passages) == ("relevance", "sentence", False)
     assert (fact.name, fact.level, fact.passages, fact.categories) == ("factuality", "sentence", True, ("Unverifiable", "Wrong-Grounding"))
-    assert cfg.ensemble == 3 and RMTrainConfig().heads == ["relevance"]
+    assert cfg.ensemble == 3 and RMTrainConfig().head_names == ["relevance"]
+
+
+def _card_json(**extra) -> dict:
+    return {"kind": "span", "name": "relevance", "level": "sentence", "categories": ["Irrelevant"], "label_map": {},
+            "score": "p_error", "input_template": "", "passages": False, "truncation": "", "marker": "[SEP]",
+            "max_length": 128, "backbone": "minilm-l6", "tokenizer": "BertTokenizer", "data": {"train_inputs": 4},
+            "training": {"threshold": 0.5, "lr": 1e-3}, "calibration": {"mean": 0.5, "std": 0.1, "count": 3}, "metrics": {},
+            "version": 1, **extra}
+
+
+def test_a_card_gives_each_heads_view_and_refuses_malformed_heads(tmp_path):
+    from finegrain.rewards.card import CARD_FILE
+
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / CARD_FILE).write_text(json.dumps(_card_json()))
+    card = RMCard.load(single)
+    assert card.heads == [] and card.members == [] and card.for_head("relevance") is card
+    with pytest.raises(ConfigError, match=r"rewards\[2\]\.head: 'factuality': this RM has one head, 'relevance'"):
+        card.for_head("factuality", "rewards[2].head")
+
+    head = {"name": "factuality", "level": "sentence", "categories": ["Unverifiable"], "passages": True, "input_template": "t",
+            "calibration": {"mean": 0.2, "std": 0.3, "count": 7}, "training": {"threshold": 0.4}, "data": {"train_responses": 5},
+            "metrics": {"f1": 0.5}}
+    rel = {**head, "name": "relevance", "level": "subsentence", "passages": False, "training": {"threshold": 0.6}}
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    (multi / CARD_FILE).write_text(json.dumps(_card_json(name="relevance+factuality", heads=[rel, head])))
+    view = RMCard.load(multi).for_head("factuality")
+    assert (view.name, view.level, view.passages, view.head_index, view.metrics) == ("factuality", "sentence", True, 1, {"f1": 0.5})
+    assert view.training == {"threshold": 0.4, "lr": 1e-3} and view.data == {"train_inputs": 4, "train_responses": 5}
+    assert view.calibration.count == 7 and view.for_head("relevance").training["threshold"] == 0.6
+    del head["calibration"]
+    (multi / CARD_FILE).write_text(json.dumps(_card_json(heads=[rel, head])))
+    with pytest.raises(ConfigError, match=r"field heads\[1\]: 'calibration' is missing"):
+        RMCard.load(multi)
 
 
 # --- one multi-task model --------------------------------------------------------------------------------

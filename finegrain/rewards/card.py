@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 CARD_FILE = "finegrain_rm.json"
 CARD_VERSION = 1  # later fields (backbone_kind, model_class, finetune) have defaults: older cards still load
+# what each entry of a multi-task card's `heads` holds (see RMCard.for_head)
+HEAD_FIELDS = ("name", "level", "categories", "passages", "input_template", "calibration", "training", "data")
 MODEL_CLASS = {"span": "AutoModelForTokenClassification", "pairwise": "AutoModelForSequenceClassification"}
 
 
@@ -113,6 +115,10 @@ class RMCard:
             raise ConfigError(f"{path}: card version {raw.get('version')!r} is not supported (expected {CARD_VERSION})")
         if raw.get("kind") not in ("span", "pairwise"):
             raise ConfigError(f"{path}: field kind: {raw.get('kind')!r} is not 'span' or 'pairwise'")
+        for i, head in enumerate(raw.get("heads") or []):
+            missing = [k for k in HEAD_FIELDS if not isinstance(head, dict) or k not in head]
+            if missing:
+                raise ConfigError(f"{path}: field heads[{i}]: {missing[0]!r} is missing (a head has {', '.join(HEAD_FIELDS)})")
         try:
             raw["calibration"] = Calibration(**raw["calibration"])
             return cls(**raw)

@@ -180,6 +180,6 @@ class RMTrainConfig(ConfigBase):
         return self.passages if self.passages is not None else DEFAULT_PASSAGES.get(self.category, True)
 
     @property
-    def heads(self) -> list[str]:
+    def head_names(self) -> list[str]:
         """The RM categories this config trains a head for: `tasks`, else `category` alone."""
         return list(self.tasks) if self.tasks else [self.category]

@@ -153,7 +153,7 @@ def cross_validate(
     # what a saved fold must match to be reused: the settings, the data, the folds
     key = {"config": _config_key(cfg), "data_sha256": _examples_digest(examples), "folds": folds, "seed": seed,
            "train_examples": train_examples, "baselines_only": baselines_only}
-    heads = cfg.heads if cfg.kind == "span" else [cfg.category]  # several: a multi-task RM's categories
+    heads = cfg.head_names if cfg.kind == "span" else [cfg.category]  # several: a multi-task RM's categories
     rows: dict[str, list[dict[str, Any]]] = {h: [] for h in heads}
     pooled: dict[str, tuple[list[float], list[int]]] = {h: ([], []) for h in heads}
     n_train = 0

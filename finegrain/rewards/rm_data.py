@@ -112,7 +112,7 @@ def span_tasks(cfg: "RMTrainConfig", taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> l
     from finegrain.rewards.rm_config import DEFAULT_LEVEL, DEFAULT_PASSAGES
 
     out = []
-    for name in cfg.heads:
+    for name in cfg.head_names:
         if name == cfg.category:
             out.append(SpanTask(name, span_categories(name, cfg.categories, taxonomy), cfg.span_level, cfg.with_passages))
             continue
