@@ -185,7 +185,7 @@ def cross_validate(
             pooled[h][0].extend(p)
             pooled[h][1].extend(y)
             rows[h].append(row)
-            log(("" if len(heads) == 1 else f"  {h}:") + format_fold(cfg.kind, row))
+            log(format_fold(cfg.kind, row) if len(heads) == 1 else f"  {h}: {format_fold(cfg.kind, row).lstrip()}")
     per_head = {h: _head_report(cfg, h, rows[h], *pooled[h], folds, out_dir, own=h == cfg.category) for h in heads}
     report: dict[str, Any] = {
         "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows[cfg.category]), "seed": seed,
