@@ -124,6 +124,13 @@ def test_a_card_gives_each_heads_view_and_refuses_malformed_heads(tmp_path):
     assert (view.name, view.level, view.passages, view.head_index, view.metrics) == ("factuality", "sentence", True, 1, {"f1": 0.5})
     assert view.training == {"threshold": 0.4, "lr": 1e-3} and view.data == {"train_inputs": 4, "train_responses": 5}
     assert view.calibration.count == 7 and view.for_head("relevance").training["threshold"] == 0.6
+    from finegrain.experiments.qa.task import check_reward_roles
+    from finegrain.rl.config import RewardConfig
+
+    # the QA pipeline checks a source's head against the role it fills
+    check_reward_roles("x.yaml", [RewardConfig(kind="rm", path=str(multi), head="factuality", mapping="binary")])
+    with pytest.raises(ConfigError, match=r"x.yaml rewards\[0\]\.path: .* 'factuality' at sentence level, but the relevance source"):
+        check_reward_roles("x.yaml", [RewardConfig(kind="rm", name="relevance", path=str(multi), head="factuality", mapping="binary")])
     del head["calibration"]
     (multi / CARD_FILE).write_text(json.dumps(_card_json(heads=[rel, head])))
     with pytest.raises(ConfigError, match=r"field heads\[1\]: 'calibration' is missing"):
