@@ -155,16 +155,16 @@ class RMTrainConfig(ConfigBase):
     def _check_tasks(self) -> None:
         """A multi-task RM: span heads only, at least two distinct categories, `category` among them.
         Whether each is a category of the taxonomy is checked against the taxonomy in use, when training."""
+        tasks, name = list(self.tasks or ()), self._name("tasks")
         if self.kind != "span":
-            raise ConfigError(f"{self._name('tasks')}: {self.tasks!r}: multi-task heads are for kind=span")
-        for task in self.tasks or ():
+            raise ConfigError(f"{name}: {tasks!r}: multi-task heads are for kind=span")
+        for task in tasks:
             if task in PAIRWISE_CATEGORIES:
-                raise ConfigError(f"{self._name('tasks')}: {task!r} is a pairwise RM category; a multi-task RM has span heads "
-                                  f"(e.g. [relevance, factuality])")
-        if len(set(self.tasks or ())) != len(self.tasks or ()) or len(self.tasks or ()) < 2:
-            raise ConfigError(f"{self._name('tasks')}: {self.tasks!r}: name at least two different categories (or leave it unset)")
-        if self.category not in (self.tasks or ()):
-            raise ConfigError(f"{self._name('tasks')}: {self.tasks!r} does not include category {self.category!r}, "
+                raise ConfigError(f"{name}: {task!r} is a pairwise RM category; a multi-task RM has span heads (e.g. [relevance, factuality])")
+        if len(set(tasks)) != len(tasks) or len(tasks) < 2:
+            raise ConfigError(f"{name}: {tasks!r}: name at least two different categories (or leave it unset)")
+        if self.category not in tasks:
+            raise ConfigError(f"{name}: {tasks!r} does not include category {self.category!r}, "
                               "the head the config's level, passages and categories describe")
 
     def _name(self, attr: str) -> str:
