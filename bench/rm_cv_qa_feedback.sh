@@ -6,6 +6,8 @@
 #   bash bench/rm_cv_qa_feedback.sh                          # baselines + the four configs
 #   bash bench/rm_cv_qa_feedback.sh relevance                # baselines + one config
 #   NAME=relevance-val bash bench/rm_cv_qa_feedback.sh relevance -- validation=0.2 epochs=10   # a variant
+#   NAME=relevance-multitask bash bench/rm_cv_qa_feedback.sh relevance -- 'tasks=[relevance,factuality]'   # a row per head
+#   NAME=relevance-ens3 bash bench/rm_cv_qa_feedback.sh relevance -- ensemble=3   # mean of 3 seeds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/qa_feedback/feedback.json}

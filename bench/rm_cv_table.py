@@ -1,5 +1,5 @@
 """The README's cross-validation table, one row per `finegrain rm cv` report (cv.json):
-category, backbone and training choice, the RM's metric (mean ± sample std over the folds done),
+category (a multi-task RM: one row per head), backbone and training choice, the RM's metric (mean ± sample std over the folds done),
 the trivial rules on the same held-out folds, training CPU seconds per fold and scoring throughput.
 
     python bench/rm_cv_table.py runs/cv/relevance runs/cv-base/factuality ...
@@ -17,10 +17,15 @@ def pm(summary: dict, key: str) -> str:
     return f"{v['mean']:.3f} ± {v['spread']:.3f}" if v else "not measured"
 
 
-def row(report: dict) -> str:
-    cfg, s = report["config"], report["summary"]
+def row(report: dict, category: str | None = None) -> str:
+    """The row of `category` (a head of a multi-task RM; default: the report's own category)."""
+    cfg = report["config"]
+    category = category or report["category"]
+    s = report["tasks"][category]["summary"] if category != report["category"] else report["summary"]
     choice = ("none trained (`--baselines-only`)" if report["baselines_only"] else
-              f"{cfg['backbone']}, {cfg['finetune']}, {cfg['epochs']:g} epochs, lr {cfg['lr']:g}")
+              f"{cfg['backbone']}, {cfg['finetune']}, {cfg['epochs']:g} epochs, lr {cfg['lr']:g}"
+              + (f", multi-task ({' + '.join(cfg['tasks'])})" if cfg.get("tasks") else "")
+              + (f", mean of {cfg['ensemble']} seeds" if cfg.get("ensemble", 1) > 1 else ""))
     folds = f"{report['folds_done']} of {report['folds']}"
     cpu = pm(s, "train_cpu_seconds").replace("not measured", "-")
     speed = f"{s['responses_per_second']['mean']:.0f}/s" if "responses_per_second" in s else "-"
@@ -32,7 +37,7 @@ def row(report: dict) -> str:
     else:
         metric = "not measured" if report["baselines_only"] else f"pairwise accuracy {pm(s, 'accuracy')}"
         base = f"longer wins {pm(s, 'longer_wins_accuracy')}; majority {pm(s, 'majority_accuracy')}"
-    return f"| {report['category']} | {choice} | {folds} | {metric} | {base} | {cpu} | {speed} |"
+    return f"| {category} | {choice} | {folds} | {metric} | {base} | {cpu} | {speed} |"
 
 
 def main() -> None:
@@ -42,7 +47,9 @@ def main() -> None:
     print("| category | backbone, training | folds | RM on held-out folds (mean ± std) | trivial rules, same folds | training CPU s per fold | scoring |")
     print("|---|---|---|---|---|---|---|")
     for folder in args.folders:
-        print(row(json.loads((Path(folder) / "cv.json").read_text(encoding="utf-8"))))
+        report = json.loads((Path(folder) / "cv.json").read_text(encoding="utf-8"))
+        for category in report.get("tasks") or [report["category"]]:  # a multi-task RM: a row per head
+            print(row(report, category))
 
 
 if __name__ == "__main__":

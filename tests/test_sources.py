@@ -12,7 +12,7 @@ from finegrain.rl.sources import build_mapping, build_sources, check_sources
 
 
 def _card(threshold=0.7):
-    return SimpleNamespace(kind="span", training={"threshold": threshold}, calibration=SimpleNamespace(mean=0.2, std=0.5))
+    return SimpleNamespace(kind="span", training={"threshold": threshold}, calibration=SimpleNamespace(mean=0.2, std=0.5), heads=[])
 
 
 def test_binary_threshold_defaults_to_the_cards():

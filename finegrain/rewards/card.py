@@ -9,6 +9,7 @@ standardises a sequence RM with them) and how well it does on held-out data (met
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 CARD_FILE = "finegrain_rm.json"
 CARD_VERSION = 1  # later fields (backbone_kind, model_class, finetune) have defaults: older cards still load
+# what each entry of a multi-task card's `heads` holds (see RMCard.for_head)
+HEAD_FIELDS = ("name", "level", "categories", "passages", "input_template", "calibration", "training", "data")
 MODEL_CLASS = {"span": "AutoModelForTokenClassification", "pairwise": "AutoModelForSequenceClassification"}
 
 
@@ -59,7 +62,38 @@ class RMCard:
     # how to load the saved folder: transformers' Auto class (the architecture is in its config.json)
     model_class: str = ""  # AutoModelForTokenClassification (span) or AutoModelForSequenceClassification (pairwise)
     finetune: dict[str, Any] = field(default_factory=lambda: {"method": "full"})  # full or lora (merged), parameter counts
+    # a multi-task span RM: one entry per head (name, level, categories, passages, input_template, calibration,
+    # training (its threshold), data, metrics); head i reads logit columns 2i (no error) and 2i+1 (error). [] otherwise
+    heads: list[dict[str, Any]] = field(default_factory=list)
+    # an ensemble: the subfolders holding each member's weights (scores are averaged over them); []: the folder itself
+    members: list[str] = field(default_factory=list)
     version: int = CARD_VERSION
+
+    @property
+    def head_names(self) -> list[str]:
+        return [h["name"] for h in self.heads]
+
+    @property
+    def head_index(self) -> int:
+        """Which head this card describes: its logit columns are 2i and 2i+1 (0 for a single-category RM)."""
+        return self.head_names.index(self.name) if self.name in self.head_names else 0
+
+    def for_head(self, name: str, field_name: str = "head") -> "RMCard":
+        """The card of one category of this RM: for a multi-task RM, its head's level, categories, passages,
+        calibration, threshold and metrics over the shared settings; for any other RM, itself when `name` is its
+        category. A name it lacks is a ConfigError naming `field_name`."""
+        if not self.heads:
+            if name != self.name:
+                raise ConfigError(f"{field_name}: {name!r}: this RM has one head, {self.name!r}")
+            return self
+        if name not in self.head_names:
+            raise ConfigError(f"{field_name}: {name!r} is not a head of this multi-task RM; its heads: {', '.join(self.head_names)}")
+        h = self.heads[self.head_names.index(name)]
+        return dataclasses.replace(
+            self, name=name, level=h["level"], categories=list(h["categories"]), passages=h["passages"],
+            input_template=h["input_template"], calibration=Calibration(**h["calibration"]), metrics=h.get("metrics", {}),
+            training={**self.training, **h["training"]}, data={**self.data, **h["data"]},
+        )
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CARD_FILE
@@ -81,6 +115,10 @@ class RMCard:
             raise ConfigError(f"{path}: card version {raw.get('version')!r} is not supported (expected {CARD_VERSION})")
         if raw.get("kind") not in ("span", "pairwise"):
             raise ConfigError(f"{path}: field kind: {raw.get('kind')!r} is not 'span' or 'pairwise'")
+        for i, head in enumerate(raw.get("heads") or []):
+            missing = [k for k in HEAD_FIELDS if not isinstance(head, dict) or k not in head]
+            if missing:
+                raise ConfigError(f"{path}: field heads[{i}]: {missing[0]!r} is missing (a head has {', '.join(HEAD_FIELDS)})")
         try:
             raw["calibration"] = Calibration(**raw["calibration"])
             return cls(**raw)
@@ -101,11 +139,18 @@ def calibration_of(values: list[float]) -> Calibration:
 
 
 def load_reward_model(
-    path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool | None = None, card: RMCard | None = None
+    path: str | Path, *, device: str | None = None, batch_size: int = 16, bf16: bool | None = None, card: RMCard | None = None,
+    head: str | None = None,
 ) -> "RewardSource":
     """A trained RM folder -> a RewardSource (SpanRewardModel or PairwiseRewardModel), from its card
-    (read here unless the caller read it already)."""
+    (read here unless the caller read it already). A multi-task RM scores one category: `head`, or the
+    one its card (from `RMCard.for_head`) describes."""
     card = card if card is not None else RMCard.load(path)
+    if head is not None:
+        card = card.for_head(head)
+    elif card.heads and card.name not in card.head_names:
+        raise ConfigError(f"{path}: a multi-task RM with heads {', '.join(card.head_names)}: choose one "
+                          f"(head=... here, `head:` in a reward source)")
     if card.model_class not in ("", MODEL_CLASS[card.kind]):
         raise ConfigError(f"{Path(path) / CARD_FILE}: field model_class: {card.model_class!r} does not fit a {card.kind} RM "
                           f"(expected {MODEL_CLASS[card.kind]})")

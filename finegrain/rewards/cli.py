@@ -4,7 +4,8 @@ the toxicity judge, split data."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finegrain.rewards.card import RMCard
@@ -33,9 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass")
     p.add_argument("--device", help="torch device")
     add_threads_argument(p)
-    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--json", help="also write the metrics to this JSON file (a multi-task RM: {category: metrics})")
     p.add_argument("--update-card", action="store_true", help="store the metrics in the model's card")
-    p.add_argument("--reliability", metavar="PNG", help="span RMs: write the reliability diagram of P(error) to this PNG")
+    p.add_argument("--reliability", metavar="PNG",
+                   help="span RMs: write the reliability diagram of P(error) to this PNG (a multi-task RM: PNG-<category>.png per head)")
     p.add_argument("--categories-file", help="YAML/JSON taxonomy")
     p.set_defaults(func=_eval)
 
@@ -195,9 +197,14 @@ def _train(args: argparse.Namespace) -> int:
         from finegrain.rewards.pairwise_rm import train_pairwise_rm
 
         card = train_pairwise_rm(cfg, train, args.out, **common)
-    print(f"saved {card.kind} RM {card.name!r} to {args.out} (training {card.training['seconds']} s)")
-    if card.metrics:
-        print(_format_metrics(card.metrics))
+    what = f"multi-task span RM with heads {', '.join(card.head_names)}" if card.heads else f"{card.kind} RM {card.name!r}"
+    members = f", an ensemble of {len(card.members)}" if card.members else ""
+    print(f"saved {what}{members} to {args.out} (training {card.training['seconds']} s)")
+    for name, metrics in [(h["name"], h["metrics"]) for h in card.heads] or [(card.name, card.metrics)]:
+        if metrics and card.heads:
+            print(f"{name}:")
+        if metrics:
+            print(_format_metrics(metrics))
     return 0
 
 
@@ -213,14 +220,46 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
     from finegrain.data.load import load_examples
-    from finegrain.errors import TrainingError
     from finegrain.io import atomic_write_json
     from finegrain.rewards.card import load_reward_model
-    from finegrain.rewards.rm_eval import to_record
 
     examples = load_examples(args.file, _taxonomy(args.categories_file))
     _quiet_transformers()
-    rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size)
+    if not card.heads:
+        result = _eval_one(args, card, load_reward_model(args.model, device=args.device, batch_size=args.batch_size, card=card),
+                           examples, args.reliability)
+        if args.json:
+            atomic_write_json(args.json, result)
+        if args.update_card:
+            card.metrics = result
+            card.data["eval_file"] = str(args.file)
+            card.save(args.model)
+        return 0
+    # a multi-task RM: every head on its own segments, with its own baselines, from one loaded model
+    results, rm = {}, None
+    for i, name in enumerate(card.head_names):
+        view = card.for_head(name)
+        rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size, card=view) if rm is None \
+            else rm.for_head(name)
+        png = None
+        if args.reliability:
+            base = Path(args.reliability)
+            png = str(base.with_name(f"{base.stem}-{name}{base.suffix or '.png'}"))
+        results[name] = _eval_one(args, view, rm, examples, png)
+        card.heads[i]["metrics"] = results[name]
+    if args.json:
+        atomic_write_json(args.json, results)
+    if args.update_card:
+        card.data["eval_file"] = str(args.file)
+        card.save(args.model)
+    return 0
+
+
+def _eval_one(args: argparse.Namespace, card: "RMCard", rm: Any, examples: list, reliability: str | None) -> dict:
+    """One category's metrics beside the trivial rules, printed; returned as the card stores them."""
+    from finegrain.errors import TrainingError
+    from finegrain.rewards.rm_eval import to_record
+
     if card.kind == "span":
         from finegrain.rewards.rm_data import build_span_data
         from finegrain.rewards.span_rm import span_metrics, span_probabilities
@@ -231,12 +270,12 @@ def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
         probs, seconds = span_probabilities(rm, span_data)
         threshold = card.training.get("threshold", 0.5) if args.threshold is None else args.threshold
         metrics = span_metrics(probs, span_data, card.categories, threshold, seconds)
-        if args.reliability:
+        if reliability:
             from finegrain.rewards.rm_eval import plot_reliability, reliability_table
 
             flat_p = [p for ps in probs for p in ps]
             flat_y = [y for it in span_data.items for y in it.labels]
-            plot_reliability(args.reliability, reliability_table(flat_p, flat_y),
+            plot_reliability(reliability, reliability_table(flat_p, flat_y),
                              f"{card.name} RM on {args.file} (ECE {metrics.ece:.3f})")
     else:
         from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data
@@ -256,13 +295,7 @@ def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
     print(f"{card.kind} RM {card.name!r} on {args.file}:")
     print(_headline(card.kind, result))
     print(_format_metrics(result))
-    if args.json:
-        atomic_write_json(args.json, result)
-    if args.update_card:
-        card.metrics = result
-        card.data["eval_file"] = str(args.file)
-        card.save(args.model)
-    return 0
+    return result
 
 
 def _headline(kind: str, m: dict) -> str:

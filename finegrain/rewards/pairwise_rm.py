@@ -75,11 +75,12 @@ def pair_data(cfg: "RMTrainConfig", examples: Sequence[Example], *, training: bo
 
 
 class PairwiseRewardModel:
-    """A trained sequence RM as a RewardSource: one raw score per non-empty response."""
+    """A trained sequence RM as a RewardSource: one raw score per non-empty response (an ensemble's:
+    the mean of its members' scores)."""
 
     def __init__(
         self,
-        model: "PreTrainedModel",
+        model: "PreTrainedModel | Sequence[PreTrainedModel]",
         tokenizer: "PreTrainedTokenizerBase",
         card: RMCard,
         *,
@@ -94,7 +95,7 @@ class PairwiseRewardModel:
         self.density = "sequence"
         self.tokenizer = tokenizer
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, Sequence) else [model])]  # ensemble members
         self.batch_size = batch_size
         self.bf16 = bf16
         self.mean = card.calibration.mean  # standardise with (score - mean) / std
@@ -105,12 +106,11 @@ class PairwiseRewardModel:
     def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "PairwiseRewardModel":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from finegrain.rewards.rm_common import prepare_rm_tokenizer
+        from finegrain.rewards.rm_common import load_models, prepare_rm_tokenizer
 
         card = card or RMCard.load(path)
         tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
-        return cls(model, tok, card, **kwargs)
+        return cls(load_models(path, card.members, AutoModelForSequenceClassification), tok, card, **kwargs)
 
     def raw_scores(self, examples: Sequence[Example], responses: Sequence[str]) -> list[float]:
         """The model's score of every (prompt, response); empty responses are scored too."""
@@ -132,7 +132,8 @@ class PairwiseRewardModel:
             idx = order[k : k + self.batch_size]
             batch = {key: v.to(self.device) for key, v in _pad([inputs[i] for i in idx], pad).items()}
             with torch.no_grad(), autocast(self.device, self.bf16):
-                scores = self.model(**batch).logits[:, 0].float().cpu()  # (N,)
+                # (M, N) -> (N,): the members' scores averaged (an ensemble's mean prediction)
+                scores = torch.stack([m(**batch).logits[:, 0].float() for m in self.models]).mean(0).cpu()
             for row, i in enumerate(idx):
                 out[i] = float(scores[row])
         return out
@@ -290,7 +291,6 @@ def train_pairwise_rm(
 ) -> RMCard:
     """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card."""
     import torch
-    from transformers import Trainer
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
@@ -308,44 +308,30 @@ def train_pairwise_rm(
     log(f"{cfg.category}: {len(data.groups)} prompts, {n_pairs} pairs ({data.ties_dropped} "
         f"{'ties' if cfg.category == 'preference' else 'near-ties'} and {data.empty_dropped} pairs with an empty response dropped)")
 
-    # 2. backbone and inputs
-    torch.manual_seed(cfg.seed)
+    # 2. backbone and inputs; 3. train with the HF Trainer and the Bradley-Terry loss: once per ensemble member
     dev = rm_common.pick_device(device)
-    model, tok, kind = rm_common.load_backbone(cfg, "sequence", num_labels=1)
-    if cfg.finetune == "lora":
-        model = rm_common.add_lora(model, cfg, "sequence")
-    finetune = rm_common.finetune_section(cfg, model)
-    max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
-    feats, cut = group_features(data, tok, cfg, max_length)
-    val_feats, _ = group_features(val_data, tok, cfg, max_length)
-    log(f"{sum(len(f['inputs']) for f in feats)} responses read per epoch (limit {max_length} tokens, {cut} responses cut)"
-        + (f", {len(val_feats)} validation prompts" if val_feats else ""))
-
-    # 3. train with the HF Trainer and the Bradley-Terry loss
-    with rm_common.scratch_dir() as scratch:
-        trainer = Trainer(
-            model=model,
-            args=rm_common.training_arguments(cfg, scratch, dev, validate=bool(val_feats)),
-            train_dataset=feats,
-            eval_dataset=val_feats or None,
-            data_collator=GroupCollator(tok.pad_token_id or 0),
-            processing_class=tok,
-            compute_loss_func=bt_loss_from_outputs,
-            callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
-        )
-        result = rm_common.run_trainer(trainer)
-    if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
-        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
-        + ", ".join(f"{x:.3f}" for x in result.losses)
-        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
-           if result.val_losses else ""))
+    models, results = [], []
+    for member in rm_common.member_configs(cfg):
+        torch.manual_seed(member.seed)
+        model, tok, kind = rm_common.load_backbone(member, "sequence", num_labels=1)
+        if cfg.finetune == "lora":
+            model = rm_common.add_lora(model, cfg, "sequence")
+        finetune = rm_common.finetune_section(cfg, model)
+        if not models:  # the inputs are the same for every member
+            max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
+            feats, cut = group_features(data, tok, cfg, max_length)
+            val_feats, _ = group_features(val_data, tok, cfg, max_length)
+            log(f"{sum(len(f['inputs']) for f in feats)} responses read per epoch (limit {max_length} tokens, {cut} responses cut)"
+                + (f", {len(val_feats)} validation prompts" if val_feats else ""))
+        if cfg.ensemble > 1:
+            log(f"ensemble member {len(models) + 1}/{cfg.ensemble}, seed {member.seed}")
+        results.append(rm_common.fit(model, tok, member, dev, feats, val_feats, GroupCollator(tok.pad_token_id or 0),
+                                     bt_loss_from_outputs, log))
+        models.append(rm_common.merged(model))
 
     # 4. save, calibrate on the training responses, evaluate on held-out prompts
     out_dir = Path(out_dir)
-    model = rm_common.merged(model)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    members = rm_common.save_models(models, tok, out_dir)
     card = RMCard(
         kind="pairwise",
         backbone_kind=kind,
@@ -371,15 +357,14 @@ def train_pairwise_rm(
             pairs_from=("annotator judgements, ties dropped" if cfg.category == "preference" else
                         f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
         ),
-        training={**to_dict(cfg), "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
-                  "cpu_seconds": round(result.cpu_seconds, 1),
-                  "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
-                  "epochs_run": result.epochs_run, "validation_losses": result.val_losses, "best_epoch": result.best_epoch,
-                  "validation_prompts": len(val_examples),
+        training={**to_dict(cfg), "passages": cfg.with_passages,
+                  **rm_common.training_record(results, [m.seed for m in rm_common.member_configs(cfg)]),
+                  "device": str(dev), "validation_prompts": len(val_examples),
                   "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
+        members=members,
     )
-    rm = PairwiseRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+    rm = PairwiseRewardModel(models, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
     seen = [(g.example, r) for g in data.groups for r in g.responses if r.strip()]
     card.calibration = calibration_of(rm.raw_scores([e for e, _ in seen], [r for _, r in seen]))
     if eval_examples is not None:

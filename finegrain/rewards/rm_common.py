@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import tempfile
@@ -204,6 +205,88 @@ def run_trainer(trainer: Any) -> TrainResult:
     best = 1 + min(range(len(val)), key=val.__getitem__) if val else None
     return TrainResult(seconds, cpu, int(out.global_step), losses[-1] if losses else None, losses,
                        round(float(trainer.state.epoch or 0.0), 3), val, best)
+
+
+def fit(model: Any, tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", device: "torch.device", feats: list[Any],
+        val_feats: list[Any], collator: Callable[..., Any], loss_func: Callable[..., Any] | None,
+        log: Callable[[str], None]) -> TrainResult:
+    """Train `model` on `feats` with the HF Trainer (with `val_feats`: early stopping on their loss) and
+    log the run; a non-finite training loss is a TrainingError."""
+    import math
+
+    from transformers import Trainer
+
+    from finegrain.errors import TrainingError
+
+    with scratch_dir() as scratch:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg, scratch, device, validate=bool(val_feats)),
+            train_dataset=feats,
+            eval_dataset=val_feats or None,
+            data_collator=collator,
+            processing_class=tok,
+            compute_loss_func=loss_func,
+            callbacks=early_stopping(cfg, bool(val_feats)),
+        )
+        result = run_trainer(trainer)
+    if result.final_loss is not None and not math.isfinite(result.final_loss):
+        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
+    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
+        + ", ".join(f"{x:.3f}" for x in result.losses)
+        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
+           if result.val_losses else ""))
+    return result
+
+
+# --- ensembles: several members trained alike with consecutive seeds, their scores averaged ------------
+
+
+def member_configs(cfg: "RMTrainConfig") -> list["RMTrainConfig"]:
+    """The settings of each ensemble member: the same, with seeds seed, seed+1, ... (one for ensemble=1).
+    The seed sets the head's initialisation and the data order; the validation split stays cfg.seed's."""
+    return [dataclasses.replace(cfg, seed=cfg.seed + m, ensemble=1) for m in range(cfg.ensemble)]
+
+
+def save_models(models: Sequence[Any], tok: "PreTrainedTokenizerBase", out_dir: str | Path) -> list[str]:
+    """Save the tokenizer and the trained model in `out_dir`, or an ensemble's members each in its own
+    subfolder; returns the card's `members` (the subfolders; [] for one model)."""
+    out_dir = Path(out_dir)
+    tok.save_pretrained(out_dir)
+    if len(models) == 1:
+        models[0].save_pretrained(out_dir)
+        return []
+    names = [f"member-{m}" for m in range(len(models))]
+    for name, model in zip(names, models):
+        model.save_pretrained(out_dir / name)
+    return names
+
+
+def load_models(path: str | Path, members: Sequence[str], auto: Any) -> list[Any]:
+    """The saved model(s) of an RM folder: its ensemble members, else the folder's own model."""
+    return [auto.from_pretrained(str(Path(path) / m)) for m in members] or [auto.from_pretrained(str(path))]
+
+
+def training_record(results: Sequence[TrainResult], seeds: Sequence[int]) -> dict[str, Any]:
+    """The card's record of the training run(s): one model's times and losses; for an ensemble the total
+    time and steps, the mean loss per epoch over the members (over the epochs all of them ran), and each
+    member's own record under `members`."""
+    def one(r: TrainResult) -> dict[str, Any]:
+        return {"seconds": round(r.seconds, 1), "cpu_seconds": round(r.cpu_seconds, 1), "steps": r.steps,
+                "epoch_losses": r.losses, "epochs_run": r.epochs_run, "validation_losses": r.val_losses,
+                "best_epoch": r.best_epoch}
+
+    if len(results) == 1:
+        return one(results[0])
+    return {
+        "seconds": round(sum(r.seconds for r in results), 1), "cpu_seconds": round(sum(r.cpu_seconds for r in results), 1),
+        "steps": sum(r.steps for r in results),
+        "epoch_losses": [sum(xs) / len(xs) for xs in zip(*(r.losses for r in results))],
+        "epochs_run": max(r.epochs_run for r in results),
+        "validation_losses": [sum(xs) / len(xs) for xs in zip(*(r.val_losses for r in results))],
+        "best_epoch": None,  # each member's is under members
+        "members": [{"seed": s, **one(r)} for s, r in zip(seeds, results)],
+    }
 
 
 @contextlib.contextmanager

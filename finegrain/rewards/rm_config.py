@@ -104,6 +104,17 @@ class RMTrainConfig(ConfigBase):
         metadata={"help": "torch CPU threads (default: torch's, one per core); 1 is several times faster on a loaded machine"},
     )
     score_batch_size: int = field(default=16, metadata={"help": "inputs per forward pass when scoring"})
+    tasks: list[str] | None = field(
+        default=None,
+        metadata={"help": "span: train one multi-task RM with a head per RM category on one shared backbone, e.g. "
+                          "[relevance, factuality]; `category` must be one of them and keeps the config's level, passages "
+                          "and categories, the others take their defaults; the training settings are shared"},
+    )
+    ensemble: int = field(
+        default=1,
+        metadata={"help": "train this many members with seeds seed, seed+1, ... and average their P(error) (span) "
+                          "or scores (pairwise) when scoring; 1: a single model"},
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "kind", KINDS)
@@ -137,6 +148,24 @@ class RMTrainConfig(ConfigBase):
         check_range(self, "patience", 1, None)
         if self.threads is not None:
             check_range(self, "threads", 1, None)
+        check_range(self, "ensemble", 1, None)
+        if self.tasks is not None:
+            self._check_tasks()
+
+    def _check_tasks(self) -> None:
+        """A multi-task RM: span heads only, at least two distinct categories, `category` among them.
+        Whether each is a category of the taxonomy is checked against the taxonomy in use, when training."""
+        tasks, name = list(self.tasks or ()), self._name("tasks")
+        if self.kind != "span":
+            raise ConfigError(f"{name}: {tasks!r}: multi-task heads are for kind=span")
+        for task in tasks:
+            if task in PAIRWISE_CATEGORIES:
+                raise ConfigError(f"{name}: {task!r} is a pairwise RM category; a multi-task RM has span heads (e.g. [relevance, factuality])")
+        if len(set(tasks)) != len(tasks) or len(tasks) < 2:
+            raise ConfigError(f"{name}: {tasks!r}: name at least two different categories (or leave it unset)")
+        if self.category not in tasks:
+            raise ConfigError(f"{name}: {tasks!r} does not include category {self.category!r}, "
+                              "the head the config's level, passages and categories describe")
 
     def _name(self, attr: str) -> str:
         return f"{self._path}.{attr}" if self._path else attr
@@ -149,3 +178,8 @@ class RMTrainConfig(ConfigBase):
     @property
     def with_passages(self) -> bool:
         return self.passages if self.passages is not None else DEFAULT_PASSAGES.get(self.category, True)
+
+    @property
+    def head_names(self) -> list[str]:
+        """The RM categories this config trains a head for: `tasks`, else `category` alone."""
+        return list(self.tasks) if self.tasks else [self.category]

@@ -39,35 +39,46 @@ def fold_split(examples: Sequence[Example], folds: int, seed: int, train_example
     return out
 
 
+FoldResult = tuple[dict[str, Any], list[float], list[int]]  # a fold's row, and a span head's held-out P(error) and labels
+
+
 def _span_fold(cfg: "RMTrainConfig", train: list[Example], held: list[Example], folder: Path | None,
-               taxonomy: Taxonomy, device: str | None, log: Callable[[str], None]) -> tuple[dict[str, Any], list[float], list[int]]:
+               taxonomy: Taxonomy, device: str | None, log: Callable[[str], None]) -> dict[str, FoldResult]:
+    """Each head's held-out row (one head unless cfg.tasks), all from one training on `train`."""
     from finegrain.rewards.card import load_reward_model
-    from finegrain.rewards.rm_data import build_span_data, span_categories
+    from finegrain.rewards.rm_data import build_span_data, span_tasks
     from finegrain.rewards.span_rm import span_metrics, span_probabilities, train_span_rm
 
-    categories = span_categories(cfg.category, cfg.categories, taxonomy)
-    data = build_span_data(held, categories, cfg.span_level)
-    gold = [list(it.labels) for it in data.items]
-    if folder is None:  # baselines only: a metric that never flags, on the same segments
-        m = span_metrics([[0.0] * len(g) for g in gold], data, categories, 0.5)
-        return {"baselines": m.baselines, "segments": m.segments, "error_rate": m.error_rate}, [], []
-    card = train_span_rm(cfg, train, folder, taxonomy=taxonomy, device=device, log=log)
-    rm = load_reward_model(folder, device=device, batch_size=cfg.score_batch_size, bf16=cfg.bf16, card=card)
-    probs, seconds = span_probabilities(rm, data)
-    fixed = span_metrics(probs, data, categories, cfg.threshold, seconds)
-    tuned_t = float(card.training["threshold_on_train"])
-    tuned = span_metrics(probs, data, categories, tuned_t, seconds)
-    row = {
-        **{k: v for k, v in dataclasses.asdict(fixed).items() if k != "recall_by_category"},
-        "f1_tuned_threshold": tuned.f1, "accuracy_tuned_threshold": tuned.accuracy, "threshold_tuned": tuned_t,
-        "threshold_used": card.training["threshold"],
-        "train_cpu_seconds": card.training["cpu_seconds"], "train_seconds": card.training["seconds"],
-        "epochs_run": card.training.get("epochs_run"),
-    }
-    if card.training["threshold"] != cfg.threshold:  # the config asked for the tuned threshold: report that
-        used = span_metrics(probs, data, categories, float(card.training["threshold"]), seconds)
-        row.update(f1=used.f1, accuracy=used.accuracy, precision=used.precision, recall=used.recall, f1_ci=used.f1_ci)
-    return row, [p for ps in probs for p in ps], [y for ys in gold for y in ys]
+    tasks = span_tasks(cfg, taxonomy)
+    card = train_span_rm(cfg, train, folder, taxonomy=taxonomy, device=device, log=log) if folder is not None else None
+    out: dict[str, FoldResult] = {}
+    rm = None
+    for task in tasks:
+        data = build_span_data(held, task.categories, task.level)
+        gold = [list(it.labels) for it in data.items]
+        if card is None:  # baselines only: a metric that never flags, on the same segments
+            m = span_metrics([[0.0] * len(g) for g in gold], data, task.categories, 0.5)
+            out[task.name] = {"baselines": m.baselines, "segments": m.segments, "error_rate": m.error_rate}, [], []
+            continue
+        head = card.for_head(task.name)
+        rm = load_reward_model(folder, device=device, batch_size=cfg.score_batch_size, bf16=cfg.bf16, card=head) if rm is None \
+            else rm.for_head(task.name)  # the other heads of a multi-task RM: the same loaded model
+        probs, seconds = span_probabilities(rm, data)
+        fixed = span_metrics(probs, data, task.categories, cfg.threshold, seconds)
+        tuned_t = float(head.training["threshold_on_train"])
+        tuned = span_metrics(probs, data, task.categories, tuned_t, seconds)
+        row = {
+            **{k: v for k, v in dataclasses.asdict(fixed).items() if k != "recall_by_category"},
+            "f1_tuned_threshold": tuned.f1, "accuracy_tuned_threshold": tuned.accuracy, "threshold_tuned": tuned_t,
+            "threshold_used": head.training["threshold"],
+            "train_cpu_seconds": head.training["cpu_seconds"], "train_seconds": head.training["seconds"],
+            "epochs_run": head.training.get("epochs_run"),
+        }
+        if head.training["threshold"] != cfg.threshold:  # the config asked for the tuned threshold: report that
+            used = span_metrics(probs, data, task.categories, float(head.training["threshold"]), seconds)
+            row.update(f1=used.f1, accuracy=used.accuracy, precision=used.precision, recall=used.recall, f1_ci=used.f1_ci)
+        out[task.name] = row, [p for ps in probs for p in ps], [y for ys in gold for y in ys]
+    return out
 
 
 def _pairwise_fold(cfg: "RMTrainConfig", train: list[Example], held: list[Example], folder: Path | None,
@@ -140,11 +151,11 @@ def cross_validate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # what a saved fold must match to be reused: the settings, the data, the folds
-    key = {"config": to_dict(cfg), "data_sha256": _examples_digest(examples), "folds": folds, "seed": seed,
+    key = {"config": _config_key(cfg), "data_sha256": _examples_digest(examples), "folds": folds, "seed": seed,
            "train_examples": train_examples, "baselines_only": baselines_only}
-    rows: list[dict[str, Any]] = []
-    pooled_p: list[float] = []
-    pooled_y: list[int] = []
+    heads = cfg.head_names if cfg.kind == "span" else [cfg.category]  # several: a multi-task RM's categories
+    rows: dict[str, list[dict[str, Any]]] = {h: [] for h in heads}
+    pooled: dict[str, tuple[list[float], list[int]]] = {h: ([], []) for h in heads}
     n_train = 0
     for f, (train, held) in enumerate(fold_split(examples, folds, seed, train_examples)):
         n_train = len(train)
@@ -153,37 +164,63 @@ def cross_validate(
             continue
         if saved is not None:
             log(f"fold {f + 1}/{folds}: reusing {out_dir / f'fold-{f}.json'}")
-            row, p, y = saved["row"], saved["probs"], saved["labels"]
+            results = {cfg.category: (saved["row"], saved["probs"], saved["labels"]),
+                       **{h: (t["row"], t["probs"], t["labels"]) for h, t in saved.get("tasks", {}).items()}}
         else:
             log(f"fold {f + 1}/{folds}: {len(train)} training examples, {len(held)} held out")
-            p, y = [], []
             with tempfile.TemporaryDirectory(prefix="finegrain-cv-", dir=out_dir) as tmp:
                 folder = None if baselines_only else (out_dir / f"fold-{f}" if keep_models else Path(tmp) / "rm")
                 if cfg.kind == "span":
-                    row, p, y = _span_fold(cfg, train, held, folder, taxonomy, device, log)
+                    results = _span_fold(cfg, train, held, folder, taxonomy, device, log)
                 else:
-                    row = _pairwise_fold(cfg, train, held, folder, device, log)
-            row["fold"] = f
-            row["held_out_examples"] = len(held)
-            atomic_write_json(out_dir / f"fold-{f}.json", {**key, "row": row, "probs": p, "labels": y})
-        pooled_p += p
-        pooled_y += y
-        rows.append(row)
-        log(format_fold(cfg.kind, row))
+                    results = {cfg.category: (_pairwise_fold(cfg, train, held, folder, device, log), [], [])}
+            for row, _, _ in results.values():
+                row["fold"] = f
+                row["held_out_examples"] = len(held)
+            own, p, y = results[cfg.category]  # saved as a single-category fold is, the other heads beside it
+            others = {h: {"row": r, "probs": hp, "labels": hy} for h, (r, hp, hy) in results.items() if h != cfg.category}
+            atomic_write_json(out_dir / f"fold-{f}.json", {**key, "row": own, "probs": p, "labels": y, **({"tasks": others} if others else {})})
+        for h in heads:
+            row, p, y = results[h]
+            pooled[h][0].extend(p)
+            pooled[h][1].extend(y)
+            rows[h].append(row)
+            log(format_fold(cfg.kind, row) if len(heads) == 1 else f"  {h}: {format_fold(cfg.kind, row).lstrip()}")
+    per_head = {h: _head_report(cfg, h, rows[h], *pooled[h], folds, out_dir, own=h == cfg.category) for h in heads}
     report: dict[str, Any] = {
-        "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows), "seed": seed,
+        "kind": cfg.kind, "category": cfg.category, "folds": folds, "folds_done": len(rows[cfg.category]), "seed": seed,
         "train_examples": n_train, "examples": len(examples), "data_file": str(data_file) if data_file else None,
-        "baselines_only": baselines_only, "config": key["config"],
-        "summary": summarise(cfg.kind, rows) if rows else {}, "per_fold": rows,
+        "baselines_only": baselines_only, "config": to_dict(cfg), **per_head[cfg.category],
     }
-    if pooled_p:
-        table = rm_eval.reliability_table(pooled_p, pooled_y)
-        report["ece_pooled"] = rm_eval.expected_calibration_error(pooled_p, pooled_y)
-        report["reliability"] = [dataclasses.asdict(b) for b in table]
-        rm_eval.plot_reliability(out_dir / "reliability.png", table,
-                                 f"{cfg.category} RM, {len(rows)} of {folds} folds held out (ECE {report['ece_pooled']:.3f})")
+    if len(heads) > 1:  # a multi-task RM: every head's report, each on the same folds as its single-category RM's
+        report["tasks"] = per_head
     atomic_write_json(out_dir / "cv.json", report)
     return report
+
+
+def _head_report(cfg: "RMTrainConfig", head: str, rows: list[dict[str, Any]], pooled_p: list[float], pooled_y: list[int],
+                 folds: int, out_dir: Path, own: bool) -> dict[str, Any]:
+    """One category's summary over its folds and, for a span head, the reliability of its pooled held-out
+    predictions (`reliability.png`; a multi-task RM's other heads: `reliability-<category>.png`)."""
+    out: dict[str, Any] = {"summary": summarise(cfg.kind, rows) if rows else {}, "per_fold": rows}
+    if pooled_p:
+        table = rm_eval.reliability_table(pooled_p, pooled_y)
+        out["ece_pooled"] = rm_eval.expected_calibration_error(pooled_p, pooled_y)
+        out["reliability"] = [dataclasses.asdict(b) for b in table]
+        rm_eval.plot_reliability(out_dir / ("reliability.png" if own else f"reliability-{head}.png"), table,
+                                 f"{head} RM, {len(rows)} of {folds} folds held out (ECE {out['ece_pooled']:.3f})")
+    return out
+
+
+# Settings added after folds were first saved, left out of a fold's key at their defaults so that the folds
+# saved before they existed are still reused.
+LATER_DEFAULTS = {"tasks": None, "ensemble": 1}
+
+
+def _config_key(cfg: "RMTrainConfig") -> dict[str, Any]:
+    from finegrain.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def _examples_digest(examples: Sequence[Example]) -> str:
@@ -229,4 +266,11 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  {key}: {v['mean']:.3f} ± {v['spread']:.3f}")
     if "ece_pooled" in report:
         lines.append(f"  ece (pooled held-out predictions): {report['ece_pooled']:.3f}")
+    for head, part in report.get("tasks", {}).items():
+        if head == report["category"]:
+            continue
+        lines.append(f"{head} head of the same multi-task RM:")
+        lines += [f"  {key}: {v['mean']:.3f} ± {v['spread']:.3f}" for key, v in part["summary"].items()]
+        if "ece_pooled" in part:
+            lines.append(f"  ece (pooled held-out predictions): {part['ece_pooled']:.3f}")
     return "\n".join(lines)

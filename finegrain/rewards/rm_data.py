@@ -31,6 +31,8 @@ from finegrain.data.records import FIRST_BETTER, SECOND_BETTER, Example, Span
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from finegrain.rewards.rm_config import RMTrainConfig
+
     from finegrain.segment import Segment
 
 PROMPT_TEMPLATE = {
@@ -92,6 +94,34 @@ def span_categories(rm_category: str, categories: Sequence[str] | None, taxonomy
         return taxonomy.categories_for(rm_category)
     except ValueError as err:
         raise ConfigError(f"category: {err}") from None
+
+
+@dataclass(frozen=True)
+class SpanTask:
+    """What one head of a span RM judges and how its inputs are built."""
+
+    name: str  # the RM category: relevance, factuality, ...
+    categories: tuple[str, ...]  # annotation categories counted as errors
+    level: str  # segment level
+    passages: bool  # whether its input holds the source passages
+
+
+def span_tasks(cfg: "RMTrainConfig", taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> list[SpanTask]:
+    """The heads a span config trains: `category` with the config's level, passages and categories, then
+    (multi-task) every other category of `tasks` with its defaults, each built as its single-category RM's."""
+    from finegrain.rewards.rm_config import DEFAULT_LEVEL, DEFAULT_PASSAGES
+
+    out = []
+    for name in cfg.head_names:
+        if name == cfg.category:
+            out.append(SpanTask(name, span_categories(name, cfg.categories, taxonomy), cfg.span_level, cfg.with_passages))
+            continue
+        try:
+            categories = taxonomy.categories_for(name)
+        except ValueError as err:
+            raise ConfigError(f"tasks: {err}") from None
+        out.append(SpanTask(name, categories, DEFAULT_LEVEL.get(name, "sentence"), DEFAULT_PASSAGES.get(name, True)))
+    return out
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from finegrain.rewards.rm_common import with_cfg_threads
 from finegrain.rewards.rm_data import (
     SpanData,
     SpanInput,
+    SpanTask,
     build_span_data,
     encode_span,
     input_template,
     prompt_text,
-    span_categories,
+    span_tasks,
 )
 
 if TYPE_CHECKING:
@@ -63,14 +64,25 @@ def marker_id(tok: "PreTrainedTokenizerBase", model: "PreTrainedModel | None", m
 
 def weighted_marker_loss(logits: "torch.Tensor", labels: "torch.Tensor", error_weight: float) -> "torch.Tensor":
     """Cross-entropy over marker positions, the error class weighted by `error_weight`
-    (a weighted mean, as torch's weighted cross-entropy defines it).
-    Shape: logits (N, L, 2), labels (N, L) with IGNORE off the markers -> scalar."""
+    (a weighted mean, as torch's weighted cross-entropy defines it). A multi-task model has K heads of
+    two columns each: label c is class c % 2 (0 no error, 1 error) of head c // 2, and each marker's
+    loss reads its own head's two columns only (K = 1: plain two-class cross-entropy).
+    Shape: logits (N, L, 2K), labels (N, L) in [0, 2K) or IGNORE off the markers -> scalar."""
     import torch
 
+    flat = labels.reshape(-1)  # (N*L,)
+    pairs = logits.reshape(flat.shape[0], -1, 2).float()  # (N*L, K, 2)
+    head = torch.where(flat == IGNORE, 0, flat // 2)  # (N*L,)
+    own = pairs[torch.arange(flat.shape[0], device=logits.device), head]  # (N*L, 2): the marker's own head
+    target = torch.where(flat == IGNORE, IGNORE, flat % 2)
     weight = torch.tensor([1.0, error_weight], device=logits.device)
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=weight, ignore_index=IGNORE
-    )
+    return torch.nn.functional.cross_entropy(own, target, weight=weight, ignore_index=IGNORE)
+
+
+def head_p_error(logits: "torch.Tensor", head: int) -> "torch.Tensor":
+    """P(error) of head `head`: the softmax over its two columns (2h no error, 2h + 1 error).
+    Shape: logits (N, L, 2K) -> (N, L)."""
+    return logits[..., 2 * head : 2 * head + 2].float().softmax(-1)[..., 1]
 
 
 @dataclass(frozen=True)
@@ -116,11 +128,12 @@ def count_binary(predicted: Sequence[int], gold: Sequence[int]) -> BinaryCounts:
 
 
 class SpanRewardModel:
-    """A trained span RM as a RewardSource: `score()` gives P(error) for every segment."""
+    """A trained span RM as a RewardSource: `score()` gives P(error) for every segment: of its card's head
+    (a multi-task RM), averaged over its members (an ensemble)."""
 
     def __init__(
         self,
-        model: "PreTrainedModel",
+        model: "PreTrainedModel | Sequence[PreTrainedModel]",
         tokenizer: "PreTrainedTokenizerBase",
         card: RMCard,
         *,
@@ -136,21 +149,26 @@ class SpanRewardModel:
         self.level = card.level
         self.tokenizer = tokenizer
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, Sequence) else [model])]  # ensemble members
+        self.head = card.head_index  # which head's two logit columns to read
         self.batch_size = batch_size
         self.bf16 = bf16
         self.marker, self.marker_id = marker_id(tokenizer, None, card.marker)
+
+    def for_head(self, name: str) -> "SpanRewardModel":
+        """The same loaded model(s) scoring another head of a multi-task RM (no second copy in memory)."""
+        return SpanRewardModel(self.models, self.tokenizer, self.card.for_head(name), device=str(self.device),
+                               batch_size=self.batch_size, bf16=self.bf16)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "SpanRewardModel":
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-        from finegrain.rewards.rm_common import prepare_rm_tokenizer
+        from finegrain.rewards.rm_common import load_models, prepare_rm_tokenizer
 
         card = card or RMCard.load(path)
         tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-        model = AutoModelForTokenClassification.from_pretrained(str(path))
-        return cls(model, tok, card, **kwargs)
+        return cls(load_models(path, card.members, AutoModelForTokenClassification), tok, card, **kwargs)
 
     def _inputs(self, example: Example, response: str, segments: Sequence[Any]) -> list[SpanInput]:
         prompt = prompt_text(example, self.card.passages)
@@ -194,8 +212,8 @@ class SpanRewardModel:
             idx = order[k : k + self.batch_size]
             batch = _pad([inputs[i] for i in idx], pad, self.device)
             with torch.no_grad(), autocast(self.device, self.bf16):
-                logits = self.model(**batch).logits  # (N, L, 2)
-            p_error = logits.float().softmax(-1)[..., 1].cpu()  # (N, L)
+                # (M, N, L) -> (N, L): the members' P(error) averaged (an ensemble's mean prediction)
+                p_error = torch.stack([head_p_error(m(**batch).logits, self.head) for m in self.models]).mean(0).cpu()
             for row, i in enumerate(idx):
                 out[i] = p_error[row, inputs[i].marker_positions].tolist()
         return out
@@ -314,20 +332,29 @@ def evaluate_span(rm: SpanRewardModel, data: SpanData, threshold: float | None =
 # --- training ---------------------------------------------------------------------------------
 
 
-def _features(items: Sequence[Any], tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", max_length: int, mid: int) -> list[dict[str, list[int]]]:
-    """The Trainer's examples: token-classification inputs whose labels sit on the markers only."""
+def _features(items: Sequence[Any], tok: "PreTrainedTokenizerBase", passages: bool, max_length: int, mid: int,
+              head: int = 0) -> list[dict[str, list[int]]]:
+    """The Trainer's examples: token-classification inputs whose labels sit on the markers only, as
+    column 2 * head + label (the columns of the head that judges them)."""
     feats = []
     for it in items:
-        prompt = prompt_text(it.example, cfg.with_passages)
+        prompt = prompt_text(it.example, passages)
         for inp in encode_span(tok, prompt, it.response, it.segments, max_length, mid):
             labels = [IGNORE] * len(inp.input_ids)
             for pos, j in zip(inp.marker_positions, inp.segment_indices):
-                labels[pos] = it.labels[j]
+                labels[pos] = 2 * head + it.labels[j]
             feat = {"input_ids": inp.input_ids, "attention_mask": [1] * len(inp.input_ids), "labels": labels}
             if inp.token_type_ids is not None:
                 feat["token_type_ids"] = inp.token_type_ids
             feats.append(feat)
     return feats
+
+
+def _head_labels(tasks: Sequence[SpanTask]) -> dict[int, str]:
+    """id2label of the classifier: "no error"/"error" for one head, "<category>: no error"/... for several."""
+    if len(tasks) == 1:
+        return {0: "no error", 1: "error"}
+    return {2 * i + y: f"{t.name}: {LABEL_MAP[str(y)]}" for i, t in enumerate(tasks) for y in (0, 1)}
 
 
 @with_cfg_threads
@@ -343,119 +370,140 @@ def train_span_rm(
     device: str | None = None,
     log: Callable[[str], None] = print,
 ) -> RMCard:
-    """Fine-tune a token classifier on segment labels, save it with its card in `out_dir`."""
+    """Fine-tune a token classifier on segment labels, save it with its card in `out_dir`. With
+    `cfg.tasks`, one classifier with a head per category, trained on every category's inputs at once (mixed
+    batches); with `cfg.ensemble` > 1, that many classifiers with consecutive seeds, scored as their mean."""
     import torch
-    from transformers import DataCollatorForTokenClassification, Trainer
+    from transformers import DataCollatorForTokenClassification
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
     from finegrain.rewards import rm_common
-    from finegrain.rewards.rm_eval import best_threshold, to_record
+    from finegrain.rewards.rm_eval import to_record
 
-    # 1. data: segment and label every annotated response
-    categories = span_categories(cfg.category, cfg.categories, taxonomy)
-    level = cfg.span_level
+    # 1. data: segment and label every annotated response, for each head as its single-category RM does
+    tasks = span_tasks(cfg, taxonomy)
+    multi = len(tasks) > 1
     fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
-    data = build_span_data(fit_examples, categories, level)
-    val_data = build_span_data(val_examples, categories, level)
-    if not data.items:
-        raise TrainingError(f"no annotated, non-empty responses to train the {cfg.category} RM on")
-    n_seg = sum(len(it.labels) for it in data.items)
-    n_err = sum(sum(it.labels) for it in data.items)
-    log(f"{cfg.category}: {len(data.items)} responses, {n_seg} {level} segments, {n_err} with an error "
-        f"({data.empty_skipped} empty responses skipped)")
+    datas = [build_span_data(fit_examples, t.categories, t.level) for t in tasks]
+    val_datas = [build_span_data(val_examples, t.categories, t.level) for t in tasks]
+    for task, data in zip(tasks, datas):
+        if not data.items:
+            raise TrainingError(f"no annotated, non-empty responses to train the {task.name} RM on")
+        log(f"{task.name}: {len(data.items)} responses, {_count(data)[0]} {task.level} segments, {_count(data)[1]} with an error "
+            f"({data.empty_skipped} empty responses skipped)")
 
-    # 2. backbone, tokenizer, marker
-    torch.manual_seed(cfg.seed)
+    # 2. backbone, tokenizer, marker; 3. train with the HF Trainer: once per ensemble member
     dev = rm_common.pick_device(device)
-    model, tok, kind = rm_common.load_backbone(
-        cfg, "token", num_labels=2, id2label={0: "no error", 1: "error"}, label2id={"no error": 0, "error": 1}
-    )
-    marker, mid = marker_id(tok, model, cfg.marker)
-    if cfg.finetune == "lora":
-        model = rm_common.add_lora(model, cfg, "token")
-    finetune = rm_common.finetune_section(cfg, model)
-    max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
-    feats = _features(data.items, tok, cfg, max_length, mid)
-    val_feats = _features(val_data.items, tok, cfg, max_length, mid)
-    log(f"{len(feats)} model inputs (max {max(len(f['input_ids']) for f in feats)} tokens, limit {max_length})"
-        + (f", {len(val_feats)} validation inputs from {len(val_examples)} prompts" if val_feats else ""))
-
-    # 3. train with the HF Trainer
     loss_func = None
-    if cfg.error_weight != 1.0:
+    if cfg.error_weight != 1.0 or multi:  # several heads: each marker's loss on its own head's columns
         def loss_func(outputs: Any, labels: "torch.Tensor", num_items_in_batch: Any = None) -> "torch.Tensor":
             return weighted_marker_loss(outputs.logits, labels, cfg.error_weight)
-    with rm_common.scratch_dir() as scratch:
-        trainer = Trainer(
-            model=model,
-            args=rm_common.training_arguments(cfg, scratch, dev, validate=bool(val_feats)),
-            train_dataset=feats,
-            eval_dataset=val_feats or None,
-            data_collator=DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE),
-            processing_class=tok,
-            compute_loss_func=loss_func,
-            callbacks=rm_common.early_stopping(cfg, bool(val_feats)),
+    id2label = _head_labels(tasks)
+    models, results = [], []
+    for member in rm_common.member_configs(cfg):
+        torch.manual_seed(member.seed)
+        model, tok, kind = rm_common.load_backbone(
+            member, "token", num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()}
         )
-        result = rm_common.run_trainer(trainer)
-    if result.final_loss is not None and not torch.isfinite(torch.tensor(result.final_loss)):
-        raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
-    log(f"trained in {result.seconds:.1f} s wall, {result.cpu_seconds:.1f} s CPU ({result.steps} steps), loss per epoch: "
-        + ", ".join(f"{x:.3f}" for x in result.losses)
-        + (f"; validation loss per epoch: {', '.join(f'{x:.3f}' for x in result.val_losses)} (kept epoch {result.best_epoch})"
-           if result.val_losses else ""))
+        marker, mid = marker_id(tok, model, cfg.marker)
+        if cfg.finetune == "lora":
+            model = rm_common.add_lora(model, cfg, "token")
+        finetune = rm_common.finetune_section(cfg, model)
+        if not models:  # the inputs are the same for every member
+            max_length = rm_common.backbone_max_length(cfg.max_length, tok, model.config)
+            feats = [f for i, (t, d) in enumerate(zip(tasks, datas)) for f in _features(d.items, tok, t.passages, max_length, mid, i)]
+            val_feats = [f for i, (t, d) in enumerate(zip(tasks, val_datas))
+                         for f in _features(d.items, tok, t.passages, max_length, mid, i)]
+            log(f"{len(feats)} model inputs (max {max(len(f['input_ids']) for f in feats)} tokens, limit {max_length})"
+                + (f", {len(val_feats)} validation inputs from {len(val_examples)} prompts" if val_feats else ""))
+        if cfg.ensemble > 1:
+            log(f"ensemble member {len(models) + 1}/{cfg.ensemble}, seed {member.seed}")
+        results.append(rm_common.fit(model, tok, member, dev, feats, val_feats,
+                                     DataCollatorForTokenClassification(tok, label_pad_token_id=IGNORE), loss_func, log))
+        models.append(rm_common.merged(model))
 
-    # 4. save the model, then calibrate and evaluate it as the RewardSource it will be
+    # 4. save the model(s), then calibrate, set the threshold and evaluate each head as the RewardSource it will be
     out_dir = Path(out_dir)
-    model = rm_common.merged(model)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    members = rm_common.save_models(models, tok, out_dir)
+    template = f"{{segment 1}} {marker} {{segment 2}} {marker} ..."
+    primary = tasks[0]
     card = RMCard(
         kind="span",
         backbone_kind=kind,
         model_class=MODEL_CLASS["span"],
         finetune=finetune,
-        name=cfg.category,
-        level=level,
-        categories=list(categories),
-        label_map=dict(LABEL_MAP),
+        name="+".join(t.name for t in tasks),
+        level="+".join(t.level for t in tasks),
+        categories=[c for t in tasks for c in t.categories],
+        label_map=dict(LABEL_MAP) if not multi else {str(k): v for k, v in id2label.items()},
         score="p_error",
-        input_template=input_template(tok, cfg.with_passages, f"{{segment 1}} {marker} {{segment 2}} {marker} ..."),
-        passages=cfg.with_passages,
+        input_template=input_template(tok, primary.passages, template) if not multi else "per head, see heads",
+        passages=any(t.passages for t in tasks),
         truncation=TRUNCATION,
         marker=marker,
         max_length=max_length,
         backbone=cfg.backbone,
         tokenizer=type(tok).__name__,
         data=rm_common.data_section(
-            train_file, eval_file, train_responses=len(data.items), train_segments=n_seg, train_error_segments=n_err,
-            train_inputs=len(feats), empty_skipped=data.empty_skipped,
+            train_file, eval_file, train_inputs=len(feats), **({} if multi else _data_counts(datas[0]))
         ),
-        training={**to_dict(cfg), "level": level, "passages": cfg.with_passages, "seconds": round(result.seconds, 1),
-                  "cpu_seconds": round(result.cpu_seconds, 1),
-                  "steps": result.steps, "epoch_losses": result.losses, "device": str(dev),
-                  "epochs_run": result.epochs_run, "validation_losses": result.val_losses, "best_epoch": result.best_epoch,
-                  "validation_prompts": len(val_examples),
+        training={**to_dict(cfg), **({} if multi else {"level": primary.level, "passages": primary.passages}),
+                  **rm_common.training_record(results, [m.seed for m in rm_common.member_configs(cfg)]),
+                  "device": str(dev), "validation_prompts": len(val_examples),
                   "threads": torch.get_num_threads()},  # inside torch_threads(cfg.threads)
         calibration=calibration_of([]),
+        heads=[{"name": t.name, "level": t.level, "categories": list(t.categories), "passages": t.passages,
+                "input_template": input_template(tok, t.passages, template), "calibration": dataclasses.asdict(calibration_of([])),
+                "training": {"level": t.level, "passages": t.passages, "threshold": cfg.threshold},
+                "data": _data_counts(d), "metrics": {}} for t, d in zip(tasks, datas)] if multi else [],
+        members=members,
     )
-    rm = SpanRewardModel(model, tok, card, device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
-    probs, _ = span_probabilities(rm, data)
-    card.calibration = calibration_of([p for ps in probs for p in ps])
-    # 5. the threshold: the config's, or the best on the validation split (else the training data)
-    card.training["threshold_on_train"] = best_threshold([p for ps in probs for p in ps], [y for it in data.items for y in it.labels])
-    if val_data.items:
-        val_probs, _ = span_probabilities(rm, val_data)
-        card.training["threshold_on_validation"] = best_threshold([p for ps in val_probs for p in ps],
-                                                                   [y for it in val_data.items for y in it.labels])
-    if cfg.tune_threshold:
-        card.training["threshold"] = card.training.get("threshold_on_validation", card.training["threshold_on_train"])
-        log(f"threshold {card.training['threshold']:.3f} (best error F1 on the "
-            f"{'validation split' if val_data.items else 'training data'})")
-    if eval_examples is not None:
-        eval_data = build_span_data(eval_examples, categories, level)
-        if eval_data.items:
-            card.metrics = to_record(evaluate_span(rm, eval_data, card.training["threshold"]))
-            card.data["eval_responses"] = len(eval_data.items)
+    eval_datas = [build_span_data(eval_examples, t.categories, t.level) for t in tasks] if eval_examples is not None else []
+    for i, task in enumerate(tasks):
+        rm = SpanRewardModel(models, tok, card.for_head(task.name), device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
+        calibration, training = _fit_threshold(cfg, rm, datas[i], val_datas[i], log)
+        metrics, data = {}, {}
+        if eval_datas and eval_datas[i].items:
+            metrics = to_record(evaluate_span(rm, eval_datas[i], training["threshold"]))
+            data = {"eval_responses": len(eval_datas[i].items)}
+        if multi:
+            card.heads[i].update(calibration=dataclasses.asdict(calibration), metrics=metrics)
+            card.heads[i]["training"].update(training)
+            card.heads[i]["data"].update(data)
+        else:
+            card.calibration, card.metrics = calibration, metrics
+            card.training.update(training)
+            card.data.update(data)
     card.save(out_dir)
     return card
+
+
+def _count(data: SpanData) -> tuple[int, int]:
+    """(segments, error segments)."""
+    return sum(len(it.labels) for it in data.items), sum(sum(it.labels) for it in data.items)
+
+
+def _data_counts(data: SpanData) -> dict[str, int]:
+    segments, errors = _count(data)
+    return {"train_responses": len(data.items), "train_segments": segments, "train_error_segments": errors,
+            "empty_skipped": data.empty_skipped}
+
+
+def _fit_threshold(cfg: "RMTrainConfig", rm: SpanRewardModel, data: SpanData, val_data: SpanData,
+                   log: Callable[[str], None]) -> tuple[Any, dict[str, float]]:
+    """One head's calibration over its training segments and its threshold: the config's, or the best on
+    the validation split (else the training data); both candidates are recorded either way."""
+    from finegrain.rewards.rm_eval import best_threshold
+
+    probs, _ = span_probabilities(rm, data)
+    out = {"threshold": cfg.threshold,
+           "threshold_on_train": best_threshold([p for ps in probs for p in ps], [y for it in data.items for y in it.labels])}
+    if val_data.items:
+        val_probs, _ = span_probabilities(rm, val_data)
+        out["threshold_on_validation"] = best_threshold([p for ps in val_probs for p in ps], [y for it in val_data.items for y in it.labels])
+    if cfg.tune_threshold:
+        out["threshold"] = out.get("threshold_on_validation", out["threshold_on_train"])
+        log(f"{rm.name}: threshold {out['threshold']:.3f} (best error F1 on the "
+            f"{'validation split' if val_data.items else 'training data'})")
+    return calibration_of([p for ps in probs for p in ps]), out

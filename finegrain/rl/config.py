@@ -151,7 +151,7 @@ class PPOConfig(ConfigBase):
 
 
 # Which fields belong to which source kind and which mapping (RewardConfig rejects the others).
-KIND_FIELDS = {"mode": {"toxicity"}, "scorer": {"toxicity"}, "path": {"rm"}}
+KIND_FIELDS = {"mode": {"toxicity"}, "scorer": {"toxicity"}, "path": {"rm"}, "head": {"rm"}}
 MAPPING_FIELDS = {
     "scale": {"affine", "standardize"},
     "bias": {"affine", "standardize"},
@@ -174,6 +174,7 @@ class RewardConfig(ConfigBase):
     mode: str | None = field(default=None, metadata={"help": "toxicity: dense (per-sentence drop in toxicity; default) or holistic (-toxicity of the whole, on its last token)"})
     scorer: str | None = field(default=None, metadata={"help": "toxicity: the scorer (default profanity-check; embedded)"})
     path: str | None = field(default=None, metadata={"help": "rm: the reward model's folder (its card)"})
+    head: str | None = field(default=None, metadata={"help": "rm: the category to score with, for a multi-task RM (one of its card's heads)"})
     mapping: str = field(default="identity", metadata={"help": "score -> reward: identity, affine, standardize or binary"})
     scale: float | None = field(default=None, metadata={"help": "affine/standardize: multiplier (default 1)"})
     bias: float | None = field(default=None, metadata={"help": "affine/standardize: added after scaling (default 0)"})
@@ -219,6 +220,8 @@ class RewardConfig(ConfigBase):
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.kind == "rm" and self.head:
+            return self.head
         if self.kind == "rm" and self.path:
             return Path(self.path).name
         return self.kind

@@ -4,13 +4,14 @@
       - {kind: toxicity, mode: dense, weight: 1.0}                    # the paper's detox reward
       - {kind: rm, path: runs/rm-relevance, mapping: binary, reward_ok: 0.3, reward_error: -0.3}
       - {kind: rm, path: runs/rm-completeness, mapping: standardize, scale: 0.3}
+      - {kind: rm, path: runs/rm-multitask, head: factuality, mapping: binary, reward_ok: 0.5, reward_error: -0.5}
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from finegrain.config import ConfigError
 
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 
 
 def check_sources(rewards: Sequence["RewardConfig"]) -> list["RMCard | None"]:
-    """Fail fast on what can be checked without loading a model: RM folders and their cards.
-    Returns each source's card (None for a non-RM source): the only time a card is read."""
+    """Fail fast on what can be checked without loading a model: RM folders and their cards, the head
+    of a multi-task RM. Returns each source's card (a multi-task RM's: its head's; None for a non-RM
+    source): the only time a card is read."""
     from finegrain.rewards.card import RMCard
 
     cards: list[RMCard | None] = []
@@ -34,6 +36,11 @@ def check_sources(rewards: Sequence["RewardConfig"]) -> list["RMCard | None"]:
             if not folder.is_dir():
                 raise ConfigError(f"rewards[{i}].path: {r.path!r} is not a folder (a trained reward model's)")
             card = RMCard.load(folder)
+            if r.head is not None:
+                card = card.for_head(r.head, f"rewards[{i}].head")
+            elif card.heads:
+                raise ConfigError(f"rewards[{i}].head: {r.path} is a multi-task RM; name the category to score with "
+                                  f"(one of {', '.join(card.head_names)})")
             if r.mapping == "standardize" and card.kind == "span":
                 raise ConfigError(f"rewards[{i}].mapping: standardize is for sequence RMs; {r.path} is a span RM (use binary)")
         cards.append(card)
@@ -70,6 +77,7 @@ def build_sources(
 
     cards = list(cards) if cards is not None else check_sources(rewards)
     out = []
+    loaded: dict[Path, Any] = {}  # a multi-task RM's folder -> its loaded model, shared by its heads' sources
     for r, card in zip(rewards, cards):
         if r.kind == "toxicity":
             from finegrain.rewards.toxicity import ToxicityReward, load_scorer
@@ -78,6 +86,11 @@ def build_sources(
         else:
             from finegrain.rewards.card import load_reward_model
 
-            source = load_reward_model(r.path or "", device=device, bf16=bf16, card=card)
+            folder = Path(r.path or "").resolve()
+            if card is not None and card.heads and folder in loaded:
+                source = loaded[folder].for_head(card.name)
+            else:
+                source = load_reward_model(r.path or "", device=device, bf16=bf16, card=card)
+                loaded[folder] = source
         out.append(WeightedSource(source=source, term=RewardTerm(name=r.label, weight=r.weight, mapping=build_mapping(r, card))))
     return out

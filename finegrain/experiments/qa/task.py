@@ -225,9 +225,11 @@ def heldout_questions(split_dir: str | Path) -> set[str]:
 # --- reward models ---------------------------------------------------------------------------
 
 
-def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path | None = None) -> "RMCard":
-    """The RM in `folder` must be the one its role names (kind, category, level) and must not have
-    been trained on the held-out file. ConfigError names `where` (file and field) and the value."""
+def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path | None = None,
+             head: str | None = None) -> "RMCard":
+    """The RM in `folder` (`head`: that head of a multi-task RM) must be the one its role names (kind,
+    category, level) and must not have been trained on the held-out file. ConfigError names `where`
+    (file and field) and the value."""
     from finegrain.rewards.card import RMCard
 
     if role not in ROLES:
@@ -235,6 +237,8 @@ def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path
     if not Path(folder).is_dir():
         raise ConfigError(f"{where}: {str(folder)!r} is not a folder (train the {role} RM first: configs/qa/rm_{role}.yaml)")
     card = RMCard.load(folder)
+    if head is not None:
+        card = card.for_head(head, where.rsplit(".", 1)[0] + ".head")
     want = ROLES[role]
     got = (card.kind, card.name, card.level)
     if got != (want.kind, role, want.level):
@@ -254,4 +258,4 @@ def check_reward_roles(config_file: str | Path, rewards: list[Any], heldout_file
     """Every RM source of a QA PPO config named after a role must be that role's RM."""
     for i, r in enumerate(rewards):
         if r.kind == "rm" and r.label in ROLES:
-            check_rm(r.label, r.path or "", f"{config_file} rewards[{i}].path", heldout_file)
+            check_rm(r.label, r.path or "", f"{config_file} rewards[{i}].path", heldout_file, head=r.head)
