@@ -158,6 +158,21 @@ def test_ppo_arms_differ_only_in_rewards_and_use_the_papers_mappings():
     assert weights["short"]["completeness"] < weights["medium"]["completeness"] < weights["long"]["completeness"]
 
 
+def test_qa_rm_configs_are_the_reward_model_defaults_at_cpu_scale():
+    """The QA pipeline uses the configuration the reward-model study chose (configs/rm_*.yaml): its
+    RM configs may differ from them only in input length and epochs (the CPU demo's scale)."""
+    from dataclasses import asdict
+
+    from finegrain.config import load_config
+    from finegrain.rewards.rm_config import RMTrainConfig
+
+    for role in ("relevance", "factuality", "completeness", "preference"):
+        study = asdict(load_config(RMTrainConfig, REPO / "configs" / f"rm_{role}.yaml"))
+        qa = asdict(load_config(RMTrainConfig, REPO / "configs" / "qa" / f"rm_{role}.yaml"))
+        differ = {k for k in study if study[k] != qa[k]}
+        assert differ <= {"max_length", "epochs"}, (role, {k: (study[k], qa[k]) for k in differ})
+
+
 def test_every_stage_config_loads_and_reads_only_the_training_split():
     from finegrain.config import load_config
     from finegrain.experiments.qa.demo import PPO_RUNS, PREF_RUNS
