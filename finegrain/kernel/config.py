@@ -107,3 +107,11 @@ class PairDataConfig(ConfigBase):
                 raise ConfigError(f"{where}pairs[{i}]: {origin!r} is not allowed; choose from {', '.join(PAIR_ORIGINS)}")
         if not self.pairs:
             raise ConfigError(f"{where}pairs: name at least one of {', '.join(PAIR_ORIGINS)}")
+
+
+def check_pair_recipe(data: PairDataConfig, run: RunConfig) -> None:
+    """The checks a preference recipe (DPO, SimPO) makes across its `data` and `run` sections."""
+    if not data.feedback and not data.pairs_file:
+        raise ConfigError("data.feedback: set a feedback file (or data.pairs_file)")
+    if run.eval_every and not data.eval_examples:
+        raise ConfigError("run.eval_every: evaluation needs held-out examples; set data.eval_examples > 0")

@@ -17,8 +17,29 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+class PromptResponse:
+    """What the model reads of a batch of (prompt, response) rows: the left-padded prompt followed by
+    the right-padded response. Subclasses are dataclasses with query_ids/query_mask (B, P) and
+    response_ids/response_mask (B, T)."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """Shape: (B, P + T)."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
+
+
 @dataclass
-class Sequences:
+class Sequences(PromptResponse):
     """Prompts and responses, side by side."""
 
     query_ids: torch.Tensor  # (B, P) long: prompt tokens, left-padded
@@ -36,15 +57,6 @@ class Sequences:
         """Rows `index`. Shape: index (b,) long -> Sequences of b rows."""
         return Sequences(*(getattr(self, f.name)[index] for f in fields(self)))
 
-    @property
-    def input_ids(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
 
 
 def response_mask(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:

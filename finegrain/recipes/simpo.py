@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finegrain.config import ConfigBase, ConfigError, check_range
+from finegrain.config import ConfigBase, check_range
 from finegrain.errors import TrainingError
-from finegrain.kernel.config import OptimConfig, PairDataConfig, PolicyConfig, PromptConfig, RunConfig
+from finegrain.kernel.config import OptimConfig, PairDataConfig, PolicyConfig, PromptConfig, RunConfig, check_pair_recipe
 
 if TYPE_CHECKING:
     from finegrain.data.pairs import PreferencePair
@@ -47,10 +47,7 @@ class SimPOConfig(ConfigBase):
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "output, seed, steps, evaluation, checkpoints, logging"})
 
     def __post_init__(self) -> None:
-        if not self.data.feedback and not self.data.pairs_file:
-            raise ConfigError("data.feedback: set a feedback file (or data.pairs_file)")
-        if self.run.eval_every and not self.data.eval_examples:
-            raise ConfigError("run.eval_every: evaluation needs held-out examples; set data.eval_examples > 0")
+        check_pair_recipe(self.data, self.run)
 
 
 @dataclass

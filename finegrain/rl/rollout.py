@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from finegrain.kernel.logprobs import response_logits
+from finegrain.kernel.sequences import PromptResponse
 from finegrain.kernel.sequences import Sequences as Samples  # what generation produced
 from finegrain.rl import maths
 
@@ -42,7 +43,7 @@ class Scores:
 
 
 @dataclass
-class Rollout:
+class Rollout(PromptResponse):
     """One batch of experience, everything PPO's epochs need, computed once."""
 
     query_ids: torch.Tensor  # (B, P) long: prompt tokens, left-padded
@@ -73,16 +74,6 @@ class Rollout:
             x = getattr(self, f.name)[index]
             out[f.name] = x if f.name.startswith("query") else x[:, :width]
         return Rollout(**out)
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_ids, self.response_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """Shape: (B, P + T)."""
-        return torch.cat([self.query_mask, self.response_mask], dim=1).long()
 
 
 # --- 1. generation: kernel.generation (HFGenerator.generate -> Sequences) ----------------------
