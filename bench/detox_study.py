@@ -1,14 +1,19 @@
 """The fair detoxification study (issue 9): holistic vs fine-grained PPO that differ only in where the
-reward is placed, over seeds, reward normalisations and two prompt sets, two runs at a time.
+reward is placed, over seeds, reward normalisations and two prompt sets, two runs at a time; and the
+same two arms trained by GRPO and RLOO (issue 12, `--algos ppo grpo rloo`).
 
     .venv/bin/python bench/detox_study.py plan                  # the jobs, in the order they run
     .venv/bin/python bench/detox_study.py run --workers 2       # train + evaluate every job not done yet
-    .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md and OUT/summary.json
+    .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md, OUT/summary.json, OUT/curves.png
+    .venv/bin/python bench/detox_study.py run --algos ppo grpo rloo --groups shipped-grpo shipped-rloo   # critic-free arms only
 
 A job is one (prompt set, reward normalisation, seed, arm): `finegrain train` with
 configs/detox_{holistic,finegrained}.yaml (which differ only in the reward mode) and the overrides
 below, then `finegrain eval` of its final policy on the held-out prompts with the same seed.
-The initial policy is evaluated once per (prompt set, seed). Every run uses one thread, so two
+GRPO and RLOO jobs run `finegrain train grpo|rloo` with configs/detox_critic_free_{arm}.yaml
+(PPO's settings, a test keeps them equal; the groups normalise the rewards, so no reward_norm) and
+sit in the groups `shipped-grpo` and `shipped-rloo`. The initial policy is evaluated once per
+(prompt set, seed). Every run uses one thread, so two
 workers fill this machine's two cores. A finished job (its eval/metrics.json exists) is skipped:
 run the same command again after an interruption. Jobs run in priority order (`plan` shows it), so
 a study cut short still holds the most important comparisons.
@@ -42,36 +47,50 @@ FIGURES = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "j
            "perplexity", "dist_2", "dist_3", "kl")
 
 
+CRITIC_FREE = ("grpo", "rloo")
+
+
 @dataclass(frozen=True)
 class Job:
     prompts: str  # shipped | rtp
-    norm: str  # ppo.reward_norm, or "initial" for the untrained policy
+    norm: str  # ppo.reward_norm, or "initial" for the untrained policy; for GRPO/RLOO the algorithm's name
     seed: int
     arm: str  # holistic | finegrained | initial
     steps: int
 
-    def folder(self, out: Path) -> Path:
+    @property
+    def group(self) -> str:
         steps = "" if self.steps == 30 or self.arm == "initial" else f"-{self.steps}steps"
-        return out / f"{self.prompts}-{self.norm}{steps}" / f"seed-{self.seed}" / self.arm
+        return f"{self.prompts}-{self.norm}{steps}"
+
+    def folder(self, out: Path) -> Path:
+        return out / self.group / f"seed-{self.seed}" / self.arm
 
     @property
     def name(self) -> str:
         return f"{self.prompts}/{self.norm}/seed {self.seed}/{self.arm}" + ("" if self.steps == 30 else f"/{self.steps} steps")
 
 
-def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds: list[int], norm_seeds: list[int]) -> list[Job]:
+def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds: list[int], norm_seeds: list[int],
+         algos: list[str] = ("ppo",)) -> list[Job]:
     """Jobs in priority order: the main table's first three seeds, one seed of every other normalisation,
-    RealToxicityPrompts, the main table's remaining seeds, more seeds of the other normalisations."""
+    GRPO and RLOO on the main table's first three seeds (when asked for), RealToxicityPrompts, the main
+    table's remaining seeds, more seeds of the other normalisations."""
     jobs: list[Job] = []
 
     def add(prompts: str, norm: str, seed_list: list[int]) -> None:
         for seed in seed_list:
             for arm in ARMS:
+                if norm == "segment" and arm == "holistic":
+                    continue  # one segment per response: `segment` normalises exactly as `batch` does
                 jobs.append(Job(prompts, norm, seed, arm, 30))
 
     add("shipped", default_norm, seeds[:3])
     for norm in other_norms:
         add("shipped", norm, norm_seeds[:1])
+    for algo in algos:
+        if algo in CRITIC_FREE:
+            add("shipped", algo, seeds[:3])
     add("rtp", default_norm, rtp_seeds)
     add("shipped", default_norm, seeds[3:])
     for norm in other_norms:
@@ -120,9 +139,12 @@ def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True) -> s
     log = folder.parent / f"{job.arm}.log"
     if job.arm != "initial" and not (folder / "final").is_dir():
         resume = ["--resume"] if (folder / "checkpoints" / "latest").is_file() else []
-        cmd = [*FINEGRAIN, "train", "--config", f"configs/detox_{job.arm}.yaml", *resume, f"run.out={folder}",
-               f"run.seed={job.seed}", f"run.steps={job.steps}", "run.threads=1", "run.progress=false",
-               f"ppo.reward_norm={job.norm}", f"data.prompts={train_file}"]
+        if job.norm in CRITIC_FREE:
+            recipe = [job.norm, "--config", f"configs/detox_critic_free_{job.arm}.yaml"]
+        else:
+            recipe = ["ppo", "--config", f"configs/detox_{job.arm}.yaml", f"ppo.reward_norm={job.norm}"]
+        cmd = [*FINEGRAIN, "train", *recipe, *resume, f"run.out={folder}", f"run.seed={job.seed}", f"run.steps={job.steps}",
+               "run.threads=1", "run.progress=false", f"data.prompts={train_file}"]
         if not sh(cmd, log):
             return f"{job.name}: training FAILED (see {log})"
     if not evaluate:
@@ -171,6 +193,63 @@ def collect(out: Path) -> dict:
     return groups
 
 
+ALGO_GROUPS = {"PPO": "shipped-batch", "GRPO": "shipped-grpo", "RLOO": "shipped-rloo"}
+
+
+def algorithm_table(groups: dict) -> list[str]:
+    """PPO (the main table's normalisation), GRPO and RLOO side by side on the seeds all three finished."""
+    present = {algo: g for algo, g in ALGO_GROUPS.items() if g in groups}
+    if len(present) < 2:
+        return []
+    seeds = sorted(set.intersection(*(set(groups[g].get(arm, {})) for g in present.values() for arm in ARMS)))
+    if not seeds:
+        return []
+    cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "kl")
+    lines = ["## PPO, GRPO and RLOO", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
+             "10-step mean training toxicity is at most half the seed's initial one ('-': not within the run).", "",
+             "| algorithm | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
+    # a seed's starting toxicity: its first 5 steps, averaged over every run of that seed (all start from the same policy)
+    start = {s: statistics.mean(groups[g][arm][s]["train_toxicity_first5"] for g in present.values() for arm in ARMS
+                                if "train_toxicity_first5" in groups[g][arm][s]) for s in seeds}
+    for algo, group in present.items():
+        for arm in ARMS:
+            runs = [groups[group][arm][s] for s in seeds]
+            cells = [_mean_std([r.get(k, float("nan")) for r in runs]) for k in cols]
+            reach = [str(steps_to(*r["curve"], 0.5 * start[s]) or "-") for s, r in zip(seeds, runs) if "curve" in r]
+            lines.append(f"| {algo} | {arm} | " + " | ".join(cells) + f" | {', '.join(reach)} |")
+    return lines + [""]
+
+
+def plot_curves(groups: dict, path: Path) -> None:
+    """Training toxicity (10-step trailing mean, averaged over seeds) against steps, for every algorithm x arm."""
+    curves = []
+    for algo, group in ALGO_GROUPS.items():
+        for arm in ARMS:
+            runs = [r["curve"] for r in groups.get(group, {}).get(arm, {}).values() if "curve" in r]
+            if runs:
+                n = min(len(c[0]) for c in runs)
+                smooth = [moving_average(c[1][:n], 10) for c in runs]
+                curves.append((algo, arm, len(runs), runs[0][0][:n], [statistics.mean(v) for v in zip(*smooth)]))
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finegrain.io import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = dict(zip(ALGO_GROUPS, ("tab:blue", "tab:orange", "tab:green")))
+    for algo, arm, n, steps, values in curves:
+        ax.plot(steps, values, label=f"{algo} {arm} (n={n})", color=colours[algo], linestyle="-" if arm == "finegrained" else "--")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training toxicity (10-step mean)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def write_summary(out: Path) -> str:
     groups = collect(out)
     lines = ["# Fair detoxification study", "",
@@ -205,6 +284,8 @@ def write_summary(out: Path) -> str:
                     reach.append(f"seed {s}: 75% at {steps_to(*r['curve'], 0.75 * start) or '-'}, 50% at {steps_to(*r['curve'], 0.5 * start) or '-'}")
                 lines.append(f"- {arm}, steps to 75% / 50% of the initial training toxicity (10-step mean): " + "; ".join(reach))
         lines.append("")
+    lines += algorithm_table(groups)
+    plot_curves(groups, out / "curves.png")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
     slim = {g: {a: {s: {k: v for k, v in r.items() if k != "curve"} for s, r in arms.items()} for a, arms in d.items()} for g, d in groups.items()}
@@ -225,8 +306,17 @@ def main() -> int:
     parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already trained (and the initial policy)")
+    parser.add_argument("--algos", nargs="+", default=["ppo"], choices=("ppo", *CRITIC_FREE),
+                        help="add GRPO and/or RLOO arms (PPO's settings, the main table's first three seeds)")
+    parser.add_argument("--groups", nargs="*", default=None,
+                        help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
     args = parser.parse_args()
-    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds)[: args.max_jobs]
+    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos)
+    if args.groups is not None:
+        wanted = [j for j in jobs if j.group in args.groups]
+        initial = {(j.prompts, j.seed) for j in wanted}
+        jobs = [j for j in jobs if j in wanted or (j.arm == "initial" and (j.prompts, j.seed) in initial)]
+    jobs = jobs[: args.max_jobs]
     if args.action == "plan":
         for i, job in enumerate(jobs):
             print(f"{i + 1:3d}. {job.name}  ->  {job.folder(args.out)}")
