@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's reward-model figures: the fixed 240/60 split of QA-Feedback's 300 examples, then
-# the four RMs trained one after the other (never in parallel: they share the machine's cores)
+# The earlier reward-model figures (docs/reward-models.md, Earlier measurement): the fixed 240/60
+# split of QA-Feedback's 300 examples, then the four RMs trained one after the other (never in parallel: they share the machine's cores)
 # and evaluated on the 60 held-out examples.
 #   bash bench/rm_qa_feedback.sh                   # all four
 #   bash bench/rm_qa_feedback.sh relevance         # some of them
