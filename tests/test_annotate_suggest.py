@@ -114,3 +114,42 @@ def test_suggest_orders_the_queue_by_the_rms_uncertainty(tmp_path, tiny_rms, cap
     assert suggest(engine, tiny_rms[:1], device="cpu", log=lambda s: None)[0].priority >= 0
     assert main(["annotate", "unsuggest", "--db", url]) == 0
     assert [t["example_id"] for t in store.queue(engine, 1)] == before
+
+
+def test_a_multitask_rm_suggests_by_every_head(tmp_path, tiny_rms):
+    """One multi-task folder stands for its heads: each head's segments are scored (one model in memory)."""
+    from pathlib import Path
+
+    from finegrain.annotate import db
+    from finegrain.annotate.suggest import segment_uncertainty, suggest
+    from finegrain.cli import main
+    from finegrain.data.jsonl import write_jsonl
+    from finegrain.rewards.card import load_heads, load_reward_model
+    from finegrain.rewards.rm_config import RMTrainConfig
+    from finegrain.rewards.span_rm import train_span_rm
+
+    backbone = Path(tiny_rms[0]).parent / "tiny-bert"
+    folder = tmp_path / "multitask"
+    cfg = RMTrainConfig(kind="span", category="relevance", tasks=["relevance", "factuality"], backbone=str(backbone), max_length=128,
+                        epochs=1.0, batch_size=4, lr=1e-3, bf16=False, warmup_ratio=0.0, threads=1)
+    train_span_rm(cfg, examples(6, annotated=True), folder, log=lambda s: None)
+    heads = load_heads(folder, device="cpu", bf16=False)
+    assert list(heads) == ["relevance", "factuality"] and heads["factuality"].models[0] is heads["relevance"].models[0]
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    engine = db.make_engine(url)
+    write_jsonl(tmp_path / "pool.jsonl", examples(4))
+    assert main(["annotate", "import", str(tmp_path / "pool.jsonl"), "--db", url]) == 0
+    logged = []
+    found = suggest(engine, [str(folder)], device="cpu", log=logged.append)
+    assert "relevance x1, factuality x1" in logged[0] and len(found) == 4
+    # each example's priority: its most uncertain segment over both heads, recomputed from each head alone
+    for s in found:
+        ex = next(e for e in examples(4) if e.id == s.example_id)
+        assert s.where.startswith("response 1,")  # the import makes an annotation task of the first response only
+        best = 0.0
+        for name in ("relevance", "factuality"):
+            rm = load_reward_model(folder, device="cpu", bf16=False, head=name)
+            p = rm.probabilities([ex], [ex.responses[0].text])[0][0]
+            best = max(best, *segment_uncertainty([p], [float(rm.card.training.get("threshold", 0.5))]))
+        assert s.priority == pytest.approx(best, abs=1e-5)

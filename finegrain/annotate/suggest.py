@@ -98,9 +98,9 @@ def _examples(engine: Engine) -> list[tuple[int, str, Example, list[tuple[int, s
 
 def suggest(engine: Engine, rm_dirs: Sequence[str], *, device: str | None = None, log=print) -> list[Suggestion]:
     """Score every example with the RMs; most uncertain first."""
-    from finegrain.rewards.card import load_reward_model
+    from finegrain.rewards.card import load_heads
 
-    models = [load_reward_model(d, device=device, bf16=False) for d in rm_dirs]
+    models = [rm for d in rm_dirs for rm in load_heads(d, device=device, bf16=False).values()]  # a multi-task RM: each head
     span_groups: dict[str, list] = {}
     pair_models = []
     for m in models:

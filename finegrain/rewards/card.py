@@ -161,3 +161,16 @@ def load_reward_model(
     from finegrain.rewards.pairwise_rm import PairwiseRewardModel
 
     return PairwiseRewardModel.from_pretrained(path, card, device=device, batch_size=batch_size, bf16=bf16)
+
+
+def load_heads(path: str | Path, *, card: RMCard | None = None, **kwargs: Any) -> dict[str, "RewardSource"]:
+    """Every category an RM folder scores, as {category: RewardSource}: each head of a multi-task RM
+    (all sharing one loaded model), or the one category of any other RM. `kwargs` go to
+    `load_reward_model` (device, batch_size, bf16)."""
+    card = card if card is not None else RMCard.load(path)
+    if not card.heads:
+        return {card.name: load_reward_model(path, card=card, **kwargs)}
+    out: dict[str, RewardSource] = {}
+    for name in card.head_names:
+        out[name] = load_reward_model(path, card=card.for_head(name), **kwargs) if not out else next(iter(out.values())).for_head(name)
+    return out

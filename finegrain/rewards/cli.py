@@ -221,7 +221,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
     from finegrain.data.load import load_examples
     from finegrain.io import atomic_write_json
-    from finegrain.rewards.card import load_reward_model
+    from finegrain.rewards.card import load_heads, load_reward_model
 
     examples = load_examples(args.file, _taxonomy(args.categories_file))
     _quiet_transformers()
@@ -236,11 +236,9 @@ def _eval_rm(args: argparse.Namespace, card: "RMCard") -> int:
             card.save(args.model)
         return 0
     # a multi-task RM: every head on its own segments, with its own baselines, from one loaded model
-    results, rm = {}, None
+    results, rms = {}, load_heads(args.model, card=card, device=args.device, batch_size=args.batch_size)
     for i, name in enumerate(card.head_names):
-        view = card.for_head(name)
-        rm = load_reward_model(args.model, device=args.device, batch_size=args.batch_size, card=view) if rm is None \
-            else rm.for_head(name)
+        view, rm = card.for_head(name), rms[name]
         png = None
         if args.reliability:
             base = Path(args.reliability)

@@ -45,14 +45,14 @@ FoldResult = tuple[dict[str, Any], list[float], list[int]]  # a fold's row, and 
 def _span_fold(cfg: "RMTrainConfig", train: list[Example], held: list[Example], folder: Path | None,
                taxonomy: Taxonomy, device: str | None, log: Callable[[str], None]) -> dict[str, FoldResult]:
     """Each head's held-out row (one head unless cfg.tasks), all from one training on `train`."""
-    from finegrain.rewards.card import load_reward_model
+    from finegrain.rewards.card import load_heads
     from finegrain.rewards.rm_data import build_span_data, span_tasks
     from finegrain.rewards.span_rm import span_metrics, span_probabilities, train_span_rm
 
     tasks = span_tasks(cfg, taxonomy)
     card = train_span_rm(cfg, train, folder, taxonomy=taxonomy, device=device, log=log) if folder is not None else None
     out: dict[str, FoldResult] = {}
-    rm = None
+    rms = load_heads(folder, card=card, device=device, batch_size=cfg.score_batch_size, bf16=cfg.bf16) if card is not None else {}
     for task in tasks:
         data = build_span_data(held, task.categories, task.level)
         gold = [list(it.labels) for it in data.items]
@@ -60,9 +60,7 @@ def _span_fold(cfg: "RMTrainConfig", train: list[Example], held: list[Example], 
             m = span_metrics([[0.0] * len(g) for g in gold], data, task.categories, 0.5)
             out[task.name] = {"baselines": m.baselines, "segments": m.segments, "error_rate": m.error_rate}, [], []
             continue
-        head = card.for_head(task.name)
-        rm = load_reward_model(folder, device=device, batch_size=cfg.score_batch_size, bf16=cfg.bf16, card=head) if rm is None \
-            else rm.for_head(task.name)  # the other heads of a multi-task RM: the same loaded model
+        head, rm = card.for_head(task.name), rms[task.name]  # a multi-task RM's heads share one loaded model
         probs, seconds = span_probabilities(rm, data)
         fixed = span_metrics(probs, data, task.categories, cfg.threshold, seconds)
         tuned_t = float(head.training["threshold_on_train"])
