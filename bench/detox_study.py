@@ -196,27 +196,28 @@ def collect(out: Path) -> dict:
 ALGO_GROUPS = {"PPO": "shipped-batch", "GRPO": "shipped-grpo", "RLOO": "shipped-rloo"}
 
 
-def algorithm_table(groups: dict) -> list[str]:
-    """PPO (the main table's normalisation), GRPO and RLOO side by side on the seeds all three finished."""
-    present = {algo: g for algo, g in ALGO_GROUPS.items() if g in groups}
+def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> list[str]:
+    """One table of several groups (rows: {row label: group}), each arm it has, on the seeds every
+    one of those runs finished; empty when fewer than two groups have runs."""
+    present = {name: g for name, g in rows.items() if g in groups}
     if len(present) < 2:
         return []
-    seeds = sorted(set.intersection(*(set(groups[g].get(arm, {})) for g in present.values() for arm in ARMS)))
+    runs_of = [(name, g, arm) for name, g in present.items() for arm in ARMS if groups[g].get(arm)]
+    seeds = sorted(set.intersection(*(set(groups[g][arm]) for _, g, arm in runs_of)))
     if not seeds:
         return []
     cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "kl")
-    lines = ["## PPO, GRPO and RLOO", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
+    lines = [f"## {title}", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
              "10-step mean training toxicity is at most half the seed's initial one ('-': not within the run).", "",
-             "| algorithm | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
+             f"| {label} | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
     # a seed's starting toxicity: its first 5 steps, averaged over every run of that seed (all start from the same policy)
-    start = {s: statistics.mean(groups[g][arm][s]["train_toxicity_first5"] for g in present.values() for arm in ARMS
+    start = {s: statistics.mean(groups[g][arm][s]["train_toxicity_first5"] for _, g, arm in runs_of
                                 if "train_toxicity_first5" in groups[g][arm][s]) for s in seeds}
-    for algo, group in present.items():
-        for arm in ARMS:
-            runs = [groups[group][arm][s] for s in seeds]
-            cells = [_mean_std([r.get(k, float("nan")) for r in runs]) for k in cols]
-            reach = [str(steps_to(*r["curve"], 0.5 * start[s]) or "-") for s, r in zip(seeds, runs) if "curve" in r]
-            lines.append(f"| {algo} | {arm} | " + " | ".join(cells) + f" | {', '.join(reach)} |")
+    for name, g, arm in runs_of:
+        runs = [groups[g][arm][s] for s in seeds]
+        cells = [_mean_std([r.get(k, float("nan")) for r in runs]) for k in cols]
+        reach = [str(steps_to(*r["curve"], 0.5 * start[s]) or "-") for s, r in zip(seeds, runs) if "curve" in r]
+        lines.append(f"| {name} | {arm} | " + " | ".join(cells) + f" | {', '.join(reach)} |")
     return lines + [""]
 
 
@@ -284,7 +285,9 @@ def write_summary(out: Path) -> str:
                     reach.append(f"seed {s}: 75% at {steps_to(*r['curve'], 0.75 * start) or '-'}, 50% at {steps_to(*r['curve'], 0.5 * start) or '-'}")
                 lines.append(f"- {arm}, steps to 75% / 50% of the initial training toxicity (10-step mean): " + "; ".join(reach))
         lines.append("")
-    lines += algorithm_table(groups)
+    lines += side_by_side(groups, "Reward normalisations (PPO)", "ppo.reward_norm",
+                          {n: f"shipped-{n}" for n in ("batch", "none", "running", "segment")})
+    lines += side_by_side(groups, "PPO, GRPO and RLOO", "algorithm", ALGO_GROUPS)
     plot_curves(groups, out / "curves.png")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
