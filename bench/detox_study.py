@@ -6,6 +6,7 @@ same two arms trained by GRPO and RLOO (issue 12, `--algos ppo grpo rloo`).
     .venv/bin/python bench/detox_study.py run --workers 2       # train + evaluate every job not done yet
     .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md, OUT/summary.json, OUT/curves.png
     .venv/bin/python bench/detox_study.py run --algos ppo grpo rloo --groups shipped-grpo shipped-rloo   # critic-free arms only
+    .venv/bin/python bench/detox_study.py run ... --keep bench/results/detox-study   # also keep each run's small files to commit
 
 A job is one (prompt set, reward normalisation, seed, arm): `finegrain train` with
 configs/detox_{holistic,finegrained}.yaml (which differ only in the reward mode) and the overrides
@@ -126,7 +127,30 @@ def sh(cmd: list[str], log: Path) -> bool:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode == 0
 
 
-def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True) -> str:
+KEPT = ("config.yaml", "metrics.jsonl", "eval/metrics.json")  # what `summarize` reads: a few kB a run
+
+
+def keep_results(job: Job, out: Path, keep: Path) -> None:
+    """Copy a finished job's small files (not its checkpoints) to KEEP, in OUT's layout, so that
+    `summarize --out KEEP` gives the same tables: the record of a study outlives its run folders."""
+    import shutil
+
+    for name in KEPT:
+        src = job.folder(out) / name
+        if src.is_file():
+            dst = job.folder(keep) / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
+def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True, keep: Path | None = None) -> str:
+    message = _run_job(job, out, evaluate, train)
+    if keep is not None and (job.folder(out) / "eval" / "metrics.json").is_file():
+        keep_results(job, out, keep)
+    return message
+
+
+def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
     folder = job.folder(out)
     if (folder / "eval" / "metrics.json").is_file():
         return f"{job.name}: done before"
@@ -311,6 +335,11 @@ def main() -> int:
     parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already trained (and the initial policy)")
     parser.add_argument("--algos", nargs="+", default=["ppo"], choices=("ppo", *CRITIC_FREE),
                         help="add GRPO and/or RLOO arms (PPO's settings, the main table's first three seeds)")
+    parser.add_argument("--seed-major", action="store_true",
+                        help="every job of a seed before the next seed (a study cut short has whole seeds of every arm)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy each finished job's config, training log and held-out figures here (e.g. a folder "
+                             "under bench/results/ to commit); `summarize --out KEEP` reads them")
     parser.add_argument("--groups", nargs="*", default=None,
                         help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
     args = parser.parse_args()
@@ -319,6 +348,8 @@ def main() -> int:
         wanted = [j for j in jobs if j.group in args.groups]
         initial = {(j.prompts, j.seed) for j in wanted}
         jobs = [j for j in jobs if j in wanted or (j.arm == "initial" and (j.prompts, j.seed) in initial)]
+    if args.seed_major:
+        jobs.sort(key=lambda j: j.seed)  # stable: within a seed, the plan's order
     jobs = jobs[: args.max_jobs]
     if args.action == "plan":
         for i, job in enumerate(jobs):
@@ -326,7 +357,7 @@ def main() -> int:
         return 0
     if args.action == "run":
         with ThreadPoolExecutor(args.workers) as pool:
-            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only, not args.eval_only), jobs):
+            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only, not args.eval_only, args.keep), jobs):
                 print(message, flush=True)
     print(write_summary(args.out))
     return 0
