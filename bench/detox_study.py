@@ -213,6 +213,8 @@ def collect(out: Path) -> dict:
             row["train_toxicity_first5"] = statistics.mean(run.toxicity[:5])
             row["train_toxicity_last10"] = statistics.mean(run.toxicity[-10:])
             row["curve"] = [run.steps, run.toxicity]
+            if run.seconds:
+                row["s_per_step"] = run.seconds / len(run.steps)  # wall time, two one-thread runs side by side
         groups.setdefault(group, {}).setdefault(arm, {})[seed] = row
     return groups
 
@@ -230,7 +232,7 @@ def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> 
     seeds = sorted(set.intersection(*(set(groups[g][arm]) for _, g, arm in runs_of)))
     if not seeds:
         return []
-    cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "kl")
+    cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "kl", "s_per_step")
     lines = [f"## {title}", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
              "10-step mean training toxicity is at most half the seed's initial one ('-': not within the run).", "",
              f"| {label} | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
