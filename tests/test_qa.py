@@ -344,3 +344,35 @@ def test_ppo_prompts_carry_the_passages_within_the_budget(tiny):
     rendered = renderer.render(example)
     assert "How many apples are in basket 0?" in rendered.text and "wikipage: Basket 0 text: Basket 0 holds 0 apples." in rendered.text
     assert rendered.tokens <= cfg.data.max_prompt_tokens == 128
+
+
+def test_one_multitask_rm_judges_relevance_and_factuality(tmp_path, tiny_bert):
+    """A multi-task RM in rm/relevance with a factuality head judges both roles (one model in memory);
+    each role's figures are those of that head loaded alone, and a head that fits no role is refused."""
+    from finegrain.config import ConfigError
+    from finegrain.experiments.qa.metrics import _span_rate, load_judges
+    from finegrain.experiments.qa.report import rm_heldout_metrics
+    from finegrain.rewards.card import RMCard, load_reward_model
+    from finegrain.rewards.rm_config import RMTrainConfig
+    from finegrain.rewards.span_rm import train_span_rm
+
+    rms = tmp_path / "rm"
+    cfg = RMTrainConfig(kind="span", category="relevance", tasks=["relevance", "factuality"], backbone=str(tiny_bert), max_length=128,
+                        epochs=1.0, batch_size=4, lr=1e-3, bf16=False, warmup_ratio=0.0, threads=1)
+    train_span_rm(cfg, qa_examples(8), rms / "relevance", log=lambda s: None)
+    judges = load_judges(rms, device="cpu")
+    assert judges.relevance is not None and judges.factuality is not None and judges.completeness is None
+    assert judges.factuality.models[0] is judges.relevance.models[0]
+    assert (judges.cards["relevance"].level, judges.cards["factuality"].level) == ("subsentence", "sentence")
+    held = qa_examples(10)[8:]
+    texts = [e.responses[0].text for e in held]
+    for role in ("relevance", "factuality"):
+        alone = load_reward_model(rms / "relevance", device="cpu", bf16=False, head=role)
+        assert _span_rate(getattr(judges, role), judges.cards[role], held, texts) == _span_rate(alone, alone.card, held, texts)
+    write_qa(tmp_path / "held.jsonl", 10)
+    assert set(rm_heldout_metrics(rms, tmp_path / "held.jsonl")) == {"relevance", "factuality"}
+    # the same folder under the factuality role's name judges both too; under completeness it is refused
+    (rms / "relevance").rename(rms / "completeness")
+    with pytest.raises(ConfigError, match="--rms .*completeness.*is not a head of this multi-task RM"):
+        load_judges(rms, device="cpu")
+    assert RMCard.load(rms / "completeness").head_names == ["relevance", "factuality"]

@@ -141,19 +141,33 @@ class QAJudges:
 
 def load_judges(rm_dir: str | Path | None, heldout_file: str | Path | None = None, device: str | None = None) -> QAJudges:
     """The RMs in `rm_dir/<role>` (relevance, factuality, completeness, preference), each checked
-    against its role before it loads; a role without a folder is left out."""
-    from finegrain.experiments.qa.task import ROLES, check_rm
-    from finegrain.rewards.card import load_reward_model
-
+    against its role before any loads (`role_rms`: a multi-task RM's folder judges each of its heads'
+    roles, with one model in memory); a role without an RM is left out."""
     judges = QAJudges()
     if rm_dir is None:
         return judges
-    folders = {role: Path(rm_dir) / role for role in ROLES if (Path(rm_dir) / role).is_dir()}
-    for role, folder in folders.items():  # every card first: a wrong one fails before any model loads
-        judges.cards[role] = check_rm(role, folder, f"--rms {rm_dir}: {role}", heldout_file)
-    for role, folder in folders.items():
-        setattr(judges, role, load_reward_model(folder, device=device, card=judges.cards[role]))
+    for role, rm, card in load_role_rms(rm_dir, heldout_file, device=device):
+        setattr(judges, role, rm)
+        judges.cards[role] = card
     return judges
+
+
+def load_role_rms(rm_dir: str | Path, heldout_file: str | Path | None = None, **kwargs: Any) -> list[tuple[str, Any, Any]]:
+    """(role, loaded RM, card) for every role `role_rms` finds in `rm_dir`; the heads of one multi-task
+    folder share one loaded model. `kwargs` go to `load_reward_model` (device, batch_size, bf16)."""
+    from finegrain.experiments.qa.task import role_rms
+    from finegrain.rewards.card import load_heads, load_reward_model
+
+    heads: dict[Path, dict[str, Any]] = {}
+    out = []
+    for role, (folder, head, card) in role_rms(rm_dir, heldout_file).items():
+        if head is None:
+            out.append((role, load_reward_model(folder, card=card, **kwargs), card))
+        else:
+            if folder not in heads:
+                heads[folder] = load_heads(folder, **kwargs)
+            out.append((role, heads[folder][head], card))
+    return out
 
 
 def _span_rate(rm: Any, card: Any, examples: Sequence["Example"], texts: Sequence[str]) -> tuple[float | None, list[list[int]]]:

@@ -92,17 +92,11 @@ def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str
     import dataclasses
 
     from finegrain.data.load import load_examples
-    from finegrain.experiments.qa.task import ROLES, check_rm
-    from finegrain.rewards.card import load_reward_model
+    from finegrain.experiments.qa.metrics import load_role_rms
 
     examples = load_examples(heldout_file)
     out: dict[str, Any] = {}
-    for role in ROLES:
-        folder = Path(rm_dir) / role
-        if not folder.is_dir():
-            continue
-        card = check_rm(role, folder, f"{rm_dir}: {role}")
-        rm = load_reward_model(folder, card=card)
+    for role, rm, card in load_role_rms(rm_dir):
         if card.kind == "span":
             from finegrain.rewards.rm_data import build_span_data
             from finegrain.rewards.span_rm import evaluate_span

@@ -226,10 +226,11 @@ def heldout_questions(split_dir: str | Path) -> set[str]:
 
 
 def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path | None = None,
-             head: str | None = None) -> "RMCard":
+             head: str | None = None, head_where: str | None = None) -> "RMCard":
     """The RM in `folder` (`head`: that head of a multi-task RM) must be the one its role names (kind,
     category, level) and must not have been trained on the held-out file. ConfigError names `where`
-    (file and field) and the value."""
+    (file and field) and the value; `head_where` names the head's field (default: `where`'s last field
+    replaced by `head`)."""
     from finegrain.rewards.card import RMCard
 
     if role not in ROLES:
@@ -238,7 +239,7 @@ def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path
         raise ConfigError(f"{where}: {str(folder)!r} is not a folder (train the {role} RM first: configs/qa/rm_{role}.yaml)")
     card = RMCard.load(folder)
     if head is not None:
-        card = card.for_head(head, where.rsplit(".", 1)[0] + ".head")
+        card = card.for_head(head, head_where or where.rsplit(".", 1)[0] + ".head")
     want = ROLES[role]
     got = (card.kind, card.name, card.level)
     if got != (want.kind, role, want.level):
@@ -252,6 +253,28 @@ def check_rm(role: str, folder: str | Path, where: str, heldout_file: str | Path
         if card.data.get("train_sha256") == file_sha256(heldout_file):
             raise ConfigError(f"{where}: {folder} was trained on the held-out file {heldout_file} (value: {str(folder)!r})")
     return card
+
+
+def role_rms(rm_dir: str | Path, heldout_file: str | Path | None = None) -> dict[str, tuple[Path, str | None, "RMCard"]]:
+    """Which RM judges each QA role in `rm_dir`, as {role: (folder, head, card)}: `rm_dir/<role>` (`head`:
+    the role's own head when that folder is a multi-task RM), or, for a role without a folder of its own,
+    the head of that name of a multi-task RM in another role's folder (relevance and factuality on one
+    backbone: one folder judges both). Every card is checked against its role (`check_rm`) before any
+    model loads; a role no folder covers is left out."""
+    from finegrain.rewards.card import RMCard
+
+    own = {role: Path(rm_dir) / role for role in ROLES if (Path(rm_dir) / role).is_dir()}
+    found: dict[str, tuple[Path, str | None]] = {}
+    for role, folder in own.items():
+        found[role] = (folder, role if RMCard.load(folder).heads else None)
+    for folder in own.values():
+        card = RMCard.load(folder)
+        for head in card.head_names if card.heads else []:
+            if head in ROLES and head not in found:
+                found[head] = (folder, head)
+    return {role: (folder, head, check_rm(role, folder, f"--rms {rm_dir}: {role}", heldout_file, head=head,
+                                          head_where=f"--rms {rm_dir}: {folder.name}, head {head!r}"))
+            for role, (folder, head) in found.items()}
 
 
 def check_reward_roles(config_file: str | Path, rewards: list[Any], heldout_file: str | Path | None = None) -> None:
