@@ -7,6 +7,8 @@ same two arms trained by GRPO and RLOO (issue 12, `--algos ppo grpo rloo`).
     .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md, OUT/summary.json, OUT/curves.png
     .venv/bin/python bench/detox_study.py run --algos ppo grpo rloo --groups shipped-grpo shipped-rloo   # critic-free arms only
     .venv/bin/python bench/detox_study.py run ... --keep bench/results/detox-study   # also keep each run's small files to commit
+    .venv/bin/python bench/detox_study.py run --kl-coefs 0.02 0.1 --kl-seeds 0 1 --groups shipped-batch shipped-batch-kl0.02 shipped-batch-kl0.1
+                                                                # the KL sweep: both arms compared at equal KL
 
 A job is one (prompt set, reward normalisation, seed, arm): `finegrain train` with
 configs/detox_{holistic,finegrained}.yaml (which differ only in the reward mode) and the overrides
@@ -58,33 +60,36 @@ class Job:
     seed: int
     arm: str  # holistic | finegrained | initial
     steps: int
+    kl_coef: float | None = None  # None: the config's (0.05); else ppo.kl_coef for the KL sweep
 
     @property
     def group(self) -> str:
         steps = "" if self.steps == 30 or self.arm == "initial" else f"-{self.steps}steps"
-        return f"{self.prompts}-{self.norm}{steps}"
+        kl = "" if self.kl_coef is None else f"-kl{self.kl_coef:g}"
+        return f"{self.prompts}-{self.norm}{steps}{kl}"
 
     def folder(self, out: Path) -> Path:
         return out / self.group / f"seed-{self.seed}" / self.arm
 
     @property
     def name(self) -> str:
-        return f"{self.prompts}/{self.norm}/seed {self.seed}/{self.arm}" + ("" if self.steps == 30 else f"/{self.steps} steps")
+        return (f"{self.prompts}/{self.norm}/seed {self.seed}/{self.arm}" + ("" if self.steps == 30 else f"/{self.steps} steps")
+                + ("" if self.kl_coef is None else f"/kl {self.kl_coef:g}"))
 
 
 def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds: list[int], norm_seeds: list[int],
-         algos: list[str] = ("ppo",)) -> list[Job]:
+         algos: list[str] = ("ppo",), kl_coefs: list[float] = (), kl_seeds: list[int] = (0,)) -> list[Job]:
     """Jobs in priority order: the main table's first three seeds, one seed of every other normalisation,
-    GRPO and RLOO on the main table's first three seeds (when asked for), RealToxicityPrompts, the main
-    table's remaining seeds, more seeds of the other normalisations."""
+    GRPO and RLOO on the main table's first three seeds (when asked for), the KL sweep (when asked for),
+    RealToxicityPrompts, the main table's remaining seeds, more seeds of the other normalisations."""
     jobs: list[Job] = []
 
-    def add(prompts: str, norm: str, seed_list: list[int]) -> None:
+    def add(prompts: str, norm: str, seed_list: list[int], kl_coef: float | None = None) -> None:
         for seed in seed_list:
             for arm in ARMS:
                 if norm == "segment" and arm == "holistic":
                     continue  # one segment per response: `segment` normalises exactly as `batch` does
-                jobs.append(Job(prompts, norm, seed, arm, 30))
+                jobs.append(Job(prompts, norm, seed, arm, 30, kl_coef))
 
     add("shipped", default_norm, seeds[:3])
     for norm in other_norms:
@@ -92,6 +97,8 @@ def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds:
     for algo in algos:
         if algo in CRITIC_FREE:
             add("shipped", algo, seeds[:3])
+    for kl in kl_coefs:
+        add("shipped", default_norm, list(kl_seeds), kl)
     add("rtp", default_norm, rtp_seeds)
     add("shipped", default_norm, seeds[3:])
     for norm in other_norms:
@@ -167,6 +174,8 @@ def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
             recipe = [job.norm, "--config", f"configs/detox_critic_free_{job.arm}.yaml"]
         else:
             recipe = ["ppo", "--config", f"configs/detox_{job.arm}.yaml", f"ppo.reward_norm={job.norm}"]
+            if job.kl_coef is not None:
+                recipe.append(f"ppo.kl_coef={job.kl_coef:g}")
         cmd = [*FINEGRAIN, "train", *recipe, *resume, f"run.out={folder}", f"run.seed={job.seed}", f"run.steps={job.steps}",
                "run.threads=1", "run.progress=false", f"data.prompts={train_file}"]
         if not sh(cmd, log):
@@ -199,6 +208,18 @@ def steps_to(steps: list[int], toxicity: list[float], target: float, window: int
     return None
 
 
+def _kl_coef(folder: Path) -> float | None:
+    """The run's KL coefficient from its config.yaml (PPO: ppo.kl_coef; GRPO/RLOO: critic_free.kl_coef)."""
+    import yaml
+
+    path = folder / "config.yaml"
+    cfg = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    for section in ("ppo", "critic_free"):
+        if isinstance(cfg.get(section), dict) and "kl_coef" in cfg[section]:
+            return float(cfg[section]["kl_coef"])
+    return None
+
+
 def collect(out: Path) -> dict:
     """Every finished evaluation under OUT, as {group: {arm: {seed: figures}}}."""
     groups: dict[str, dict[str, dict[int, dict]]] = {}
@@ -213,6 +234,7 @@ def collect(out: Path) -> dict:
             row["train_toxicity_first5"] = statistics.mean(run.toxicity[:5])
             row["train_toxicity_last10"] = statistics.mean(run.toxicity[-10:])
             row["curve"] = [run.steps, run.toxicity]
+            row["kl_coef"] = _kl_coef(folder)
             if run.seconds:
                 row["s_per_step"] = run.seconds / len(run.steps)  # wall time, two one-thread runs side by side
         groups.setdefault(group, {}).setdefault(arm, {})[seed] = row
@@ -245,6 +267,55 @@ def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> 
         reach = [str(steps_to(*r["curve"], 0.5 * start[s]) or "-") for s, r in zip(seeds, runs) if "curve" in r]
         lines.append(f"| {name} | {arm} | " + " | ".join(cells) + f" | {', '.join(reach)} |")
     return lines + [""]
+
+
+def kl_sweep(groups: dict, norm: str = "batch") -> tuple[list[str], dict]:
+    """Both PPO arms at every KL coefficient run (the groups shipped-NORM and shipped-NORM-klX): the KL they
+    ended at and their held-out toxicity, so that the arms can be compared at equal KL rather than at equal
+    coefficient. Returns the table's lines and {arm: [(kl_coef, [(kl, scorer tox, judge tox) per seed])]}."""
+    base = f"shipped-{norm}"
+    names = [g for g in groups if g == base or g.startswith(base + "-kl")]
+    points: dict[str, list] = {}
+    for g in names:
+        for arm in ARMS:
+            runs = [r for r in groups[g].get(arm, {}).values() if r.get("kl_coef") is not None and "kl" in r]
+            if runs:
+                points.setdefault(arm, []).append((runs[0]["kl_coef"], [(r["kl"], r["avg_max_toxicity"], r["judge_avg_max_toxicity"]) for r in runs]))
+    if sum(len(v) for v in points.values()) < 3:  # a sweep needs more than the main table's one coefficient per arm
+        return [], {}
+    lines = [f"## The KL sweep (PPO, `reward_norm: {norm}`)", "",
+             "Held-out toxicity against the KL each run ended at (last 10 steps): compare the arms at equal KL, "
+             "not at equal coefficient (kl-sweep.png).", "",
+             "| arm | ppo.kl_coef | seeds | KL | avg_max_toxicity | judge_avg_max_toxicity |", "|---|---:|---:|---:|---:|---:|"]
+    for arm in ARMS:
+        for coef, runs in sorted(points.get(arm, [])):
+            cells = [_mean_std([r[i] for r in runs]) for i in range(3)]
+            lines.append(f"| {arm} | {coef:g} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines + [""], points
+
+
+def plot_kl_sweep(points: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finegrain.io import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
+    for ax, i, title in ((axes[0], 1, "training scorer"), (axes[1], 2, "independent judge")):
+        for arm, colour in zip(ARMS, ("tab:blue", "tab:orange")):
+            xs = [r[0] for _, runs in points.get(arm, []) for r in runs]
+            ys = [r[i] for _, runs in points.get(arm, []) for r in runs]
+            ax.scatter(xs, ys, color=colour, label=arm, s=18)
+            means = sorted((statistics.mean(r[0] for r in runs), statistics.mean(r[i] for r in runs)) for _, runs in points.get(arm, []))
+            ax.plot([m[0] for m in means], [m[1] for m in means], color=colour, alpha=0.6)
+        ax.set_title(title)
+        ax.set_xlabel("KL to the initial policy (last 10 steps)")
+    axes[0].set_ylabel("held-out avg max toxicity")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def plot_curves(groups: dict, path: Path) -> None:
@@ -314,6 +385,10 @@ def write_summary(out: Path) -> str:
     lines += side_by_side(groups, "Reward normalisations (PPO)", "ppo.reward_norm",
                           {n: f"shipped-{n}" for n in ("batch", "none", "running", "segment")})
     lines += side_by_side(groups, "PPO, GRPO and RLOO", "algorithm", ALGO_GROUPS)
+    sweep, points = kl_sweep(groups)
+    lines += sweep
+    if points:
+        plot_kl_sweep(points, out / "kl-sweep.png")
     plot_curves(groups, out / "curves.png")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
@@ -331,6 +406,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--rtp-seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--norm-seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--kl-coefs", type=float, nargs="*", default=[],
+                        help="the KL sweep: both PPO arms at these ppo.kl_coef values (the configs' is 0.05), to compare "
+                             "the arms at equal KL to the initial policy (summary: the KL sweep table and kl-sweep.png)")
+    parser.add_argument("--kl-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
@@ -345,7 +424,7 @@ def main() -> int:
     parser.add_argument("--groups", nargs="*", default=None,
                         help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
     args = parser.parse_args()
-    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos)
+    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos, args.kl_coefs, args.kl_seeds)
     if args.groups is not None:
         wanted = [j for j in jobs if j.group in args.groups]
         initial = {(j.prompts, j.seed) for j in wanted}
