@@ -148,6 +148,15 @@ def keep_results(job: Job, out: Path, keep: Path) -> None:
             dst = job.folder(keep) / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
+            if name == "config.yaml":  # no path of this machine in a committed file
+                dst.write_text(portable(dst.read_text(encoding="utf-8"), out), encoding="utf-8")
+
+
+def portable(text: str, out: Path) -> str:
+    """`text` with this checkout's and OUT's absolute paths made relative (the repository's; `OUT/...`)."""
+    for prefix, label in ((Path(out).resolve(), "OUT"), (ROOT, ".")):
+        text = text.replace(f"{prefix}/", f"{label}/").replace(str(prefix), label)
+    return text
 
 
 def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True, keep: Path | None = None) -> str:
