@@ -163,6 +163,52 @@ def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs
         assert (lp[b][len(resp) :] == 0).all()
 
 
+def test_nucleus_filter_keeps_what_transformers_top_p_keeps():
+    """Peaked rows (the candidates hold the nucleus), flat rows (the full sort), -inf from a top-k
+    before it, and several p: the same tokens as TopPLogitsWarper."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from finegrain.kernel.generation import nucleus_filter
+
+    g = torch.Generator().manual_seed(0)
+    V = 5000
+    peaked = torch.randn(6, V, generator=g) * 6
+    flat = torch.randn(4, V, generator=g) * 0.3
+    scores = torch.cat([peaked, flat, TopKLogitsWarper(50)(None, torch.randn(2, V, generator=g) * 2)])
+    ids = torch.zeros(len(scores), 1, dtype=torch.long)
+    for p in (0.5, 0.9, 0.95):
+        want = TopPLogitsWarper(p)(ids, scores)
+        got = nucleus_filter(p, candidates=256)(ids, scores)
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), p
+        assert torch.equal(got[~torch.isinf(got)], scores[~torch.isinf(want)])
+    assert (~torch.isinf(nucleus_filter(0.9, candidates=256)(ids[:4], flat))).sum(-1).min() > 256  # these rows took the full sort
+    one = torch.full((1, V), -5.0)
+    one[0, 7] = 20.0
+    assert (~torch.isinf(nucleus_filter(0.9)(ids[:1], one))).nonzero()[:, 1].tolist() == [7]  # the first always stays
+
+
+def test_generator_samples_as_transformers_top_p_does(tiny):
+    """The same seed gives the same responses as `generate(top_p=...)` itself."""
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.models import load_causal_lm
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model = load_causal_lm(str(tiny)).eval()
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
+    settings = GenerationSettings(samples_per_prompt=2, max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.7)
+    torch.manual_seed(3)
+    ours = HFGenerator(model, tok).sample(ids, mask, settings)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        theirs = model.generate(input_ids=ids.repeat_interleave(2, 0), attention_mask=mask.repeat_interleave(2, 0).long(), do_sample=True,
+                                temperature=0.8, top_k=40, top_p=0.7, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
+    n = ours.response_ids.shape[1]
+    assert torch.equal(ours.response_ids[ours.response_mask], theirs[:, :n][ours.response_mask])
+
+
 def test_hold_out_is_the_split_of_rm_split(tmp_path):
     """The recipes' held-out examples are those `finegrain rm split` puts in its eval file."""
     import json
