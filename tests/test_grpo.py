@@ -102,6 +102,36 @@ def test_a_resumed_grpo_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny, 
     assert rows[1] == rows[0]
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_the_first_minibatchs_old_logprobs_from_its_own_forward_change_nothing(tmp_path, tiny, one_thread, monkeypatch):
+    """The rows of the update's first minibatch take pi_old from the update's own forward instead of a
+    no-grad pass of their own: the run logs the same figures (KL included) and ends at the same policy
+    as one that runs the pass for every row."""
+    import finegrain.recipes.grpo as grpo
+    from transformers import AutoModelForCausalLM
+
+    from finegrain.kernel.run import without_timings
+
+    cfg = critic_free_config(tiny, tmp_path / "lazy", "dense", run={"steps": 2}, critic_free={"epochs": 2}, optim={"batch_size": 2, "grad_accum": 2})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    pending = []
+    real = grpo.old_logprobs_pending
+    monkeypatch.setattr(grpo, "old_logprobs_pending", lambda c, orders: pending.append(real(c, orders)) or pending[-1])
+    lazy = grpo.train(load_config(grpo.GRPOConfig, path))
+    assert pending and all(len(rows) == 2 for rows in pending)  # one minibatch of 2 rows a step skipped its pass
+    monkeypatch.setattr(grpo, "old_logprobs_pending", lambda c, orders: [])
+    eager = grpo.train(load_config(grpo.GRPOConfig, path, [f"run.out={tmp_path / 'eager'}"]))
+    rows = [[without_timings(r) for r in read_metrics(f / "metrics.jsonl")] for f in (lazy, eager)]
+    assert len(rows[0]) == 2
+    for a, b in zip(*rows):
+        assert a.keys() == b.keys() and {k: (a[k], b[k]) for k in a if a[k] != pytest.approx(b[k], rel=1e-4, abs=1e-6)} == {}
+    A, B = (AutoModelForCausalLM.from_pretrained(f / "final").state_dict() for f in (lazy, eager))
+    assert all(torch.allclose(A[k], B[k], atol=1e-5) for k in A)
+    # KL in the reward: the advantages need every row's pi_old first, so nothing is pending
+    kl_reward = load_config(grpo.GRPOConfig, write_config(critic_free_config(tiny, tmp_path / "r", "dense", critic_free={"kl_in": "reward"}), tmp_path / "r.yaml"))
+    assert real(kl_reward, [[0, 1, 2, 3]]) == [] and real(load_config(grpo.GRPOConfig, path), [[3, 1, 0, 2]]) == [3, 1]
+
+
 @pytest.mark.parametrize("mode", ["finegrained", "holistic"])
 def test_detox_configs_keep_ppos_settings(mode):
     """configs/detox_critic_free_*.yaml load for both recipes and share PPO's model, precision, prompts,

@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token], computed in float32 whatever the logits' dtype.
+    """log softmax(logits)[token], computed in float32 whatever the logits' dtype. The normaliser is
+    taken one row at a time (the same numbers): its float32 temporaries are (T, V), not (B, T, V),
+    which is most of a log-prob pass's peak memory with a 49k vocabulary.
 
     Shape: logits (B, T, V), tokens (B, T) -> (B, T).
     """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1).float()
+    return picked - torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
 
 
 def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:

@@ -72,7 +72,7 @@ class CriticFreeSettings(ConfigBase):
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip epsilon"})
     epochs: int = field(default=1, metadata={"help": "passes over each step's responses (GRPO's mu)"})
     prompts_per_step: int = field(default=8, metadata={"help": "prompts per step, per process (each sampled samples_per_prompt times)"})
-    forward_batch_size: int = field(default=32, metadata={"help": "responses per no-grad forward pass (old and reference log-probs)"})
+    forward_batch_size: int = field(default=16, metadata={"help": "responses per no-grad forward pass (old and reference log-probs)"})
 
     def __post_init__(self) -> None:
         from finegrain.rl.critic_free import LOSS_AGGREGATIONS, SOURCE_NORMS
@@ -139,9 +139,10 @@ class GroupRollout:
     sequences: "Sequences"  # prompts (B, P) and responses (B, T) with their masks
     logprobs: "torch.Tensor"  # (B, T) float32 log pi_old(y_t), 0 on padding
     ref_logprobs: "torch.Tensor"  # (B, T) float32 log pi_ref(y_t) (= logprobs when kl_coef is 0)
-    kl: "torch.Tensor"  # (B, T) float32 per-token KL(pi_old || pi_ref) estimate, 0 on padding
+    kl: "torch.Tensor | None"  # (B, T) float32 per-token KL(pi_old || pi_ref) estimate, 0 on padding; None while rows are pending
     advantages: "torch.Tensor"  # (B, T) float32 group-relative advantages, 0 on padding
     source_rewards: "torch.Tensor"  # (K', B) each source's reward of each response (K' = K, plus "kl" with kl_in=reward)
+    pending: "torch.Tensor | None" = None  # (B,) bool: rows whose pi_old the update's first forward gives (see `old_logprobs_pending`)
 
     def __len__(self) -> int:
         return self.logprobs.shape[0]
@@ -266,13 +267,14 @@ def critic_free_step(run: Run, step: int) -> dict[str, float]:
     problem = None
     try:
         sequences, scored = sample_and_score(run, examples, cfg.sampling.samples_per_prompt, times)
-        rollout = build_rollout(run, sequences, scored, times)
+        orders = [torch.randperm(len(sequences)).tolist() for _ in range(cfg.critic_free.epochs)]  # the update's minibatches
+        rollout = build_rollout(run, sequences, scored, times, old_logprobs_pending(cfg, orders))
         problem = None if torch.isfinite(rollout.advantages).all() else "the advantages hold NaN or inf"
     except TrainingError as err:  # a non-finite reward (compose names the source and response)
         problem = str(err)
     R.stop_together(acc, problem)
     t0 = time.perf_counter()
-    stats, grad_norm = update(run, rollout)
+    stats, grad_norm = update(run, rollout, orders)
     run.policy.scheduler.step()
     run.generator.sync_weights()
     times["time/update"] = time.perf_counter() - t0
@@ -312,8 +314,19 @@ def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, pr
         return torch.cat([response_logprobs(model, sequences.select(c)) for c in rows.split(batch_size)])
 
 
-def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dict[str, float]) -> GroupRollout:
-    """Old and reference log-probs (one no-grad forward each), the KL, and the group advantages."""
+def old_logprobs_pending(cfg: CriticFreeConfig, orders: list[list[int]]) -> list[int]:
+    """The rows whose old log-probs need no pass of their own: the update's first minibatch, where
+    pi_old is the policy as it is (nothing has changed it yet), so its own forward gives them. Not when
+    the KL enters the reward (the advantages need every row's pi_old first), nor when no minibatch is full."""
+    c, mb = cfg.critic_free, cfg.optim.batch_size
+    if (c.kl_in == "reward" and c.kl_coef > 0) or not orders or len(orders[0]) < mb:
+        return []
+    return orders[0][:mb]
+
+
+def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dict[str, float], pending: list[int] = ()) -> GroupRollout:
+    """Old log-probs (one no-grad forward, except for the `pending` rows: the update fills them) and
+    reference log-probs (one no-grad forward), the KL (once no row is pending), and the group advantages."""
     import torch
 
     from finegrain.rl import maths
@@ -323,10 +336,15 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     t0 = time.perf_counter()
     mask = sequences.response_mask
     policy = run.accelerator.unwrap_model(run.policy.model)
-    logprobs = response_logprobs_no_grad(policy, sequences, c.forward_batch_size, cfg.model.precision)
+    waiting = torch.zeros(len(sequences), dtype=torch.bool, device=mask.device)
+    waiting[list(pending)] = True
+    rows = (~waiting).nonzero().squeeze(1)
+    logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    if len(rows):
+        logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision)
     ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision) if run.ref is not None else logprobs
     times["time/forward"] = time.perf_counter() - t0
-    kl = maths.kl_penalty(logprobs, ref_logprobs, c.kl_estimator) * mask
+    kl = None if pending else maths.kl_penalty(logprobs, ref_logprobs, c.kl_estimator) * mask
     device = logprobs.device
     per_source, ends = scored.per_source.to(device), scored.source_ends.to(device)  # (K, B, T)
     weights = torch.tensor([ws.term.weight for ws in run.sources], dtype=per_source.dtype, device=device)  # (K,)
@@ -337,13 +355,15 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     adv = group_advantages(
         per_source, weights, mask, cfg.sampling.samples_per_prompt, c.algorithm, c.dense, ends if c.dense else None, c.source_norm, c.scale_by_std
     )
-    return GroupRollout(sequences, logprobs, ref_logprobs, kl, adv.advantages, adv.source_rewards)
+    return GroupRollout(sequences, logprobs, ref_logprobs, kl, adv.advantages, adv.source_rewards, waiting if pending else None)
 
 
-def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
-    """`epochs` passes over the step's responses in minibatches of optim.batch_size (a last partial
-    one is dropped), each an optimiser step over optim.grad_accum micro-batches whose losses add up
-    to the minibatch's aggregate exactly (`micro_batch_share`)."""
+def update(run: Run, rollout: GroupRollout, orders: list[list[int]]) -> tuple[LossStats, float]:
+    """`epochs` passes over the step's responses (`orders`: one permutation of the rows per pass) in
+    minibatches of optim.batch_size (a last partial one is dropped), each an optimiser step over
+    optim.grad_accum micro-batches whose losses add up to the minibatch's aggregate exactly
+    (`micro_batch_share`). The pending rows' pi_old is the first minibatch's own log-probs; the KL
+    follows once every row has one."""
     import torch
 
     from finegrain.kernel import run as R
@@ -358,8 +378,7 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
     parts: list[LossStats] = []
     steps, grad_norm = 0, 0.0
     mask = rollout.sequences.response_mask
-    for _ in range(c.epochs):
-        perm = torch.randperm(B).tolist()
+    for perm in orders:
         for i in range(B // mb):
             batch_mask = mask[perm[i * mb : (i + 1) * mb]]
             # token_mean: the share of every process's tokens (N processes step as one holding them all)
@@ -368,6 +387,9 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
                 logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx))
+                if rollout.pending is not None and bool(rollout.pending[idx].any()):  # nothing has changed the policy yet
+                    rollout.logprobs[idx] = torch.where(rollout.pending[idx, None], logprobs.detach().float() * mask[idx], rollout.logprobs[idx])
+                    rollout.pending[idx] = False  # filled: later passes over these rows use it as pi_old
                 out = critic_free_loss(
                     logprobs, rollout.logprobs[idx], rollout.ref_logprobs[idx], rollout.advantages[idx], mask[idx],
                     c.clip, c.loss_aggregation, kl_loss_coef, cfg.sampling.max_new_tokens,
@@ -379,6 +401,11 @@ def update(run: Run, rollout: GroupRollout) -> tuple[LossStats, float]:
             step_parts, grad_norm = accumulated_step(acc, run.policy.model, run.policy.optimizer, micro, loss_of, cfg.optim.max_grad_norm, cfg.model.precision, c.algorithm.upper())
             parts.append(add_stats(step_parts))
             steps += 1
+    if rollout.kl is None:
+        from finegrain.rl import maths
+
+        rollout.kl = maths.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator) * mask
+        rollout.pending = None
     return divide_stats(add_stats(parts), max(steps, 1)), grad_norm
 
 
