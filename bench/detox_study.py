@@ -160,6 +160,8 @@ def portable(text: str, out: Path) -> str:
 
 
 def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True, keep: Path | None = None) -> str:
+    if keep is not None and (job.folder(keep) / "eval" / "metrics.json").is_file():
+        return f"{job.name}: kept before (in {keep})"  # a study resumed on a machine without the old run folders
     message = _run_job(job, out, evaluate, train)
     if keep is not None and (job.folder(out) / "eval" / "metrics.json").is_file():
         keep_results(job, out, keep)
