@@ -51,6 +51,9 @@ FIGURES = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "j
 
 
 CRITIC_FREE = ("grpo", "rloo")
+# critic-free variants: group name -> (recipe, overrides); fine-grained arm only (with one segment per
+# response the holistic arm is the recipe's own holistic arm)
+VARIANTS = {"grpo-responses": ("grpo", ["critic_free.dense_baseline=responses"])}
 
 
 @dataclass(frozen=True)
@@ -87,15 +90,15 @@ def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds:
     def add(prompts: str, norm: str, seed_list: list[int], kl_coef: float | None = None) -> None:
         for seed in seed_list:
             for arm in ARMS:
-                if norm == "segment" and arm == "holistic":
-                    continue  # one segment per response: `segment` normalises exactly as `batch` does
+                if (norm == "segment" or norm in VARIANTS) and arm == "holistic":
+                    continue  # one segment per response: `segment` normalises exactly as `batch` does; a variant's holistic arm is its recipe's
                 jobs.append(Job(prompts, norm, seed, arm, 30, kl_coef))
 
     add("shipped", default_norm, seeds[:3])
     for norm in other_norms:
         add("shipped", norm, norm_seeds[:1])
     for algo in algos:
-        if algo in CRITIC_FREE:
+        if algo in CRITIC_FREE or algo in VARIANTS:
             add("shipped", algo, seeds[:3])
     for kl in kl_coefs:
         add("shipped", default_norm, list(kl_seeds), kl)
@@ -183,6 +186,9 @@ def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
         resume = ["--resume"] if (folder / "checkpoints" / "latest").is_file() else []
         if job.norm in CRITIC_FREE:
             recipe = [job.norm, "--config", f"configs/detox_critic_free_{job.arm}.yaml"]
+        elif job.norm in VARIANTS:
+            name, overrides = VARIANTS[job.norm]
+            recipe = [name, "--config", f"configs/detox_critic_free_{job.arm}.yaml", *overrides]
         else:
             recipe = ["ppo", "--config", f"configs/detox_{job.arm}.yaml", f"ppo.reward_norm={job.norm}"]
             if job.kl_coef is not None:
@@ -252,7 +258,7 @@ def collect(out: Path) -> dict:
     return groups
 
 
-ALGO_GROUPS = {"PPO": "shipped-batch", "GRPO": "shipped-grpo", "RLOO": "shipped-rloo"}
+ALGO_GROUPS = {"PPO": "shipped-batch", "GRPO": "shipped-grpo", "GRPO, responses baseline": "shipped-grpo-responses", "RLOO": "shipped-rloo"}
 
 
 def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> list[str]:
@@ -265,7 +271,7 @@ def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> 
     seeds = sorted(set.intersection(*(set(groups[g][arm]) for _, g, arm in runs_of)))
     if not seeds:
         return []
-    cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "kl", "s_per_step")
+    cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "dist_2", "kl", "s_per_step")
     lines = [f"## {title}", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
              "10-step mean training toxicity is at most half the seed's initial one ('-': not within the run).", "",
              f"| {label} | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
@@ -349,7 +355,7 @@ def plot_curves(groups: dict, path: Path) -> None:
     from finegrain.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = dict(zip(ALGO_GROUPS, ("tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(ALGO_GROUPS, ("tab:blue", "tab:orange", "tab:red", "tab:green")))
     for algo, arm, n, steps, values in curves:
         ax.plot(steps, values, label=f"{algo} {arm} (n={n})", color=colours[algo], linestyle="-" if arm == "finegrained" else "--")
     ax.set_xlabel("step")
@@ -425,7 +431,7 @@ def main() -> int:
     parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the jobs already trained (and the initial policy)")
-    parser.add_argument("--algos", nargs="+", default=["ppo"], choices=("ppo", *CRITIC_FREE),
+    parser.add_argument("--algos", nargs="+", default=["ppo"], choices=("ppo", *CRITIC_FREE, *VARIANTS),
                         help="add GRPO and/or RLOO arms (PPO's settings, the main table's first three seeds)")
     parser.add_argument("--seed-major", action="store_true",
                         help="every job of a seed before the next seed (a study cut short has whole seeds of every arm)")

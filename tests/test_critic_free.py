@@ -83,6 +83,32 @@ def test_grpo_dense_with_one_segment_per_response_is_holistic():
         assert torch.allclose(dense, cf.grpo_holistic(r, mask, 3, scale_by_std=scale), atol=1e-6)
 
 
+def test_grpo_dense_with_the_responses_baseline_on_hand_values():
+    # the example above with response 1's last reward 5: totals 4 and 5, mean 4.5, Bessel std sqrt(0.5)
+    rewards = torch.tensor([[0.0, 3, 0, 1], [0, 0, 5, PAD]])
+    ends = torch.tensor([[False, True, False, True], [True, False, True, False]])
+    mask = _mask([4, 3], 4)
+    s = math.sqrt(0.5)
+    # response 0: reward-to-go 4 in segment 0 (t0, t1), 1 in segment 1; response 1: 5 and 5
+    expected = torch.tensor([[(4 - 4.5) / s] * 2 + [(1 - 4.5) / s] * 2, [(5 - 4.5) / s] * 3 + [0.0]])
+    assert torch.allclose(cf.grpo_dense(rewards, ends, mask, 2, eps=0.0, baseline="responses"), expected, atol=1e-6)
+    assert torch.allclose(cf.grpo_dense(rewards, ends, mask, 2, scale_by_std=False, baseline="responses"), expected * s, atol=1e-6)
+    # the first token's advantage is the holistic one whatever the number of segments; equal totals give 0
+    first = cf.grpo_dense(rewards, ends, mask, 2, baseline="responses")[:, 0]
+    assert torch.allclose(first, cf.grpo_holistic(rewards * mask, mask, 2)[:, 0], atol=1e-6)
+    same = torch.tensor([[0.0, 3, 0, 1], [0, 0, 4, PAD]])
+    assert (cf.grpo_dense(same, ends, mask, 2, baseline="responses") == 0).all()
+    # the segments baseline pays for segments when their mean is negative: one more zero-reward segment, same total
+    split = torch.tensor([[-1.0, 0, -1, 0], [-1, 0, 0, -1]])
+    ends2 = torch.tensor([[True, True, True, True], [True, False, False, True]])
+    full = _mask([4, 4], 4)
+    by_segments = cf.grpo_dense(split, ends2, full, 2, baseline="segments")[:, 0]
+    assert by_segments[0] > by_segments[1]  # equal totals (-2), but response 0 has 4 segments against 2
+    assert (cf.grpo_dense(split, ends2, full, 2, baseline="responses") == 0).all()
+    with pytest.raises(ValueError, match="unknown dense GRPO baseline 'tokens'"):
+        cf.grpo_dense(rewards, ends, mask, 2, baseline="tokens")
+
+
 # --- RLOO ------------------------------------------------------------------------------------------
 
 

@@ -80,6 +80,9 @@ def test_config_errors_name_the_field(tmp_path, tiny):
         load(RLOOConfig, critic_free={"loss_aggregation": "mean"})
     with pytest.raises(ConfigError, match="optim.batch_size: 8 responses per optimiser step is more than a step samples"):
         load(GRPOConfig, optim={"batch_size": 8})
+    with pytest.raises(ConfigError, match="critic_free.dense_baseline"):
+        load(GRPOConfig, critic_free={"dense_baseline": "tokens"})
+    assert load(GRPOConfig, critic_free={"dense_baseline": "responses"}).critic_free.dense_baseline == "responses"
     with pytest.raises(ConfigError, match="data.ptx"):
         load(GRPOConfig, data={"ptx": "x.jsonl"})
 

@@ -59,6 +59,9 @@ class CriticFreeSettings(ConfigBase):
         metadata={"help": "each: normalise every reward source within the group, then the weighted sum (GDPO); sum: the weighted sum first"},
     )
     scale_by_std: bool = field(default=True, metadata={"help": "grpo: divide by the group's std (false: Dr. GRPO, centring only)"})
+    dense_baseline: str = field(default="segments", metadata={"help": "grpo, dense: segments (DeepSeekMath: mean and std of the group's segment "
+                                                               "rewards, one -mean per segment) | responses (of the group's response totals, "
+                                                               "one -mean per response: the first token gets the holistic advantage)"}})
     loss_aggregation: str = field(
         default="sequence_mean",
         metadata={"help": "sequence_mean (GRPO), token_mean (DAPO) or constant (Dr. GRPO: / (responses x sampling.max_new_tokens))"},
@@ -75,7 +78,7 @@ class CriticFreeSettings(ConfigBase):
     forward_batch_size: int = field(default=16, metadata={"help": "responses per no-grad forward pass (old and reference log-probs)"})
 
     def __post_init__(self) -> None:
-        from finegrain.rl.critic_free import LOSS_AGGREGATIONS, SOURCE_NORMS
+        from finegrain.rl.critic_free import DENSE_BASELINES, LOSS_AGGREGATIONS, SOURCE_NORMS
 
         if self.algorithm is not None:
             check_choice(self, "algorithm", ALGORITHMS)
@@ -84,6 +87,7 @@ class CriticFreeSettings(ConfigBase):
         check_choice(self, "kl_in", KL_IN)
         check_range(self, "kl_coef", 0.0)
         check_choice(self, "kl_estimator", KL_ESTIMATORS)
+        check_choice(self, "dense_baseline", DENSE_BASELINES)
         check_range(self, "clip", 0.0, None, low_open=True)
         for name in ("epochs", "prompts_per_step", "forward_batch_size"):
             check_range(self, name, 1)
@@ -353,7 +357,8 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
         per_source, ends = torch.cat([per_source, kl_reward[None]]), torch.cat([ends, kl_ends[None]])
         weights = torch.cat([weights, torch.tensor([c.kl_coef], dtype=weights.dtype, device=device)])
     adv = group_advantages(
-        per_source, weights, mask, cfg.sampling.samples_per_prompt, c.algorithm, c.dense, ends if c.dense else None, c.source_norm, c.scale_by_std
+        per_source, weights, mask, cfg.sampling.samples_per_prompt, c.algorithm, c.dense, ends if c.dense else None, c.source_norm, c.scale_by_std,
+        dense_baseline=c.dense_baseline,
     )
     return GroupRollout(sequences, logprobs, ref_logprobs, kl, adv.advantages, adv.source_rewards, waiting if pending else None)
 

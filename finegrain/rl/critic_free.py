@@ -28,6 +28,7 @@ SourceNorm = Literal["each", "sum"]
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 ESTIMATORS: tuple[str, ...] = ("grpo", "rloo")
 SOURCE_NORMS: tuple[str, ...] = ("each", "sum")
+DENSE_BASELINES: tuple[str, ...] = ("segments", "responses")  # grpo_dense's normalisation
 LOSS_AGGREGATIONS: tuple[str, ...] = ("sequence_mean", "token_mean", "constant")
 
 
@@ -65,15 +66,26 @@ def group_zscore(x: torch.Tensor, valid: torch.Tensor, scale_by_std: bool = True
 
     Shape: x (N, M), valid (N, M) bool -> (N, M).
     """
+    mean, scale, flat = group_moments(x, valid, scale_by_std, eps)
+    return torch.where(valid.bool() & ~flat, x - mean, torch.zeros_like(x)) / scale
+
+
+def group_moments(x: torch.Tensor, valid: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's mean of its valid values, the divisor `group_zscore` uses (std + eps, Bessel-corrected;
+    1 without `scale_by_std` and on rows with nothing to scale) and whether its valid values are all equal.
+
+    Shape: x (N, M), valid (N, M) bool -> mean (N, 1), scale (N, 1), flat (N, 1) bool.
+    """
     valid = valid.bool()
     v = valid.to(x.dtype)
     n = v.sum(-1, keepdim=True)
     mean = (x * v).sum(-1, keepdim=True) / n.clamp(min=1)
-    centred = torch.where(valid & ~_all_equal(x, valid, -1), x - mean, torch.zeros_like(x))
+    flat = _all_equal(x, valid, -1)
     if not scale_by_std:
-        return centred
+        return mean, torch.ones_like(mean), flat
+    centred = torch.where(valid & ~flat, x - mean, torch.zeros_like(x))
     std = ((centred**2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
-    return centred / torch.where(std > 0, std + eps, torch.ones_like(std))  # all-equal rows: 0 / 1, even with eps = 0
+    return mean, torch.where(std > 0, std + eps, torch.ones_like(std)), flat  # all-equal rows: 0 / 1, even with eps = 0
 
 
 def leave_one_out(x: torch.Tensor) -> torch.Tensor:
@@ -136,25 +148,45 @@ def _to_go(x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 def grpo_dense(
-    rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+    rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6,
+    baseline: str = "segments",
 ) -> torch.Tensor:
-    """DeepSeekMath's process supervision (arXiv 2402.03300, 4.1.3): every segment reward is
-    normalised by the mean and std of all segment rewards in the group (all G responses' segments
-    together), and token t gets the sum of the normalised rewards of its response's segments that
-    end at or after t; tokens after the last end belong to the last segment (`segment_index`).
-    With one segment per response this is `grpo_holistic`. Advantages are 0 only where every
-    segment of the group has the same reward: identical responses whose segments differ still rank
-    those segments against each other.
+    """Token t gets its response's normalised reward-to-go from the segment it lies in; tokens after
+    the last end belong to the last segment (`segment_index`). With one segment per response both
+    baselines are `grpo_holistic`.
+
+    `baseline="segments"`, DeepSeekMath's process supervision (arXiv 2402.03300, 4.1.3): every segment
+    reward is normalised by the mean and std of all segment rewards in the group (all G responses'
+    segments together). Advantages are 0 only where every segment of the group has the same reward.
+    Each segment brings its own -mean: where segment rewards have a non-zero mean, a response's
+    first-token advantage moves by -S_i * mean / std with its number of segments S_i (more segments
+    pay when the mean is negative, as with the toxicity drops, whose sum is -toxicity).
 
         r~_ij = (r_ij - mean_group r) / (std_group r + eps),   A_it = sum_{j >= j(t)} r~_ij
 
+    `baseline="responses"`: the group's response totals give the mean and std, as in `grpo_holistic`,
+    and the mean is subtracted once per response: the first token's advantage is exactly the holistic
+    GRPO advantage, whatever the number of segments, and the dense rewards keep their shape after it
+    (PPO's `reward_norm: batch` within the group). 0 where the group's totals are all equal.
+
+        A_it = (Q_i,j(t) - mean_G R) / (std_G R + eps),   Q_ij = sum_{j' >= j} r_ij',   R_i = Q_i0
+
     Shape: rewards (B, T), ends (B, T) bool, mask (B, T) -> (B, T).
     """
+    if baseline not in DENSE_BASELINES:
+        raise ValueError(f"unknown dense GRPO baseline {baseline!r}; choose one of {', '.join(DENSE_BASELINES)}")
     B, T = rewards.shape
     seg = ends.bool() & mask.bool()
+    index = segment_index(seg, mask)
+    if baseline == "responses":
+        totals = _groups(maths.sequence_sums(rewards, mask), group_size)  # (N, G)
+        mean, scale, flat = group_moments(totals, torch.ones_like(totals, dtype=torch.bool), scale_by_std, eps)  # (N, 1)
+        per = lambda x: x.repeat_interleave(group_size, 0)  # noqa: E731  (N, 1) -> (B, 1)
+        to_go = _to_go(rewards, index, mask).gather(1, index)  # (B, T) Q_i,j(t)
+        adv = torch.where(per(flat), torch.zeros_like(to_go), (to_go - per(mean)) / per(scale))
+        return adv * mask.to(rewards.dtype)
     x = _groups(rewards, group_size).flatten(1)  # (N, G * T)
     normalised = group_zscore(x, _groups(seg, group_size).flatten(1), scale_by_std, eps).reshape(B, T)  # r~ on end tokens
-    index = segment_index(seg, mask)
     return _to_go(normalised, index, mask).gather(1, index) * mask.to(rewards.dtype)
 
 
@@ -224,9 +256,10 @@ def one_source(
     ends: torch.Tensor | None = None,
     scale_by_std: bool = True,
     eps: float = 1e-6,
+    dense_baseline: str = "segments",
 ) -> torch.Tensor:
-    """The chosen estimator on one (B, T) reward. `ends` is needed when `dense`; `scale_by_std`
-    and `eps` are GRPO's. Shape: rewards (B, T), mask (B, T), ends (B, T) or None -> (B, T)."""
+    """The chosen estimator on one (B, T) reward. `ends` is needed when `dense`; `scale_by_std`,
+    `eps` and `dense_baseline` are GRPO's. Shape: rewards (B, T), mask (B, T), ends (B, T) or None -> (B, T)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown critic-free estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     if dense:
@@ -237,7 +270,7 @@ def one_source(
             b, t = stray.nonzero()[0].tolist()
             raise ValueError(f"response {b} has reward {float(rewards[b, t])} on token {t}, which ends no segment: rewards and segment ends are misaligned")
     if estimator == "grpo":
-        return grpo_dense(rewards, ends, mask, group_size, scale_by_std, eps) if dense else grpo_holistic(rewards, mask, group_size, scale_by_std, eps)
+        return grpo_dense(rewards, ends, mask, group_size, scale_by_std, eps, dense_baseline) if dense else grpo_holistic(rewards, mask, group_size, scale_by_std, eps)
     return rloo_dense(rewards, ends, mask, group_size) if dense else rloo_holistic(rewards, mask, group_size)
 
 
@@ -252,6 +285,7 @@ def group_advantages(
     source_norm: SourceNorm = "each",
     scale_by_std: bool = True,
     eps: float = 1e-6,
+    dense_baseline: str = "segments",
 ) -> GroupAdvantages:
     """Advantages from K reward sources. `source_norm="each"` runs the estimator on each source
     within the group, then takes the weighted sum (the GDPO idea: a source with a large spread
@@ -272,7 +306,7 @@ def group_advantages(
         raise ValueError(f"dense advantages need segment ends of shape {tuple(per_source.shape)}, got {None if ends is None else tuple(ends.shape)}")
     w = weights.to(per_source.dtype)
     each = torch.stack(
-        [one_source(per_source[k], mask, group_size, estimator, dense, ends[k] if dense else None, scale_by_std, eps) for k in range(K)]
+        [one_source(per_source[k], mask, group_size, estimator, dense, ends[k] if dense else None, scale_by_std, eps, dense_baseline) for k in range(K)]
     )  # (K, B, T)
     if source_norm == "each":
         total = (each * w[:, None, None]).sum(0)
@@ -280,7 +314,7 @@ def group_advantages(
         from finegrain.rewards.compose import weighted_total
 
         summed = weighted_total(per_source, w)
-        total = one_source(summed, mask, group_size, estimator, dense, ends.any(0) if dense else None, scale_by_std, eps)
+        total = one_source(summed, mask, group_size, estimator, dense, ends.any(0) if dense else None, scale_by_std, eps, dense_baseline)
     return GroupAdvantages(total, maths.sequence_sums(per_source, mask), each)
 
 
