@@ -61,7 +61,7 @@ class CriticFreeSettings(ConfigBase):
     scale_by_std: bool = field(default=True, metadata={"help": "grpo: divide by the group's std (false: Dr. GRPO, centring only)"})
     dense_baseline: str = field(default="segments", metadata={"help": "grpo, dense: segments (DeepSeekMath: mean and std of the group's segment "
                                                                "rewards, one -mean per segment) | responses (of the group's response totals, "
-                                                               "one -mean per response: the first token gets the holistic advantage)"}})
+                                                               "one -mean per response: the first token gets the holistic advantage)"})
     loss_aggregation: str = field(
         default="sequence_mean",
         metadata={"help": "sequence_mean (GRPO), token_mean (DAPO) or constant (Dr. GRPO: / (responses x sampling.max_new_tokens))"},
