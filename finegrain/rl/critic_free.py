@@ -180,10 +180,10 @@ def grpo_dense(
     index = segment_index(seg, mask)
     if baseline == "responses":
         totals = _groups(maths.sequence_sums(rewards, mask), group_size)  # (N, G)
-        mean, scale, flat = group_moments(totals, torch.ones_like(totals, dtype=torch.bool), scale_by_std, eps)  # (N, 1)
-        per = lambda x: x.repeat_interleave(group_size, 0)  # noqa: E731  (N, 1) -> (B, 1)
+        moments = group_moments(totals, torch.ones_like(totals, dtype=torch.bool), scale_by_std, eps)  # (N, 1) each
+        mean, scale, flat = (m.repeat_interleave(group_size, 0) for m in moments)  # (B, 1): each response's group's
         to_go = _to_go(rewards, index, mask).gather(1, index)  # (B, T) Q_i,j(t)
-        adv = torch.where(per(flat), torch.zeros_like(to_go), (to_go - per(mean)) / per(scale))
+        adv = torch.where(flat, torch.zeros_like(to_go), (to_go - mean) / scale)
         return adv * mask.to(rewards.dtype)
     x = _groups(rewards, group_size).flatten(1)  # (N, G * T)
     normalised = group_zscore(x, _groups(seg, group_size).flatten(1), scale_by_std, eps).reshape(B, T)  # r~ on end tokens
