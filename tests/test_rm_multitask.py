@@ -65,6 +65,11 @@ def test_marker_loss_reads_each_markers_own_head_by_hand():
     one_head = logits[..., :2]
     plain = torch.nn.functional.cross_entropy(one_head.reshape(-1, 2), torch.tensor([IGNORE, 1, 0]), ignore_index=IGNORE)
     assert weighted_marker_loss(one_head, torch.tensor([[IGNORE, 1, 0]]), 1.0).item() == pytest.approx(plain.item())
+    # one weight per head: head 0's error weighs 3, head 1's (a no-error marker here) would weigh 5
+    assert weighted_marker_loss(logits, labels, [3.0, 5.0]).item() == pytest.approx((3.0 * math.log(4 / 3) + math.log(2.0)) / 4.0, rel=1e-6)
+    both_error = torch.tensor([[IGNORE, 1, 3]])  # head 1 now an error: P = 1/2, weight 5
+    assert weighted_marker_loss(logits, both_error, [3.0, 5.0]).item() == pytest.approx((3.0 * math.log(4 / 3) + 5.0 * math.log(2.0)) / 8.0, rel=1e-6)
+    assert weighted_marker_loss(logits, labels, [2.0, 2.0]).item() == pytest.approx(expected, rel=1e-6)  # equal weights: the scalar's
     assert head_p_error(logits, 0)[0, 1].item() == pytest.approx(0.75)
     assert head_p_error(logits, 1)[0, 2].item() == pytest.approx(0.5)
 
@@ -92,6 +97,12 @@ def test_bad_tasks_and_ensemble_settings_name_the_field(tmp_path):
     assert (rel.name, rel.level, rel.passages) == ("relevance", "sentence", False)
     assert (fact.name, fact.level, fact.passages, fact.categories) == ("factuality", "sentence", True, ("Unverifiable", "Wrong-Grounding"))
     assert cfg.ensemble == 3 and RMTrainConfig().head_names == ["relevance"]
+    weighted = load_config(RMTrainConfig, None, ["tasks=[relevance,factuality]", "task_error_weight={factuality: 3}", "error_weight=1.5"])
+    assert weighted.head_error_weights() == [1.5, 3.0]
+    with pytest.raises(ConfigError, match=r"task_error_weight: 'style' is not a head of this RM; its heads: relevance, factuality"):
+        RMTrainConfig(tasks=["relevance", "factuality"], task_error_weight={"style": 2.0})
+    with pytest.raises(ConfigError, match=r"task_error_weight.factuality: 0.0: an error weight must be > 0"):
+        RMTrainConfig(tasks=["relevance", "factuality"], task_error_weight={"factuality": 0.0})
 
 
 def _card_json(**extra) -> dict:
@@ -150,6 +161,7 @@ def test_multitask_rm_trains_saves_and_loads_each_head(multitask, one_thread):
     assert rel_head["data"]["train_error_segments"] > 0 and fact_head["data"]["train_error_segments"] == 3  # q0, q3, q6
     assert rel_head["metrics"]["f1_ci"] and fact_head["metrics"]["baselines"]["flag_all"]
     assert "threshold_on_train" in rel_head["training"] and rel_head["training"]["threshold"] == rel_head["training"]["threshold_on_train"]
+    assert rel_head["training"]["error_weight"] == fact_head["training"]["error_weight"] == 1.0  # no task_error_weight: error_weight for both
     assert card.training["epoch_losses"][-1] < card.training["epoch_losses"][0]
     assert RMCard.load(folder) == card  # the card round trip
     assert card.for_head("factuality").calibration.count == 8 * 2  # two sentences per response

@@ -103,6 +103,11 @@ class RMTrainConfig(ConfigBase):
         default=None,
         metadata={"help": "torch CPU threads (default: torch's, one per core); 1 is several times faster on a loaded machine"},
     )
+    task_error_weight: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "span, multi-task: error_weight per head, e.g. {factuality: 3} (the factuality config's); "
+                          "a head not named takes error_weight"},
+    )
     score_batch_size: int = field(default=16, metadata={"help": "inputs per forward pass when scoring"})
     tasks: list[str] | None = field(
         default=None,
@@ -151,6 +156,8 @@ class RMTrainConfig(ConfigBase):
         check_range(self, "ensemble", 1, None)
         if self.tasks is not None:
             self._check_tasks()
+        if self.task_error_weight:
+            self._check_task_weights()
 
     def _check_tasks(self) -> None:
         """A multi-task RM: span heads only, at least two distinct categories, `category` among them.
@@ -166,6 +173,18 @@ class RMTrainConfig(ConfigBase):
         if self.category not in tasks:
             raise ConfigError(f"{name}: {tasks!r} does not include category {self.category!r}, "
                               "the head the config's level, passages and categories describe")
+
+    def _check_task_weights(self) -> None:
+        weights, name = dict(self.task_error_weight or {}), self._name("task_error_weight")
+        for task, w in weights.items():
+            if task not in self.head_names:
+                raise ConfigError(f"{name}: {task!r} is not a head of this RM; its heads: {', '.join(self.head_names)} (set `tasks`)")
+            if not w > 0:
+                raise ConfigError(f"{name}.{task}: {w!r}: an error weight must be > 0")
+
+    def head_error_weights(self) -> list[float]:
+        """The error class's loss weight of every head, in `head_names` order."""
+        return [float((self.task_error_weight or {}).get(h, self.error_weight)) for h in self.head_names]
 
     def _name(self, attr: str) -> str:
         return f"{self._path}.{attr}" if self._path else attr

@@ -62,11 +62,12 @@ def marker_id(tok: "PreTrainedTokenizerBase", model: "PreTrainedModel | None", m
 # --- pure maths -------------------------------------------------------------------------------
 
 
-def weighted_marker_loss(logits: "torch.Tensor", labels: "torch.Tensor", error_weight: float) -> "torch.Tensor":
-    """Cross-entropy over marker positions, the error class weighted by `error_weight`
-    (a weighted mean, as torch's weighted cross-entropy defines it). A multi-task model has K heads of
-    two columns each: label c is class c % 2 (0 no error, 1 error) of head c // 2, and each marker's
-    loss reads its own head's two columns only (K = 1: plain two-class cross-entropy).
+def weighted_marker_loss(logits: "torch.Tensor", labels: "torch.Tensor", error_weight: float | Sequence[float]) -> "torch.Tensor":
+    """Cross-entropy over marker positions, the error class weighted by `error_weight` (one weight, or
+    one per head): a weighted mean, as torch's weighted cross-entropy defines it, sum(w l) / sum(w)
+    over the markers, w = 1 for no error and the head's weight for an error. A multi-task model has K
+    heads of two columns each: label c is class c % 2 (0 no error, 1 error) of head c // 2, and each
+    marker's loss reads its own head's two columns only (K = 1: plain two-class cross-entropy).
     Shape: logits (N, L, 2K), labels (N, L) in [0, 2K) or IGNORE off the markers -> scalar."""
     import torch
 
@@ -75,8 +76,14 @@ def weighted_marker_loss(logits: "torch.Tensor", labels: "torch.Tensor", error_w
     head = torch.where(flat == IGNORE, 0, flat // 2)  # (N*L,)
     own = pairs[torch.arange(flat.shape[0], device=logits.device), head]  # (N*L, 2): the marker's own head
     target = torch.where(flat == IGNORE, IGNORE, flat % 2)
-    weight = torch.tensor([1.0, error_weight], device=logits.device)
-    return torch.nn.functional.cross_entropy(own, target, weight=weight, ignore_index=IGNORE)
+    weights = [float(error_weight)] * pairs.shape[1] if isinstance(error_weight, (int, float)) else [float(w) for w in error_weight]
+    if len(set(weights)) == 1:
+        weight = torch.tensor([1.0, weights[0]], device=logits.device)
+        return torch.nn.functional.cross_entropy(own, target, weight=weight, ignore_index=IGNORE)
+    per_marker = torch.nn.functional.cross_entropy(own, target, ignore_index=IGNORE, reduction="none")  # (N*L,), 0 off the markers
+    head_weight = torch.tensor(weights, device=logits.device)[head]  # (N*L,)
+    w = torch.where(target == 1, head_weight, torch.ones_like(head_weight)) * (flat != IGNORE)
+    return (w * per_marker).sum() / w.sum().clamp(min=1e-12)
 
 
 def head_p_error(logits: "torch.Tensor", head: int) -> "torch.Tensor":
@@ -396,9 +403,10 @@ def train_span_rm(
     # 2. backbone, tokenizer, marker; 3. train with the HF Trainer: once per ensemble member
     dev = rm_common.pick_device(device)
     loss_func = None
-    if cfg.error_weight != 1.0 or multi:  # several heads: each marker's loss on its own head's columns
+    head_weights = cfg.head_error_weights()
+    if head_weights != [1.0] or multi:  # several heads: each marker's loss on its own head's columns
         def loss_func(outputs: Any, labels: "torch.Tensor", num_items_in_batch: Any = None) -> "torch.Tensor":
-            return weighted_marker_loss(outputs.logits, labels, cfg.error_weight)
+            return weighted_marker_loss(outputs.logits, labels, head_weights)
     id2label = _head_labels(tasks)
     models, results = [], []
     for member in rm_common.member_configs(cfg):
@@ -455,8 +463,8 @@ def train_span_rm(
         calibration=calibration_of([]),
         heads=[{"name": t.name, "level": t.level, "categories": list(t.categories), "passages": t.passages,
                 "input_template": input_template(tok, t.passages, template), "calibration": dataclasses.asdict(calibration_of([])),
-                "training": {"level": t.level, "passages": t.passages, "threshold": cfg.threshold},
-                "data": _data_counts(d), "metrics": {}} for t, d in zip(tasks, datas)] if multi else [],
+                "training": {"level": t.level, "passages": t.passages, "threshold": cfg.threshold, "error_weight": w},
+                "data": _data_counts(d), "metrics": {}} for t, d, w in zip(tasks, datas, head_weights)] if multi else [],
         members=members,
     )
     eval_datas = [build_span_data(eval_examples, t.categories, t.level) for t in tasks] if eval_examples is not None else []
