@@ -11,7 +11,11 @@ shared machine slows them alike):
   grpo-finegrained  `finegrain train grpo` with configs/detox_critic_free_finegrained.yaml (the drop
                     in toxicity of each sentence on its last token, DeepSeekMath's process supervision)
   grpo-holistic     the same with configs/detox_critic_free_holistic.yaml (one reward per response)
-  trl-grpo          TRL's GRPOTrainer, reward 1 - toxicity of the whole completion from the same scorer
+  grpo-finegrained-ckpt   the same with model.gradient_checkpointing=true (layers recomputed in the backward)
+  grpo-finegrained-micro  the same with optim.grad_accum=2 (each optimiser step's responses in two micro-batches)
+  trl-grpo          TRL's GRPOTrainer, reward 1 - toxicity of the whole completion from the same scorer, at
+                    GRPOConfig's defaults otherwise: gradient checkpointing on
+  trl-grpo-no-ckpt  the same with gradient_checkpointing=False
   ppo-finegrained   `finegrain train` (PPO, shared value head) with configs/detox_finegrained.yaml
 
 Held equal, from the GRPO config (PPO's config holds the same values; a test pins them): the
@@ -25,6 +29,9 @@ the samples (TRL `num_iterations=1`) in optimiser steps of `--batch` responses (
 feeds the same optimiser steps as one finegrain step), the per-sequence token mean (TRL
 `loss_type="grpo"`), the group std scaling (`scale_rewards="group"`), fused AdamW at lr 3e-5 with a
 constant schedule, gradient clipping at 1.0, seed 0, `--threads` torch threads per arm.
+Gradient checkpointing (memory against recomputation) is what the arm's name says: TRL's GRPOConfig
+turns it on by default, finegrain's configs leave it off; compare arms with the same setting, and
+read the others as what each library does at its defaults.
 Not equal, by design or because TRL has no such setting: TRL scores a completion once (a
 number per response: it has no per-token or per-segment reward); finegrain's fine-grained arm
 scores each sentence's prefix. The prompts each step draws (TRL's shuffled sampler, finegrain's
@@ -55,12 +62,15 @@ from pathlib import Path
 
 from benchkit import REPO, run_arm
 
-CONFIGS = {
-    "grpo-finegrained": ("grpo", "configs/detox_critic_free_finegrained.yaml"),
-    "grpo-holistic": ("grpo", "configs/detox_critic_free_holistic.yaml"),
-    "ppo-finegrained": ("ppo", "configs/detox_finegrained.yaml"),
+CONFIGS = {  # arm: recipe, config, settings on top of the bench's
+    "grpo-finegrained": ("grpo", "configs/detox_critic_free_finegrained.yaml", []),
+    "grpo-finegrained-ckpt": ("grpo", "configs/detox_critic_free_finegrained.yaml", ["model.gradient_checkpointing=true"]),
+    "grpo-finegrained-micro": ("grpo", "configs/detox_critic_free_finegrained.yaml", ["optim.grad_accum=2"]),
+    "grpo-holistic": ("grpo", "configs/detox_critic_free_holistic.yaml", []),
+    "ppo-finegrained": ("ppo", "configs/detox_finegrained.yaml", []),
 }
-ARMS = ("grpo-finegrained", "grpo-holistic", "trl-grpo", "ppo-finegrained")
+TRL_ARMS = {"trl-grpo": True, "trl-grpo-no-ckpt": False}  # arm: TRL's gradient_checkpointing (True is GRPOConfig's default)
+ARMS = ("grpo-finegrained", "grpo-finegrained-ckpt", "grpo-finegrained-micro", "grpo-holistic", "trl-grpo", "trl-grpo-no-ckpt", "ppo-finegrained")
 PHASES = ("time/generate", "time/score", "time/forward", "time/update")
 
 OURS = """
@@ -117,6 +127,7 @@ args = GRPOConfig(
     num_generations=s["samples"], max_completion_length=s["new_tokens"],
     temperature=s["temperature"], top_p=s["top_p"], top_k=s["top_k"],
     beta=s["kl_coef"], epsilon=s["clip"], num_iterations=s["epochs"], loss_type="grpo", scale_rewards="group",
+    gradient_checkpointing=s["gradient_checkpointing"],
 )
 trainer = GRPOTrainer(model=model, reward_funcs=one_minus_toxicity, args=args, train_dataset=Dataset.from_list(s["rows"]), processing_class=tok, callbacks=[Stamp()])
 trainer.train()
@@ -168,14 +179,15 @@ def our_overrides(recipe: str, settings: dict, out: Path, steps: int, threads: i
 
 def run_one(arm: str, settings: dict, steps: int, threads: int, precision: str, tmp: Path, rows: list[dict]) -> dict:
     out = tmp / f"{arm}-{time.monotonic_ns()}"
-    if arm == "trl-grpo":
+    if arm in TRL_ARMS:
         rollout = settings["prompts"] * settings["samples"]
         if rollout % settings["batch"]:
             raise SystemExit(f"--batch {settings['batch']} must divide prompts x samples ({rollout}) for TRL's steps_per_generation")
-        child = {**settings, "rows": rows, "steps": steps, "threads": threads, "out": str(out), "bf16": precision == "bf16", "steps_per_generation": rollout // settings["batch"]}
+        child = {**settings, "rows": rows, "steps": steps, "threads": threads, "out": str(out), "bf16": precision == "bf16", "steps_per_generation": rollout // settings["batch"],
+                 "gradient_checkpointing": TRL_ARMS[arm]}
         return run_arm(TRL, [json.dumps(child)], threads, label=arm)
-    recipe, config = CONFIGS[arm]
-    return run_arm(OURS, [recipe, REPO / config, *our_overrides(recipe, settings, out, steps, threads, precision)], threads, label=arm)
+    recipe, config, extra = CONFIGS[arm]
+    return run_arm(OURS, [recipe, REPO / config, *our_overrides(recipe, settings, out, steps, threads, precision), *extra], threads, label=arm)
 
 
 def spread(values: list[float]) -> str:

@@ -36,7 +36,7 @@ RUNS = {
                         "optim": {"batch_size": 2},
                         "rewards": [{"kind": "toxicity", "mode": "dense", "name": "sentences"},
                                     {"kind": "toxicity", "mode": "holistic", "name": "whole", "weight": 0.5}]},
-    ("rloo", "holistic"): {"critic_free": {"kl_coef": 0.0}},
+    ("rloo", "holistic"): {"critic_free": {"kl_coef": 0.0}, "model": {"gradient_checkpointing": True}},
 }
 
 

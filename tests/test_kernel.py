@@ -224,3 +224,37 @@ def test_hold_out_is_the_split_of_rm_split(tmp_path):
     assert [r["id"] for r in train] == sorted(r["id"] for r in train) and len(train) == 7
     with pytest.raises(ConfigError, match="x: 10 held-out items leave none"):
         hold_out(records, 10, 0, "x", "all.json")
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_gradient_checkpointing_recomputes_each_layer_and_changes_no_number(tiny, one_thread):
+    """The layers run twice in a forward and backward (once more in the backward), the loss and every
+    gradient are those of the plain model, the children stay in eval mode, and without gradients
+    (generation, no-grad passes) each layer runs once."""
+    from transformers import AutoModelForCausalLM
+
+    from finegrain.kernel.models import use_gradient_checkpointing
+
+    plain, checkpointed = (AutoModelForCausalLM.from_pretrained(tiny).eval() for _ in range(2))
+    use_gradient_checkpointing(checkpointed)
+    checkpointed.eval()  # as the recipes leave it
+    calls = []
+    for layer in checkpointed.model.layers:
+        layer.self_attn.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.randint(0, 100, (2, 7))
+
+    def loss_and_grads(model):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (a, ga), (b, gb) = loss_and_grads(plain), loss_and_grads(checkpointed)
+    assert len(calls) == 2 * len(checkpointed.model.layers)
+    assert torch.allclose(a, b) and all(torch.allclose(ga[n], gb[n], atol=1e-6) for n in ga)
+    assert not any(m.training for layer in checkpointed.model.layers for m in layer.children())
+    calls.clear()
+    with torch.no_grad():
+        checkpointed(input_ids=ids)
+    assert len(calls) == len(checkpointed.model.layers)
+    with pytest.raises(ValueError, match="holds no transformers model"):
+        use_gradient_checkpointing(torch.nn.Linear(2, 2))

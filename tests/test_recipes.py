@@ -51,6 +51,9 @@ def test_sft_smoke_learns_its_targets(tmp_path, tiny, feedback, one_thread):
     for e in evals:
         assert e["eval/perplexity"] == pytest.approx(math.exp(e["eval/loss"]))
     assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]  # a random model learns the answers' format fast
+    # with the layers recomputed in the backward: the same run
+    again = _run("sft", tiny, feedback, tmp_path / "checkpointed", "run.steps=4", "run.eval_every=4", "optim.grad_accum=2", "model.gradient_checkpointing=true")
+    assert [r["loss"] for r in _check(again, steps=4)[0]] == pytest.approx([r["loss"] for r in rows], abs=1e-5)
 
 
 @pytest.mark.embedded  # the SmolLM2 tokenizer

@@ -222,7 +222,8 @@ def test_train_smoke_holistic_separate_value_model(tmp_path, tiny, one_thread):
     from finegrain.rl.trainer import run_training
 
     # minibatch = the whole rollout (2 prompts x 2 samples): the first step reuses the rollout's forward
-    cfg = _cfg(tiny, tmp_path / "run", mode="holistic", model={"value_model": "separate"},
+    # the layers of both backbones recomputed in the backward (model.gradient_checkpointing)
+    cfg = _cfg(tiny, tmp_path / "run", mode="holistic", model={"value_model": "separate", "gradient_checkpointing": True},
                ppo={"early_stop_kl": 1e-9, "epochs": 3, "kl_estimator": "k3", "minibatch_size": 4, "entropy_coef": 0.01})
     out = run_training(cfg)
     rows = _check_run(out, 3)

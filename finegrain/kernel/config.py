@@ -67,6 +67,10 @@ class OptimConfig(ConfigBase):
 class PolicyConfig(ConfigBase):
     policy: str = field(default="smollm2-135m", metadata={"help": "embedded name, local HF folder or hub id of the model to train"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively), bf16 (autocast; float32 master weights) or fp32"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them: less memory in the update, one more forward of its rows"},
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "precision", PRECISIONS)

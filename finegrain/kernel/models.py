@@ -49,6 +49,40 @@ def load_frozen(path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedMod
     return model.eval()
 
 
+def use_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): an update keeps one layer's activations
+    at a time rather than every layer's, for one more forward of its rows. `model` is any module
+    holding transformers models (an actor-critic included).
+
+    transformers checkpoints a layer only while it is in training mode, and finegrain keeps its
+    models in eval mode (no dropout: pi_old and pi must agree exactly). So each checkpointed layer
+    is marked as training just before it runs; its children (dropout included) keep the mode
+    train()/eval() gave them. Without gradients (generation, no-grad passes) a layer runs as usual.
+    """
+    from transformers import PreTrainedModel
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    if not models:
+        raise ValueError(f"gradient checkpointing: {type(model).__name__} holds no transformers model")
+    for m in models:
+        if not m.supports_gradient_checkpointing:
+            raise ValueError(f"gradient checkpointing: {type(m).__name__} does not support it (transformers' supports_gradient_checkpointing)")
+        enable = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5.x; the older name warns there
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in model.modules():
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.register_forward_pre_hook(_mark_training)
+
+
+def _mark_training(layer: torch.nn.Module, args) -> None:
+    layer.training = True  # the layer only: its children keep their mode
+
+
 def set_pad_token(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
     """The model's config learns the tokenizer's pad token (generate and saved folders need it)."""
     if model.config.pad_token_id is None:

@@ -375,11 +375,14 @@ class Trainable:
     scheduler: Any
 
 
-def prepare_policy(accelerator: "Accelerator", policy_path: str, prompt: "PromptConfig", examples: list, optim: "OptimConfig", steps: int) -> Trainable:
+def prepare_policy(
+    accelerator: "Accelerator", policy_path: str, prompt: "PromptConfig", examples: list, optim: "OptimConfig", steps: int, gradient_checkpointing: bool = False
+) -> Trainable:
     """Tokenizer, every example's prompt rendered within its budget (what the budget cut is printed
     once), the model (float32 master weights, no dropout, so resumed and uninterrupted runs take the
-    same steps), AdamW and its schedule, all prepared by accelerate."""
-    from finegrain.kernel.models import load_causal_lm, set_pad_token
+    same steps; layers recomputed in the backward with `gradient_checkpointing`), AdamW and its
+    schedule, all prepared by accelerate."""
+    from finegrain.kernel.models import load_causal_lm, set_pad_token, use_gradient_checkpointing
     from finegrain.kernel.optim import build_optimizer, build_scheduler
     from finegrain.kernel.prompts import PromptRenderer
     from finegrain.models import load_tokenizer
@@ -390,6 +393,8 @@ def prepare_policy(accelerator: "Accelerator", policy_path: str, prompt: "Prompt
     model = load_causal_lm(policy_path)
     set_pad_token(model, tokenizer)
     model.eval()
+    if gradient_checkpointing:
+        use_gradient_checkpointing(model)
     optimizer = build_optimizer(model, optim.lr, optim.weight_decay, accelerator.device)
     scheduler = build_scheduler(optimizer, optim.schedule, optim.warmup_steps, steps)
     model, optimizer, scheduler = prepare_trained(accelerator, model, optimizer, scheduler, optim.max_grad_norm)

@@ -95,7 +95,7 @@ def train(cfg: DPOConfig, resume: bool = False) -> Path:
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
     # 3. Tokenizer, prompts within their budget, policy, optimiser, schedule; the reference.
-    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps, cfg.model.gradient_checkpointing)
     batch_of = pair_batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
     reference = Reference(load_frozen(inputs.ref_path).to(acc.device), cfg, acc, batch_of, inputs)  # `precompute` drops the model
 

@@ -244,7 +244,7 @@ def build_run(cfg: CriticFreeConfig, out: Path, acc: "Accelerator", inputs: Inpu
 
     d = cfg.data
     prompt = PromptConfig(template=d.template, chat_template=d.chat_template, max_prompt_tokens=d.max_prompt_tokens)
-    policy = R.prepare_policy(acc, inputs.policy_path, prompt, inputs.prompts.train + inputs.prompts.eval, cfg.optim, cfg.run.steps)
+    policy = R.prepare_policy(acc, inputs.policy_path, prompt, inputs.prompts.train + inputs.prompts.eval, cfg.optim, cfg.run.steps, cfg.model.gradient_checkpointing)
     ref = load_frozen(inputs.ref_path).to(acc.device) if cfg.critic_free.kl_coef > 0 else None
     if ref is not None:
         set_pad_token(ref, policy.tokenizer)

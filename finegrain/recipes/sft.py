@@ -120,7 +120,7 @@ def train(cfg: SFTConfig, resume: bool = False) -> Path:
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
     # 3. Tokenizer, prompts rendered within their budget, model, optimiser, schedule.
-    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [t.example for t in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [t.example for t in inputs.train + inputs.eval], cfg.optim, cfg.run.steps, cfg.model.gradient_checkpointing)
     batch_of = _batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
 
     def evaluate_now() -> None:

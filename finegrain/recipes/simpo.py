@@ -81,7 +81,7 @@ def train(cfg: SimPOConfig, resume: bool = False) -> Path:
     # 2. Accelerator (devices, processes), seeds, run folder, trackers.
     acc = R.make_accelerator(out, cfg.run.seed, cfg, cfg.run.log_with, cfg.run.threads)
     # 3. Tokenizer, prompts within their budget, policy, optimiser, schedule (no reference model).
-    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps)
+    policy = R.prepare_policy(acc, inputs.policy_path, cfg.prompt, [p.example for p in inputs.train + inputs.eval], cfg.optim, cfg.run.steps, cfg.model.gradient_checkpointing)
     batch_of = pair_batcher(policy.tokenizer, policy.prompts, cfg.prompt.max_response_tokens)
 
     def evaluate_now() -> None:

@@ -33,6 +33,10 @@ class ModelConfig(ConfigBase):
         metadata={"help": "shared: value head on the policy's backbone (one forward, measured fastest); separate: its own copy of the backbone"},
     )
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively, else fp32: finegrain/precision.py), bf16 (autocast; float32 master weights) or fp32"})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them: less memory in the update, one more forward of its rows"},
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "value_model", VALUE_MODELS)

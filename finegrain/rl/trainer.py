@@ -141,7 +141,7 @@ def make_renderer(cfg: TrainConfig, policy_path: str, tokenizer: "PreTrainedToke
 
 def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: Inputs) -> Run:
     from finegrain.kernel.generation import make_generator
-    from finegrain.kernel.models import load_frozen, set_pad_token
+    from finegrain.kernel.models import load_frozen, set_pad_token, use_gradient_checkpointing
     from finegrain.kernel.optim import build_optimizer, build_scheduler
     from finegrain.models import load_tokenizer
     from finegrain.rl.policy import build_actor_critic
@@ -155,6 +155,8 @@ def build_run(cfg: TrainConfig, out: Path, accelerator: "Accelerator", inputs: I
     for m in (model.policy, ref):
         set_pad_token(m, tokenizer)
     model.eval()  # no dropout: pi_old and pi must agree exactly before the first update
+    if cfg.model.gradient_checkpointing:
+        use_gradient_checkpointing(model)
     sources = build_sources(cfg.rewards, inputs.cards, device=str(accelerator.device), bf16=bf16)
     optimizer = build_optimizer(model, cfg.ppo.lr, cfg.ppo.weight_decay, accelerator.device)
     scheduler = build_scheduler(optimizer, cfg.ppo.schedule, cfg.ppo.warmup_steps, cfg.run.steps)
