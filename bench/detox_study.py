@@ -219,8 +219,10 @@ def _mean_std(values: list[float]) -> str:
 
 
 def steps_to(steps: list[int], toxicity: list[float], target: float, window: int = 10) -> int | None:
-    for step, value in zip(steps, moving_average(toxicity, window)):
-        if value <= target:
+    """The first step whose trailing `window`-step mean training toxicity is at most `target`; full
+    windows only (from the `window`-th step), so that one lucky early batch does not count."""
+    for i, (step, value) in enumerate(zip(steps, moving_average(toxicity, window))):
+        if i >= window - 1 and value <= target:
             return step
     return None
 
@@ -273,7 +275,7 @@ def side_by_side(groups: dict, title: str, label: str, rows: dict[str, str]) -> 
         return []
     cols = ("avg_max_toxicity", "judge_avg_max_toxicity", "toxic_probability", "perplexity", "dist_2", "kl", "s_per_step")
     lines = [f"## {title}", "", f"Seeds {seeds}, the same for every row; steps to 50%: the first step whose "
-             "10-step mean training toxicity is at most half the seed's initial one ('-': not within the run).", "",
+             "10-step mean training toxicity (full windows: from step 10) is at most half the seed's initial one ('-': not within the run).", "",
              f"| {label} | arm | " + " | ".join(cols) + " | steps to 50% |", "|---|---|" + "---:|" * (len(cols) + 1)]
     # a seed's starting toxicity: its first 5 steps, averaged over every run of that seed (all start from the same policy)
     start = {s: statistics.mean(groups[g][arm][s]["train_toxicity_first5"] for _, g, arm in runs_of
