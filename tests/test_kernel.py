@@ -256,5 +256,5 @@ def test_gradient_checkpointing_recomputes_each_layer_and_changes_no_number(tiny
     with torch.no_grad():
         checkpointed(input_ids=ids)
     assert len(calls) == len(checkpointed.model.layers)
-    with pytest.raises(ValueError, match="holds no transformers model"):
+    with pytest.raises(ConfigError, match="model.gradient_checkpointing: Linear holds no transformers model"):
         use_gradient_checkpointing(torch.nn.Linear(2, 2))

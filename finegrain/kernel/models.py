@@ -63,12 +63,14 @@ def use_gradient_checkpointing(model: torch.nn.Module) -> None:
     from transformers import PreTrainedModel
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    from finegrain.config import ConfigError
+
     models = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
     if not models:
-        raise ValueError(f"gradient checkpointing: {type(model).__name__} holds no transformers model")
+        raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} holds no transformers model")
     for m in models:
         if not m.supports_gradient_checkpointing:
-            raise ValueError(f"gradient checkpointing: {type(m).__name__} does not support it (transformers' supports_gradient_checkpointing)")
+            raise ConfigError(f"model.gradient_checkpointing: {type(m).__name__} does not support it (transformers' supports_gradient_checkpointing); set it to false")
         enable = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5.x; the older name warns there
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
