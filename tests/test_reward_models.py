@@ -152,6 +152,15 @@ def test_long_prompt_is_cut_never_the_response(tokenizer):
     seq = encode_sequence(tokenizer, prompt, text, 64)
     assert len(seq.input_ids) <= 64 and not seq.response_cut
     assert "like the sun." in tokenizer.decode(seq.input_ids)
+    # the prompt (over 512 tokens) is measured whole before it is cut: no "longer than the maximum
+    # sequence length" warning from transformers, which would read as an error in every QA PPO step
+    from finegrain.models import load_tokenizer
+
+    fresh = load_tokenizer("minilm-l6", padding_side="right")
+    assert len(fresh(prompt, add_special_tokens=False, verbose=False)["input_ids"]) > fresh.model_max_length
+    encode_span(fresh, prompt, text, segment_text(text, "sentence"), 64, fresh.sep_token_id)
+    encode_sequence(fresh, prompt, text, 64)
+    assert not fresh.deprecation_warnings.get("sequence-length-is-longer-than-the-specified-maximum")
 
 
 @pytest.mark.embedded  # the embedded MiniLM tokenizer

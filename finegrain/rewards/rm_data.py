@@ -296,10 +296,10 @@ def encode_span(
     if not segments:
         return []
     specials = tok.num_special_tokens_to_add(pair=True)
-    whole = tok(response, add_special_tokens=False, return_offsets_mapping=True)
+    whole = tok(response, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ends = token_end_indices(whole["offset_mapping"], list(segments), response)
     counts = [ends[0] + 1] + [ends[j] - ends[j - 1] for j in range(1, len(ends))]
-    prompt_tokens = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    prompt_tokens = len(tok(prompt, add_special_tokens=False, verbose=False)["input_ids"])  # counted whole, cut below: no length warning
     reserve = min(prompt_tokens, PROMPT_RESERVE, max_length // 4)
     budget = max_length - specials - reserve - _SLACK
     if budget < 2:
@@ -362,8 +362,8 @@ def encode_sequence(tok: "PreTrainedTokenizerBase", prompt: str, response: str, 
     """Encode (prompt, response) for a sequence RM, cutting the prompt (passages first). A response
     that cannot fit even with `PROMPT_RESERVE` prompt tokens keeps its beginning (`response_cut`)."""
     specials = tok.num_special_tokens_to_add(pair=True)
-    resp_ids = tok(response, add_special_tokens=False)["input_ids"]
-    prompt_tokens = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    resp_ids = tok(response, add_special_tokens=False, verbose=False)["input_ids"]
+    prompt_tokens = len(tok(prompt, add_special_tokens=False, verbose=False)["input_ids"])  # counted whole, cut below: no length warning
     reserve = min(prompt_tokens, PROMPT_RESERVE, max_length // 4)
     room = max_length - specials - reserve
     cut = len(resp_ids) > room
