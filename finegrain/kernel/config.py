@@ -10,6 +10,9 @@ from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
 TRACKERS = ("tensorboard", "wandb")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+GRADIENT_CHECKPOINTING_HELP = (  # every recipe's model section has the field
+    "recompute each layer's activations in the backward pass instead of keeping them: less memory in the update, one more forward of its rows"
+)
 
 
 @dataclass
@@ -67,10 +70,7 @@ class OptimConfig(ConfigBase):
 class PolicyConfig(ConfigBase):
     policy: str = field(default="smollm2-135m", metadata={"help": "embedded name, local HF folder or hub id of the model to train"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively), bf16 (autocast; float32 master weights) or fp32"})
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them: less memory in the update, one more forward of its rows"},
-    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
 
     def __post_init__(self) -> None:
         check_choice(self, "precision", PRECISIONS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finegrain.config import ConfigBase, ConfigError, check_choice, check_range
-from finegrain.kernel.config import RunConfig
+from finegrain.kernel.config import GRADIENT_CHECKPOINTING_HELP, RunConfig
 
 REWARD_KINDS = ("toxicity", "rm")
 TOXICITY_MODES = ("dense", "holistic")
@@ -33,10 +33,7 @@ class ModelConfig(ConfigBase):
         metadata={"help": "shared: value head on the policy's backbone (one forward, measured fastest); separate: its own copy of the backbone"},
     )
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively, else fp32: finegrain/precision.py), bf16 (autocast; float32 master weights) or fp32"})
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them: less memory in the update, one more forward of its rows"},
-    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": GRADIENT_CHECKPOINTING_HELP})
 
     def __post_init__(self) -> None:
         check_choice(self, "value_model", VALUE_MODELS)
