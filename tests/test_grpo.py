@@ -115,7 +115,8 @@ def test_the_first_minibatchs_old_logprobs_from_its_own_forward_change_nothing(t
 
     from finegrain.kernel.run import without_timings
 
-    cfg = critic_free_config(tiny, tmp_path / "lazy", "dense", run={"steps": 2}, critic_free={"epochs": 2}, optim={"batch_size": 2, "grad_accum": 2})
+    cfg = critic_free_config(tiny, tmp_path / "lazy", "dense", run={"steps": 2}, critic_free={"epochs": 2, "old_logprobs": "forward"},
+                             optim={"batch_size": 2, "grad_accum": 2})
     path = write_config(cfg, tmp_path / "c.yaml")
     pending = []
     real = grpo.old_logprobs_pending
@@ -133,6 +134,39 @@ def test_the_first_minibatchs_old_logprobs_from_its_own_forward_change_nothing(t
     # KL in the reward: the advantages need every row's pi_old first, so nothing is pending
     kl_reward = load_config(grpo.GRPOConfig, write_config(critic_free_config(tiny, tmp_path / "r", "dense", critic_free={"kl_in": "reward"}), tmp_path / "r.yaml"))
     assert real(kl_reward, [[0, 1, 2, 3]]) == [] and real(load_config(grpo.GRPOConfig, path), [[3, 1, 0, 2]]) == [3, 1]
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_old_logprobs_recorded_while_sampling_match_a_forward_pass(tmp_path, tiny, one_thread, monkeypatch):
+    """critic_free.old_logprobs=sampling (the default) takes pi_old from the logits the tokens were
+    sampled from: only the reference needs a no-grad pass, and the run logs the figures (KL, ratio,
+    clip fraction, losses) and ends at the policy of a run that computes pi_old by a forward pass,
+    up to float rounding (the KL in the loss: in the reward, a KL of 1e-7 against 0 in a group of equal
+    rewards would be whitened into an advantage)."""
+    import finegrain.recipes.grpo as grpo
+    from transformers import AutoModelForCausalLM
+
+    from finegrain.kernel.run import without_timings
+
+    cfg = critic_free_config(tiny, tmp_path / "sampled", "dense", run={"steps": 2}, critic_free={"epochs": 2},
+                             optim={"batch_size": 2}, sampling={"min_new_tokens": 3})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    passes = []
+    real = grpo.response_logprobs_no_grad
+    monkeypatch.setattr(grpo, "response_logprobs_no_grad", lambda model, seq, *a: passes.append(model) or real(model, seq, *a))
+    runs = {}
+    for how in ("sampling", "forward"):
+        passes.clear()
+        runs[how] = grpo.train(load_config(grpo.GRPOConfig, path, [f"run.out={tmp_path / how}", f"critic_free.old_logprobs={how}"]))
+        assert len(passes) == {"sampling": 2, "forward": 4}[how]  # a step: the reference's pass (and pi_old's, but the first minibatch's)
+    rows = [[without_timings(r) for r in read_metrics(f / "metrics.jsonl")] for f in runs.values()]
+    assert len(rows[0]) == 2
+    for a, b in zip(*rows):
+        assert a.keys() == b.keys() and {k: (a[k], b[k]) for k in a if a[k] != pytest.approx(b[k], rel=1e-4, abs=1e-5)} == {}
+    A, B = (AutoModelForCausalLM.from_pretrained(f / "final").state_dict() for f in runs.values())
+    assert all(torch.allclose(A[k], B[k], atol=5e-5) for k in A)  # Adam at lr 1e-3 moved them ~1e-3 a step
+    with pytest.raises(ConfigError, match="critic_free.old_logprobs"):
+        load_config(grpo.GRPOConfig, path, ["critic_free.old_logprobs=cache"])
 
 
 @pytest.mark.parametrize("mode", ["finegrained", "holistic"])

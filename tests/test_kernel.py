@@ -4,6 +4,7 @@ generator on a tiny model (its log-probs match an unpadded forward)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -161,6 +162,43 @@ def test_generator_samples_g_per_prompt_with_the_mask_rule_and_matching_logprobs
         logits = model(torch.cat([prompt, resp])[None]).logits[0, len(prompt) - 1 : -1]
         assert torch.allclose(lp[b][: len(resp)], token_logprobs(logits[None], resp[None])[0], atol=1e-4)
         assert (lp[b][len(resp) :] == 0).all()
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_generator_records_the_sampled_tokens_logprobs_of_the_models_own_logits(tiny):
+    """`logprobs=True`: the log-probs of each sampled token under the model's own logits (before
+    temperature, top-k, top-p and the minimum length's ban on EOS) equal a forward pass over the
+    finished batch, 0 on padding; the responses are those sampled without recording. A generation
+    config that asks `generate` for a processor of its own (which would run first) records nothing."""
+    from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.logprobs import response_logprobs
+    from finegrain.kernel.models import load_causal_lm
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model = load_causal_lm(str(tiny)).eval()
+    with torch.no_grad():  # EOS likely, so that responses end at different lengths
+        model.get_output_embeddings().weight[tok.eos_token_id] *= 40
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
+    for settings in (GenerationSettings(3, 10, 4, logprobs=True), GenerationSettings(3, 10, 2, 0.7, 20, 0.8, logprobs=True),
+                     GenerationSettings(2, 6, do_sample=False, logprobs=True)):
+        torch.manual_seed(0)
+        out = HFGenerator(model, tok).sample(ids, mask, settings)
+        torch.manual_seed(0)
+        plain = HFGenerator(model, tok).sample(ids, mask, dataclasses.replace(settings, logprobs=False))
+        assert torch.equal(out.response_ids, plain.response_ids) and plain.sampled_logprobs is None
+        lengths = out.response_mask.sum(-1)
+        assert (lengths >= settings.min_new_tokens).all()
+        if settings.do_sample:
+            assert (lengths != lengths[0]).any() and (lengths < settings.max_new_tokens).any()  # some ended at EOS
+        with torch.no_grad():
+            want = response_logprobs(model, out)
+        assert out.sampled_logprobs.shape == want.shape and torch.allclose(out.sampled_logprobs, want, atol=1e-5)
+        assert (out.sampled_logprobs[~out.response_mask] == 0).all()
+        assert torch.equal(out.select(torch.tensor([1])).sampled_logprobs, out.sampled_logprobs[1:2])
+    model.generation_config.repetition_penalty = 1.3
+    assert HFGenerator(model, tok).sample(ids, mask, GenerationSettings(2, 4, logprobs=True)).sampled_logprobs is None
 
 
 def test_nucleus_filter_keeps_what_transformers_top_p_keeps():

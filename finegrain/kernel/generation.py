@@ -41,6 +41,9 @@ class GenerationSettings:
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0
     do_sample: bool = True  # False: greedy
+    # record log p(y_t) of each sampled token under the model, from the logits it was sampled from
+    # (Sequences.sampled_logprobs): a critic-free recipe's pi_old without a forward pass of its own
+    logprobs: bool = False
 
 
 def nucleus_filter(top_p: float, candidates: int = 1024) -> "LogitsProcessor":
@@ -83,6 +86,53 @@ def sampling_warpers(settings: GenerationSettings) -> "LogitsProcessorList":
     if settings.top_p < 1.0:
         warpers.append(nucleus_filter(settings.top_p))
     return warpers
+
+
+# GenerationConfig fields whose non-neutral value makes `generate` put a logits processor of its own
+# before the ones a caller passes (transformers 5's `_get_logits_processor`; its warpers come after),
+# with their neutral values
+PROCESSOR_FIELDS = {
+    "guidance_scale": 1.0, "sequence_bias": None, "encoder_repetition_penalty": 1.0, "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
+    "min_new_tokens": 0, "forced_bos_token_id": None, "forced_eos_token_id": None, "remove_invalid_values": False,
+    "exponential_decay_length_penalty": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+}
+
+
+def scores_are_the_models(lm: "PreTrainedModel") -> bool:
+    """Whether the first logits processor a caller passes to `lm.generate` sees the model's own logits:
+    its generation config asks for no processor of transformers' own (repetition penalty, bad words, a
+    minimum length, ...), which `generate` would run first. `HFGenerator.sample` passes temperature,
+    top-k, top-p and the minimum new tokens itself, after `SampledLogProbs`."""
+    config = lm.generation_config
+    return all(getattr(config, name, neutral) in (None, neutral) for name, neutral in PROCESSOR_FIELDS.items())
+
+
+class SampledLogProbs:
+    """A logits processor that changes nothing and records log softmax(logits)[y_t] of each token
+    `generate` appends: at each step the log-probs of the previous step's scores at the token just
+    appended; `finish` adds the last one. Put first, it reads the model's own logits (before
+    temperature, top-k, top-p), the numbers a forward pass over the finished sequences gives, up to
+    float rounding (the KV cache, the batch's shapes). Holds one step's (B, V) log-probs at a time."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # (B, V) float32
+        self.columns: list[torch.Tensor] = []  # (B,) each
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """Shape: input_ids (B, P + t), scores (B, V) -> scores, unchanged."""
+        if self.previous is not None:
+            self.columns.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, responses: torch.Tensor) -> torch.Tensor:
+        """The log-probs of all `responses` (generate's new tokens). Shape: (B, T) -> (B, T) float32."""
+        if self.previous is not None:
+            self.columns.append(self.previous.gather(-1, responses[:, -1:]).squeeze(-1))
+            self.previous = None
+        out = torch.stack(self.columns, dim=1) if self.columns else responses.new_zeros(responses.shape, dtype=torch.float32)
+        return out[:, : responses.shape[1]]
 
 
 class Generator(Protocol):
@@ -188,18 +238,22 @@ def full_tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def finish_responses(
-    query_ids: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor, eos: list[int], pad_id: int
+    query_ids: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor, eos: list[int], pad_id: int,
+    logprobs: torch.Tensor | None = None,
 ) -> Sequences:
     """What every backend returns: the response-mask rule (`sequences.response_mask`), responses
-    trimmed to the longest one, the pad token after each response's end.
+    trimmed to the longest one, the pad token after each response's end; the sampled tokens'
+    `logprobs`, when the backend recorded them, trimmed alike and 0 on padding.
 
-    Shape: query_ids (B, P), query_mask (B, P), responses (B, T') -> Sequences with T <= T'.
+    Shape: query_ids (B, P), query_mask (B, P), responses (B, T'), logprobs (B, T') -> Sequences with T <= T'.
     """
     rmask = response_mask(responses, eos)
     width = int(rmask.sum(-1).max().clamp(min=1))
     responses, rmask = responses[:, :width], rmask[:, :width]
     responses = torch.where(rmask, responses, torch.full_like(responses, pad_id))
-    return Sequences(query_ids, query_mask, responses, rmask)
+    if logprobs is not None:
+        logprobs = logprobs[:, :width] * rmask
+    return Sequences(query_ids, query_mask, responses, rmask, logprobs)
 
 
 def make_generator(
@@ -256,18 +310,34 @@ class HFGenerator:
             ids = query_ids.repeat_interleave(g, dim=0).to(device)  # (B, P)
             mask = query_mask.repeat_interleave(g, dim=0).to(device)
             eos = eos_token_ids(lm, self.tokenizer)
-            sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "logits_processor": sampling_warpers(settings)} if settings.do_sample else {}
+            from transformers import LogitsProcessorList
+
+            processors, min_new_tokens = LogitsProcessorList(), settings.min_new_tokens
+            recorder = SampledLogProbs() if settings.logprobs and scores_are_the_models(lm) else None
+            if recorder is not None:  # first, so that it reads the model's logits: the minimum length after it
+                from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
+
+                processors.append(recorder)
+                if min_new_tokens:
+                    processors.append(MinNewTokensLengthLogitsProcessor(ids.shape[1], min_new_tokens, eos, device))
+                min_new_tokens = 0
+            sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if settings.do_sample else {}
+            if settings.do_sample:
+                processors.extend(sampling_warpers(settings))
             with autocast(device, self.precision):
                 out = lm.generate(
                     input_ids=ids,
                     attention_mask=mask.long(),
                     do_sample=settings.do_sample,
                     **sampling,
+                    logits_processor=processors,
                     max_new_tokens=settings.max_new_tokens,
-                    min_new_tokens=settings.min_new_tokens,
+                    min_new_tokens=min_new_tokens,
                     eos_token_id=eos,
                     pad_token_id=self.tokenizer.pad_token_id,
                     use_cache=True,
                     synced_gpus=is_sharded(self.model, self.accelerator),  # FSDP2/ZeRO-3: every process runs every forward
                 )
-        return finish_responses(ids, mask, out[:, ids.shape[1] :], eos, self.tokenizer.pad_token_id)
+        responses = out[:, ids.shape[1] :]
+        logprobs = None if recorder is None else recorder.finish(responses)
+        return finish_responses(ids, mask, responses, eos, self.tokenizer.pad_token_id, logprobs)

@@ -46,16 +46,20 @@ class Sequences(PromptResponse):
     query_mask: torch.Tensor  # (B, P) bool: True on real prompt tokens
     response_ids: torch.Tensor  # (B, T) long: response tokens, right-padded with the pad token
     response_mask: torch.Tensor  # (B, T) bool: True on response tokens (`response_mask`'s rule)
+    # (B, T) float32 log p(y_t) under the model that sampled the responses, from the logits `generate`
+    # sampled them from (before temperature, top-k, top-p; 0 on padding); None when not recorded
+    # (`GenerationSettings.logprobs`, `HFGenerator`)
+    sampled_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
     def to(self, device: str | torch.device) -> "Sequences":
-        return Sequences(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return Sequences(*(None if (t := getattr(self, f.name)) is None else t.to(device) for f in fields(self)))
 
     def select(self, index: torch.Tensor) -> "Sequences":
         """Rows `index`. Shape: index (b,) long -> Sequences of b rows."""
-        return Sequences(*(getattr(self, f.name)[index] for f in fields(self)))
+        return Sequences(*(None if (t := getattr(self, f.name)) is None else t[index] for f in fields(self)))
 
 
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ("grpo", "rloo")
 KL_IN = ("loss", "reward")
+OLD_LOGPROBS = ("sampling", "forward")
 
 
 @dataclass
@@ -76,6 +77,12 @@ class CriticFreeSettings(ConfigBase):
     epochs: int = field(default=1, metadata={"help": "passes over each step's responses (GRPO's mu)"})
     prompts_per_step: int = field(default=8, metadata={"help": "prompts per step, per process (each sampled samples_per_prompt times)"})
     forward_batch_size: int = field(default=16, metadata={"help": "responses per no-grad forward pass (old and reference log-probs)"})
+    old_logprobs: str = field(
+        default="sampling",
+        metadata={"help": "pi_old: sampling (the log-probs of the logits each token was sampled from, recorded by the hf "
+                          "backend: no forward pass of their own) | forward (a no-grad forward over the responses; what "
+                          "sampling falls back to when the backend cannot record them)"},
+    )
 
     def __post_init__(self) -> None:
         from finegrain.rl.critic_free import DENSE_BASELINES, LOSS_AGGREGATIONS, SOURCE_NORMS
@@ -88,6 +95,7 @@ class CriticFreeSettings(ConfigBase):
         check_range(self, "kl_coef", 0.0)
         check_choice(self, "kl_estimator", KL_ESTIMATORS)
         check_choice(self, "dense_baseline", DENSE_BASELINES)
+        check_choice(self, "old_logprobs", OLD_LOGPROBS)
         check_range(self, "clip", 0.0, None, low_open=True)
         for name in ("epochs", "prompts_per_step", "forward_batch_size"):
             check_range(self, name, 1)
@@ -272,7 +280,8 @@ def critic_free_step(run: Run, step: int) -> dict[str, float]:
     try:
         sequences, scored = sample_and_score(run, examples, cfg.sampling.samples_per_prompt, times)
         orders = [torch.randperm(len(sequences)).tolist() for _ in range(cfg.critic_free.epochs)]  # the update's minibatches
-        rollout = build_rollout(run, sequences, scored, times, old_logprobs_pending(cfg, orders))
+        pending = [] if sequences.sampled_logprobs is not None else old_logprobs_pending(cfg, orders)
+        rollout = build_rollout(run, sequences, scored, times, pending)
         problem = None if torch.isfinite(rollout.advantages).all() else "the advantages hold NaN or inf"
     except TrainingError as err:  # a non-finite reward (compose names the source and response)
         problem = str(err)
@@ -299,7 +308,9 @@ def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[st
     t0 = time.perf_counter()
     ids, mask = pad_left([run.policy.prompts[e.id] for e in examples], run.policy.tokenizer.pad_token_id)
     s = run.cfg.sampling
-    sequences = run.generator.sample(ids, mask, GenerationSettings(g, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p))
+    settings = GenerationSettings(g, s.max_new_tokens, s.min_new_tokens, s.temperature, s.top_k, s.top_p,
+                                  logprobs=run.cfg.critic_free.old_logprobs == "sampling")
+    sequences = run.generator.sample(ids, mask, settings)
     t1 = time.perf_counter()
     scored = score(run.sources, [e for e in examples for _ in range(g)], run.policy.tokenizer, sequences.to("cpu"))
     times.update({"time/generate": t1 - t0, "time/score": time.perf_counter() - t1})
@@ -329,8 +340,9 @@ def old_logprobs_pending(cfg: CriticFreeConfig, orders: list[list[int]]) -> list
 
 
 def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dict[str, float], pending: list[int] = ()) -> GroupRollout:
-    """Old log-probs (one no-grad forward, except for the `pending` rows: the update fills them) and
-    reference log-probs (one no-grad forward), the KL (once no row is pending), and the group advantages."""
+    """Old log-probs (those recorded while sampling; else one no-grad forward, except for the `pending`
+    rows: the update fills them) and reference log-probs (one no-grad forward), the KL (once no row is
+    pending), and the group advantages."""
     import torch
 
     from finegrain.rl import maths
@@ -344,7 +356,9 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     waiting[list(pending)] = True
     rows = (~waiting).nonzero().squeeze(1)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    if len(rows):
+    if sequences.sampled_logprobs is not None:  # pi_old as it sampled them: no pass of its own
+        logprobs = sequences.sampled_logprobs.to(mask.device).float() * mask
+    elif len(rows):
         logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision)
     ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision) if run.ref is not None else logprobs
     times["time/forward"] = time.perf_counter() - t0
