@@ -247,6 +247,27 @@ def test_generator_samples_as_transformers_top_p_does(tiny):
     assert torch.equal(ours.response_ids[ours.response_mask], theirs[:, :n][ours.response_mask])
 
 
+@pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_prompt_cache_shared_by_the_samples_of_a_prompt_holds_what_each_would_compute(tiny):
+    """The prompt's KV cache (but the last token), computed once and repeated G times, equals the cache
+    of the G repeated prompts; the generator samples with it (the test above: the tokens of `generate`
+    without it)."""
+    from finegrain.kernel.generation import shared_prompt_cache
+    from finegrain.kernel.models import load_causal_lm
+    from finegrain.kernel.prompts import PromptRenderer
+    from finegrain.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model = load_causal_lm(str(tiny)).eval()
+    ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
+    with torch.no_grad():
+        (name, shared), = shared_prompt_cache(model, ids, mask, 2).items()
+        (_, each), = shared_prompt_cache(model, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), 1).items()
+    assert name in ("cache", "past_key_values") and shared.get_seq_length() == ids.shape[1] - 1
+    for a, b in zip(shared.layers, each.layers):
+        assert a.keys.shape[0] == 6 and torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+
+
 def test_hold_out_is_the_split_of_rm_split(tmp_path):
     """The recipes' held-out examples are those `finegrain rm split` puts in its eval file."""
     import json

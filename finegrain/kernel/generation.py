@@ -281,9 +281,36 @@ def make_generator(
     raise ConfigError(f"{field_name}: unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def shared_prompt_cache(lm: "PreTrainedModel", query_ids: torch.Tensor, query_mask: torch.Tensor, g: int) -> dict:
+    """The KV cache of each prompt but its last token, computed once and repeated for its G samples:
+    `generate` would run the prompt's forward G times. Returned as the keyword `generate` takes
+    (`cache` since transformers 5.x, `past_key_values` before); `generate` then runs the last prompt
+    token and samples as without it (positions from the attention mask as `generate` makes them).
+    Empty (no sharing) for a model whose forward fills no `DynamicCache`.
+
+    Shape: query_ids (N, P), query_mask (N, P) -> a cache of N * G rows and P - 1 positions.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+
+    from finegrain.kernel.models import position_ids
+
+    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=lm.config)
+    head = query_mask[:, :-1].long()
+    lm(input_ids=query_ids[:, :-1], attention_mask=head, position_ids=position_ids(head), use_cache=True, logits_to_keep=1, **{name: cache})
+    if cache.get_seq_length() != query_ids.shape[1] - 1:
+        return {}
+    cache.batch_repeat_interleave(g)
+    return {name: cache}
+
+
 class HFGenerator:
     """Hugging Face `generate` on the trained model. `pick` selects the causal LM inside the
-    trained module (e.g. the policy of an actor-critic); `precision` "bf16" samples under autocast."""
+    trained module (e.g. the policy of an actor-critic); `precision` "bf16" samples under autocast.
+    The G samples of a prompt share its prompt's forward (`shared_prompt_cache`), and with
+    `settings.logprobs` the sampled tokens' log-probs come back (`SampledLogProbs`)."""
 
     def __init__(
         self,
@@ -309,6 +336,10 @@ class HFGenerator:
             device = next(lm.parameters()).device
             ids = query_ids.repeat_interleave(g, dim=0).to(device)  # (B, P)
             mask = query_mask.repeat_interleave(g, dim=0).to(device)
+            shared = {}
+            if g > 1 and ids.shape[1] > 1 and not is_sharded(self.model, self.accelerator):
+                with autocast(device, self.precision):
+                    shared = shared_prompt_cache(lm, query_ids.to(device), query_mask.to(device), g)
             eos = eos_token_ids(lm, self.tokenizer)
             from transformers import LogitsProcessorList
 
@@ -337,6 +368,7 @@ class HFGenerator:
                     pad_token_id=self.tokenizer.pad_token_id,
                     use_cache=True,
                     synced_gpus=is_sharded(self.model, self.accelerator),  # FSDP2/ZeRO-3: every process runs every forward
+                    **shared,
                 )
         responses = out[:, ids.shape[1] :]
         logprobs = None if recorder is None else recorder.finish(responses)
