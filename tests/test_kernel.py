@@ -178,9 +178,13 @@ def test_generator_records_the_sampled_tokens_logprobs_of_the_models_own_logits(
 
     tok = load_tokenizer(str(tiny))
     model = load_causal_lm(str(tiny)).eval()
-    with torch.no_grad():  # EOS likely, so that responses end at different lengths
-        model.get_output_embeddings().weight[tok.eos_token_id] *= 40
+    head = torch.nn.Linear(*reversed(model.lm_head.weight.shape))  # EOS likely (bias 9: ~15%), so that responses end at different lengths
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()[tok.eos_token_id] = 9.0
+    model.lm_head = head
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
+    seen = set()  # response lengths
     for settings in (GenerationSettings(3, 10, 4, logprobs=True), GenerationSettings(3, 10, 2, 0.7, 20, 0.8, logprobs=True),
                      GenerationSettings(2, 6, do_sample=False, logprobs=True)):
         torch.manual_seed(0)
@@ -191,12 +195,14 @@ def test_generator_records_the_sampled_tokens_logprobs_of_the_models_own_logits(
         lengths = out.response_mask.sum(-1)
         assert (lengths >= settings.min_new_tokens).all()
         if settings.do_sample:
-            assert (lengths != lengths[0]).any() and (lengths < settings.max_new_tokens).any()  # some ended at EOS
+            assert (lengths < settings.max_new_tokens).any()  # some ended at EOS
+            seen.update(lengths.tolist())
         with torch.no_grad():
             want = response_logprobs(model, out)
         assert out.sampled_logprobs.shape == want.shape and torch.allclose(out.sampled_logprobs, want, atol=1e-5)
         assert (out.sampled_logprobs[~out.response_mask] == 0).all()
         assert torch.equal(out.select(torch.tensor([1])).sampled_logprobs, out.sampled_logprobs[1:2])
+    assert len(seen) > 2  # padding after responses of several lengths
     model.generation_config.repetition_penalty = 1.3
     assert HFGenerator(model, tok).sample(ids, mask, GenerationSettings(2, 4, logprobs=True)).sampled_logprobs is None
 
@@ -226,8 +232,11 @@ def test_nucleus_filter_keeps_what_transformers_top_p_keeps():
 
 
 def test_generator_samples_as_transformers_top_p_does(tiny):
-    """The same seed gives the same responses as `generate(top_p=...)` itself."""
+    """Temperature, top-k and top-p filter before the token is drawn: every sampled token is among
+    the k most likely under the model's logits at its position (a forward pass over the finished
+    responses), and for each prompt the G samples differ."""
     from finegrain.kernel.generation import GenerationSettings, HFGenerator
+    from finegrain.kernel.logprobs import response_logits
     from finegrain.kernel.models import load_causal_lm
     from finegrain.kernel.prompts import PromptRenderer
     from finegrain.models import load_tokenizer
@@ -235,16 +244,27 @@ def test_generator_samples_as_transformers_top_p_does(tiny):
     tok = load_tokenizer(str(tiny))
     model = load_causal_lm(str(tiny)).eval()
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:3])
-    settings = GenerationSettings(samples_per_prompt=2, max_new_tokens=8, temperature=0.8, top_k=40, top_p=0.7)
     torch.manual_seed(3)
-    ours = HFGenerator(model, tok).sample(ids, mask, settings)
-    torch.manual_seed(3)
+    out = HFGenerator(model, tok).sample(ids, mask, GenerationSettings(samples_per_prompt=4, max_new_tokens=8, temperature=0.8, top_k=3, top_p=0.7))
     with torch.no_grad():
-        theirs = model.generate(input_ids=ids.repeat_interleave(2, 0), attention_mask=mask.repeat_interleave(2, 0).long(), do_sample=True,
-                                temperature=0.8, top_k=40, top_p=0.7, max_new_tokens=8, eos_token_id=tok.eos_token_id,
-                                pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
-    n = ours.response_ids.shape[1]
-    assert torch.equal(ours.response_ids[ours.response_mask], theirs[:, :n][ours.response_mask])
+        logits = response_logits(model, out.input_ids, out.attention_mask, out.response_ids.shape[1])
+    top3 = logits.topk(3, dim=-1).indices  # (B, T, 3)
+    assert (top3 == out.response_ids[..., None]).any(-1)[out.response_mask].all()
+    assert all(len({tuple(r) for r in out.response_ids[i : i + 4].tolist()}) > 1 for i in range(0, 12, 4))
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax_and_never_a_filtered_token():
+    """20,000 draws from fixed scores (some filtered to -inf): the frequencies are the softmax's within
+    sampling error, and the drawn token is the only one left for `generate`'s argmax."""
+    from finegrain.kernel.generation import InverseCDFSampler
+
+    scores = torch.tensor([[2.0, 0.5, -float("inf"), 1.0, -1.0, -float("inf")]]).repeat(20000, 1)
+    torch.manual_seed(0)
+    out = InverseCDFSampler()(None, scores)
+    assert (torch.isfinite(out).sum(-1) == 1).all() and (out.max(-1).values == 0).all()
+    freq = torch.bincount(out.argmax(-1), minlength=6).float() / len(out)
+    assert freq[2] == 0 and freq[5] == 0
+    assert torch.allclose(freq, scores[0].softmax(-1), atol=0.01)  # std of each frequency < 0.0036
 
 
 @pytest.mark.embedded  # the SmolLM2 tokenizer

