@@ -50,7 +50,7 @@ def nucleus_filter(top_p: float, candidates: int = 1024) -> "LogitsProcessor":
     """transformers' top-p filter (`TopPLogitsWarper`: keep the most likely tokens until their mass
     reaches `top_p`, always the first) that looks only at the `candidates` most likely tokens when they
     already hold that mass, instead of sorting the whole vocabulary at every token: sorting 49,152 logits
-    for 32 rows was a third of the embedded policy's sampling time on one CPU thread (bench/bench_top_p.py).
+    for 32 rows was a third of the embedded policy's sampling time on one CPU thread (bench/bench_sampling.py).
     Rows whose candidates hold less than `top_p` go through transformers' own filter. The kept set is
     transformers' one up to float rounding at the boundary (a test compares them)."""
     from transformers.generation.logits_process import TopPLogitsWarper
