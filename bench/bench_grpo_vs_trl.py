@@ -5,6 +5,7 @@ finegrain's own PPO step, on the detoxification task, side by side in one run.
     nice -n 15 .venv/bin/python bench/bench_grpo_vs_trl.py --steps 6 --rounds 3 --json grpo-vs-trl.json
     nice -n 15 .venv/bin/python bench/bench_grpo_vs_trl.py --arms grpo-holistic grpo-finegrained trl-grpo
     .venv/bin/python bench/bench_grpo_vs_trl.py --table grpo-vs-trl.json   # the table of a (partial) --json file
+    .venv/bin/python bench/bench_grpo_vs_trl.py ... --rounds 1 --json grpo-vs-trl.json --more   # one more round into that file
 
 Arms (each run in a fresh process; the arms alternate, A B C A B C ..., `--rounds` times, so a noisy
 shared machine slows them alike):
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=defaults["batch"], help="responses per optimiser step")
     parser.add_argument("--json", type=Path, help="also write every run's result here (rewritten after each run)")
     parser.add_argument("--table", type=Path, help="only print the table of a --json file written earlier (complete or not)")
+    parser.add_argument("--more", action="store_true", help="with --json: add this run's rounds to the runs already in that file (same settings)")
     args = parser.parse_args()
     if args.table:
         saved = json.loads(args.table.read_text(encoding="utf-8"))
@@ -245,6 +247,14 @@ def main() -> None:
     settings = {**defaults, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens, "batch": args.batch}
     runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.more:
+        if not (args.json and args.json.is_file()):
+            parser.error("--more adds to the runs of an existing --json file")
+        saved = json.loads(args.json.read_text(encoding="utf-8"))
+        if saved["settings"] != settings:
+            parser.error(f"--more: {args.json} was measured with other settings: {saved['settings']}")
+        runs = {arm: saved["runs"].get(arm, []) for arm in {**saved["runs"], **runs}}
+        started = f"{saved['started']}, more from {started}"
     header = (f"{started}: SmolLM2-135M, {args.precision}, {args.threads} thread(s) per arm; {settings['prompts']} prompts x {settings['samples']} samples "
               f"per step, <= {settings['new_tokens']} new tokens, optimiser steps of {settings['batch']} responses; {args.steps} steps per run "
               f"(the first a warm-up), {args.rounds} round(s) of the arms in turn")
