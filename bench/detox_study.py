@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from finegrain.evaluate import paired_difference  # noqa: E402
 from finegrain.experiments.detox.report import moving_average, summarize_run  # noqa: E402
 
 FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
@@ -218,6 +219,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
+def paired_interval(diffs: list[float]) -> str:
+    """Mean of paired differences with its 95% t interval (finegrain.evaluate.paired_difference)."""
+    if len(diffs) < 2:
+        return "-"
+    d = paired_difference(diffs, [0.0] * len(diffs))
+    return f"{d.mean:+.3f}, 95% CI [{d.low:+.3f}, {d.high:+.3f}]"
+
+
 def steps_to(steps: list[int], toxicity: list[float], target: float, window: int = 10) -> int | None:
     """The first step whose trailing `window`-step mean training toxicity is at most `target`; full
     windows only (from the `window`-th step), so that one lucky early batch does not count."""
@@ -389,7 +398,9 @@ def write_summary(out: Path) -> str:
             jd = [per_seed["finegrained"][s]["judge_avg_max_toxicity"] - per_seed["holistic"][s]["judge_avg_max_toxicity"] for s in common]
             wins = sum(d < 0 for d in diffs)
             lines += ["", f"Fine-grained minus holistic, held-out avg max toxicity, paired by seed {common}: "
-                          f"scorer {_mean_std(diffs)} (fine-grained lower in {wins}/{len(common)}); judge {_mean_std(jd)}."]
+                          f"scorer {_mean_std(diffs)} (fine-grained lower in {wins}/{len(common)}); judge {_mean_std(jd)}.",
+                      f"Paired t intervals (a difference is within the noise when its interval holds 0): scorer "
+                      f"{paired_interval(diffs)}; judge {paired_interval(jd)}."]
             for arm in ARMS:
                 runs = per_seed[arm]
                 reach = []

@@ -1,6 +1,7 @@
 """Evaluation metrics any experiment uses: diversity (distinct-n), fluency (perplexity), ROUGE-L,
-length; and sampling k continuations per prompt with their log-probs under a reference model,
-through the kernel's renderer and generator. An experiment's own metrics live with it
+length; sampling k continuations per prompt with their log-probs under a reference model,
+through the kernel's renderer and generator; and two arms compared over seeds (the mean of their
+paired differences with its t interval, and its markdown table, for every experiment's report). An experiment's own metrics live with it
 (the detoxification experiment's toxicity table: finegrain/experiments/detox/metrics.py).
 
 - perplexity of the samples under a reference LM (the initial policy): fluency, over the response
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -152,3 +153,56 @@ def response_logprobs_under(model: "PreTrainedModel", batches: Sequence["Sequenc
             logprobs.append(F.pad(response_logprobs(model, b.to(device)).float().cpu(), (0, pad)))
             masks.append(F.pad(b.response_mask.cpu(), (0, pad)))
     return torch.cat(logprobs), torch.cat(masks)
+
+
+# --- two arms over seeds -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """a - b over runs paired by seed: the mean difference, its t interval, the number of pairs and
+    in how many a is lower. With a handful of seeds the interval, not the count, says whether a
+    difference is more than the seeds' noise."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    a_lower: int
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedDifference:
+    """Mean of a[i] - b[i] with the Student t interval at `level` (two-sided) over the n pairs."""
+    import statistics
+
+    from scipy.stats import t
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired_difference needs two lists of equal length >= 2, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(diffs)
+    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return PairedDifference(len(diffs), mean, mean - half, mean + half, sum(d < 0 for d in diffs))
+
+
+def paired_table(a_label: str, b_label: str, a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
+                 columns: Sequence[tuple[str, str, str]]) -> str:
+    """A markdown table of `a_label` minus `b_label`, one row per metric in `columns` ((key, title,
+    format)), over the seeds both arms have: the mean difference, its 95% t interval, in how many
+    seeds a is lower, and whether the interval holds 0. Empty when fewer than two seeds pair up."""
+    seeds = sorted(set(a) & set(b))
+    rows = [f"| {a_label} minus {b_label} | Seeds | Mean difference | 95% interval | {a_label} lower | Beyond the seeds' noise |",
+            "|---|---:|---:|---|---:|---|"]
+    for key, title, fmt in columns:
+        pairs = [(a[s][key], b[s][key]) for s in seeds if a[s].get(key) is not None and b[s].get(key) is not None]
+        if len(pairs) < 2:
+            continue
+        d = paired_difference([x for x, _ in pairs], [y for _, y in pairs])
+        f = fmt.replace("{:", "{:+") if "+" not in fmt else fmt
+        rows.append(f"| {title} | {d.n} | {f.format(d.mean)} | [{f.format(d.low)}, {f.format(d.high)}] | {d.a_lower}/{d.n} | "
+                    f"{'no (the interval holds 0)' if d.within_noise else 'yes'} |")
+    return "\n".join(rows) if len(rows) > 2 else ""

@@ -24,6 +24,7 @@ from finegrain.experiments.detox.task import (
     split_by_hash,
     toxicity_from_row,
 )
+from finegrain.evaluate import paired_difference, paired_table
 from finegrain.experiments.detox.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,9 +108,10 @@ def _metrics(tox: float, ppl: float) -> DetoxMetrics:
     return DetoxMetrics(tox, tox / 2, tox / 3, ppl, 0.5, 0.8, 0.9, 30.0, 10, 4)
 
 
-def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetrics | None) -> Path:
+def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetrics | None, seed: int = 0) -> Path:
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"rewards": [{"kind": "toxicity", "mode": mode, "weight": 1.0, "mapping": "identity"}]}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"rewards": [{"kind": "toxicity", "mode": mode, "weight": 1.0, "mapping": "identity"}],
+                                                        "run": {"seed": seed}}))
     rows = [{"step": i + 1, "reward/toxicity": r, "kl": 0.1 * i, "time/step": 2.0} for i, r in enumerate(rewards)]
     rows.insert(1, {"step": 1, "eval/reward": 0.5})  # an evaluation row: not a training step
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -156,6 +158,48 @@ def test_write_report_and_plot(tmp_path):
     png = (tmp_path / "report" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert plot_curves(runs[:1], tmp_path / "none.png") is None  # no training log: no plot
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, 3: mean 2, sample std 1, t(0.975, 2 df) = 4.302653 -> half width 4.302653 / sqrt(3)
+    d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert (d.n, d.a_lower) == (3, 0) and d.mean == pytest.approx(2.0)
+    assert (d.low, d.high) == (pytest.approx(2 - 2.484138, abs=1e-6), pytest.approx(2 + 2.484138, abs=1e-6))
+    assert d.within_noise
+    clear = paired_difference([0.1, 0.2, 0.3], [1.1, 1.3, 1.2])  # -1.0, -1.1, -0.9: std 0.1
+    assert clear.a_lower == 3 and clear.high == pytest.approx(-1.0 + 0.2484138, abs=1e-6) and not clear.within_noise
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference([1.0], [2.0])
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference([1.0, 2.0], [2.0])
+
+
+def test_paired_table_pairs_by_seed_and_skips_the_unpaired():
+    cols = [("tox", "Tox ↓", "{:.3f}"), ("ppl", "PPL ↓", "{:.2f}"), ("none", "Missing", "{:.1f}")]
+    a = {0: {"tox": 0.1, "ppl": 10.0}, 1: {"tox": 0.2, "ppl": 11.0}, 2: {"tox": 0.3, "ppl": 12.0}, 7: {"tox": 9.0, "ppl": 9.0}}
+    b = {0: {"tox": 1.1, "ppl": 10.0}, 1: {"tox": 1.3, "ppl": 12.0}, 2: {"tox": 1.2, "ppl": 11.0}}
+    rows = paired_table("FG", "Hol", a, b, cols).splitlines()
+    assert rows[0].startswith("| FG minus Hol | Seeds |") and len(rows) == 4  # no row for a metric neither has
+    assert rows[2] == "| Tox ↓ | 3 | -1.000 | [-1.248, -0.752] | 3/3 | yes |"  # seed 7 has no pair
+    assert rows[3].startswith("| PPL ↓ | 3 | +0.00 | [") and rows[3].endswith("| 1/3 | no (the interval holds 0) |")
+    assert paired_table("FG", "Hol", {0: a[0]}, b, cols) == ""  # one seed pairs up: no table
+
+
+def test_the_report_over_seeds_pairs_the_arms_by_seed(tmp_path):
+    groups: dict[str, list] = {}
+    for seed, (h, f) in enumerate([(0.20, 0.10), (0.25, 0.12), (0.22, 0.15)]):
+        for label, tox in (("Holistic", h), ("Fine-grained", f)):
+            folder = _fake_run(tmp_path / f"s{seed}" / label, "dense", [-0.3, -0.2], _metrics(tox, 10.0 + seed), seed=seed)
+            groups.setdefault(label, []).append(summarize_run(folder, f"{label} (seed {seed})"))
+    assert [r.seed for r in groups["Holistic"]] == [0, 1, 2]
+    runs = [r for g in groups.values() for r in g]
+    text = write_report(runs, tmp_path / "report", groups=groups, paired=("Fine-grained", "Holistic")).read_text()
+    assert "Fine-grained minus Holistic, paired by seed" in text
+    assert "| Avg. max toxicity ↓ | 3 | -0.100 | [" in text and "| 3/3 | yes |" in text
+    # one arm without an evaluation for a seed: only the seeds both have pair up
+    assert "paired by seed" not in write_report(runs, tmp_path / "r2", groups={"Holistic": groups["Holistic"][:1],
+                                                                               "Fine-grained": groups["Fine-grained"]},
+                                                paired=("Fine-grained", "Holistic")).read_text()
 
 
 # --- end to end on a tiny model ---------------------------------------------------------------

@@ -376,3 +376,24 @@ def test_one_multitask_rm_judges_relevance_and_factuality(tmp_path, tiny_bert):
     with pytest.raises(ConfigError, match="--rms .*completeness.*is not a head of this multi-task RM"):
         load_judges(rms, device="cpu")
     assert RMCard.load(rms / "completeness").head_names == ["relevance", "factuality"]
+
+
+def test_the_qa_report_pairs_fine_grained_and_holistic_by_seed(tmp_path):
+    from finegrain.experiments.qa.metrics import QAMetrics
+    from finegrain.experiments.qa.report import write_qa_report
+
+    groups: dict[str, list[Path]] = {}
+    for seed, (hol, fg) in enumerate([(0.20, 0.10), (0.25, 0.12), (0.22, 0.15)]):
+        for name, rel in (("ppo-holistic", hol), ("ppo-finegrained", fg)):
+            folder = tmp_path / f"seed-{seed}" / name
+            (folder / "eval").mkdir(parents=True)
+            (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"seed": seed}}))
+            metrics = QAMetrics(questions=5, relevance_error_rate=rel, rouge_l=0.2, length_tokens=40.0 + seed)
+            (folder / "eval" / "metrics.json").write_text(json.dumps(metrics.to_json()))
+            groups.setdefault(name, []).append(folder)
+    labels = {"ppo-holistic": "Holistic PPO", "ppo-finegrained": "Fine-grained PPO"}
+    text = write_qa_report(groups, tmp_path / "rep", labels).read_text()
+    assert "Fine-grained PPO minus Holistic PPO, paired by seed" in text
+    assert "| Rel. err. ↓ | 3 | -0.100 | [" in text and "| ROUGE-L ↑ | 3 | +0.000 | [+0.000, +0.000] | 0/3 | no (the interval holds 0) |" in text
+    one = {k: v[:1] for k, v in groups.items()}  # one seed: nothing to pair
+    assert "paired by seed" not in write_qa_report(one, tmp_path / "rep1", labels).read_text()

@@ -95,6 +95,15 @@ def make_accelerator(out: Path, seed: int, config: Any, log_with: list[str] = ()
     return accelerator
 
 
+def run_config(folder: str | Path) -> dict[str, Any]:
+    """The settings a run saved in its folder (`config.yaml`, written by `setup_accelerator`), as a dict;
+    {} for a folder without one (an untrained policy's evaluation)."""
+    import yaml
+
+    path = Path(folder) / "config.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
 def check_distributed(accelerator: "Accelerator") -> None:
     """Refuse what would train wrongly without saying so:
     - several processes launched but each set up alone (accelerate 1.x does this on a machine

@@ -277,4 +277,5 @@ def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_h
              "A response's rewards sum to -toxicity in both, and both are normalised the same way, so the two runs "
              "differ only in where the reward is placed.")
     return write_report(runs, out, title="Detoxification: holistic vs fine-grained RLHF", intro=intro,
-                        settings=settings, commands=commands, groups=groups if len(cfg.seeds) > 1 else None)
+                        settings=settings, commands=commands, groups=groups if len(cfg.seeds) > 1 else None,
+                        paired=(LABELS["finegrained"], LABELS["holistic"]) if {"finegrained", "holistic"} <= set(cfg.modes) else None)

@@ -26,29 +26,20 @@ class RunSummary:
     toxicity: list[float] = field(default_factory=list)  # mean toxicity of each step's responses
     kl: list[float] = field(default_factory=list)  # mean summed KL(pi || pi_ref) per response
     reward_mode: str | None = None  # holistic / dense, from config.yaml
+    seed: int | None = None  # run.seed, from config.yaml (pairs the arms of one seed)
     seconds: float | None = None  # training wall-clock, summed over steps
 
 
-def _reward_mode(folder: Path) -> str | None:
-    """The toxicity source's mode from the run's config.yaml (None: no identity-mapped toxicity source)."""
-    path = folder / "config.yaml"
-    if not path.is_file():
-        return None
-    import yaml
-
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+def _reward_mode(cfg: dict[str, Any]) -> str | None:
+    """The toxicity source's mode from a run's config (None: no identity-mapped toxicity source)."""
     for r in cfg.get("rewards") or []:
         if r.get("kind") == "toxicity" and r.get("mapping", "identity") == "identity" and float(r.get("weight", 1.0)) == 1.0:
             return r.get("mode")
     return None
 
 
-def _source_name(folder: Path) -> str:
-    import yaml
-
-    path = folder / "config.yaml"
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for r in (cfg or {}).get("rewards") or []:
+def _source_name(cfg: dict[str, Any]) -> str:
+    for r in cfg.get("rewards") or []:
         if r.get("kind") == "toxicity":
             return r.get("name") or "toxicity"
     return "toxicity"
@@ -56,17 +47,20 @@ def _source_name(folder: Path) -> str:
 
 def summarize_run(folder: str | Path, label: str | None = None) -> RunSummary:
     from finegrain.experiments.detox.task import toxicity_from_row
+    from finegrain.kernel.run import run_config
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder {folder} does not exist")
     eval_file = folder / EVAL_DIR / "metrics.json"
     summary = RunSummary(label or folder.name, folder, read_metrics(eval_file) if eval_file.is_file() else None)
-    summary.reward_mode = _reward_mode(folder)
+    cfg = run_config(folder)
+    summary.reward_mode = _reward_mode(cfg)
+    summary.seed = (cfg.get("run") or {}).get("seed")
     log = folder / "metrics.jsonl"
     if not log.is_file():
         return summary
-    source = _source_name(folder)
+    source = _source_name(cfg)
     seconds = 0.0
     for line in log.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -142,6 +136,17 @@ def spread_table(groups: dict[str, list[RunSummary]]) -> str:
     return "\n".join(rows)
 
 
+def paired_runs_table(groups: dict[str, list[RunSummary]], a: str, b: str) -> str:
+    """`a` minus `b` (two labels of `groups`) over the seeds both have evaluated (finegrain.evaluate.paired_table)."""
+    from finegrain.evaluate import paired_table
+
+    def by_seed(label: str) -> dict[int, dict[str, Any]]:
+        return {r.seed: r.metrics.to_json() for r in groups.get(label, []) if r.metrics is not None and r.seed is not None}
+
+    keep = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "judge_toxic_probability", "perplexity", "dist_2")
+    return paired_table(a, b, by_seed(a), by_seed(b), [c for c in COLUMNS if c[0] in keep])
+
+
 def moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last `window` values (fewer at the start); NaNs are skipped."""
     out = []
@@ -191,9 +196,11 @@ def write_report(
     commands: list[str] | None = None,
     notes: list[str] | None = None,
     groups: dict[str, list[RunSummary]] | None = None,
+    paired: tuple[str, str] | None = None,
 ) -> Path:
     """`out_dir/report.md` and `out_dir/curves.png`; returns the report's path. With `groups`
-    (policy label -> its runs over seeds), a mean ± std table comes before the per-run one."""
+    (policy label -> its runs over seeds), a mean ± std table comes before the per-run one; with
+    `paired` (two of its labels, a and b), a table of a minus b paired by seed follows it."""
     from finegrain.io import atomic_write_text
 
     out = Path(out_dir)
@@ -207,7 +214,12 @@ def write_report(
         m = evaluated[0].metrics
         lines += [f"Held-out evaluation: {m.prompts} prompts x {m.samples_per_prompt} samples each.", ""]
         if groups:
-            lines += ["Mean ± standard deviation over seeds:", "", spread_table(groups), "", "Each run:", ""]
+            lines += ["Mean ± standard deviation over seeds:", "", spread_table(groups), ""]
+            table = paired_runs_table(groups, *paired) if paired else ""
+            if table:
+                lines += [f"{paired[0]} minus {paired[1]}, paired by seed (a metric moves beyond the seeds' noise when its "
+                          "95% t interval does not hold 0):", "", table, ""]
+            lines += ["Each run:", ""]
         lines += [metrics_table(runs), ""]
     trained = [r for r in runs if r.steps]
     if trained:

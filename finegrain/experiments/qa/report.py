@@ -41,14 +41,18 @@ class QARun:
     rewards: dict[str, list[float]] = field(default_factory=dict)  # source -> mean reward per step (before normalisation)
     kl: list[float] = field(default_factory=list)
     seconds: float | None = None
+    seed: int | None = None  # run.seed from config.yaml (pairs two policies' runs of one seed)
 
 
 def summarize(folder: str | Path, label: str | None = None) -> QARun:
+    from finegrain.kernel.run import run_config
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder {folder} does not exist")
     eval_file = folder / "eval" / "metrics.json"
     run = QARun(label or folder.name, folder, read_metrics(eval_file) if eval_file.is_file() else None)
+    run.seed = (run_config(folder).get("run") or {}).get("seed")
     log = folder / "metrics.jsonl"
     if not log.is_file():
         return run
@@ -84,6 +88,16 @@ def metrics_table(groups: dict[str, list[QARun]]) -> str:
             cells = [_cell([m[k] for m in ms if m.get(k) is not None], fmt) for k, _, fmt in columns]
             rows.append(f"| {label} | {len(ms)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def paired_runs_table(a_runs: list[QARun], b_runs: list[QARun], a: str, b: str) -> str:
+    """`a` minus `b` over the seeds both have evaluated (finegrain.evaluate.paired_table)."""
+    from finegrain.evaluate import paired_table
+
+    def by_seed(runs: list[QARun]) -> dict[int, dict[str, Any]]:
+        return {r.seed: r.metrics.to_json() for r in runs if r.metrics is not None and r.seed is not None}
+
+    return paired_table(a, b, by_seed(a_runs), by_seed(b_runs), COLUMNS)
 
 
 def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str, Any]:
@@ -195,9 +209,11 @@ def plot_presets(groups: dict[str, list[QARun]], names: dict[str, str], path: Pa
 
 def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: dict[str, str] | None = None, *,
                     rm_dir: str | Path | None = None, settings: dict[str, Any] | None = None, command: str | None = None,
-                    title: str = "Long-form QA: fine-grained vs holistic RLHF") -> Path:
+                    title: str = "Long-form QA: fine-grained vs holistic RLHF",
+                    paired: tuple[str, str] | None = ("ppo-finegrained", "ppo-holistic")) -> Path:
     """`report.md`, `rewards.png`, `presets.png` in `out_dir` from run folders grouped by policy (one
-    folder per seed); returns the report's path. Folders that do not exist yet are left out."""
+    folder per seed); returns the report's path. Folders that do not exist yet are left out. `paired`:
+    two keys of `groups` whose difference, paired by seed, gets a table when both have two seeds or more."""
     from finegrain.io import atomic_write_text
 
     labels = labels or {}
@@ -216,6 +232,11 @@ def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: 
                   "policy under the preference RM. Independent of the RMs: ROUGE-L against the gold answer, repeated word 3-grams, "
                   "near-duplicate sentences, passage support (share of sentences whose content words are in the passages), length.", "",
                   metrics_table(runs), ""]
+        a, b = (labels.get(k, k) for k in paired) if paired else ("", "")
+        table = paired_runs_table(runs.get(a, []), runs.get(b, []), a, b) if paired else ""
+        if table:
+            lines += [f"{a} minus {b}, paired by seed (a figure moves beyond the seeds' noise when its 95% t interval "
+                      "does not hold 0):", "", table, ""]
     heldout_rm = Path(rm_dir) / "heldout.json" if rm_dir else None
     if heldout_rm is not None and heldout_rm.is_file():
         lines += ["Reward models on the held-out questions' annotated answers:", "", rm_table(json.loads(heldout_rm.read_text(encoding="utf-8"))), ""]
