@@ -337,3 +337,65 @@ def test_gradient_checkpointing_recomputes_each_layer_and_changes_no_number(tiny
     assert len(calls) == len(checkpointed.model.layers)
     with pytest.raises(ConfigError, match="model.gradient_checkpointing: Linear holds no transformers model"):
         use_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_a_pass_that_shares_repeated_prompts_gives_the_numbers_of_one_pass(one_thread):
+    """Rows that repeat a prompt (three prompts of different lengths, left-padded, three samples each,
+    rows shuffled) run each prompt's forward once: logits, hidden states and a shared value head's
+    values equal those of one pass over every row; without a repeated prompt nothing is shared."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finegrain.kernel.logprobs import prompt_groups, response_forward, response_logits
+    from finegrain.rl.policy import ActorCritic
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    P, T = 7, 5
+    prompts, pmasks = [], []
+    for n in (7, 4, 2):  # prompt lengths, left-padded to P
+        prompts.append(torch.cat([torch.zeros(P - n, dtype=torch.long), torch.randint(1, 50, (n,))]))
+        pmasks.append(torch.cat([torch.zeros(P - n, dtype=torch.long), torch.ones(n, dtype=torch.long)]))
+    order = torch.randperm(9)
+    ids = torch.stack([torch.cat([prompts[i // 3], torch.randint(1, 50, (T,))]) for i in range(9)])[order]
+    rmask = torch.ones(9, T, dtype=torch.long)
+    rmask[0, 3:] = 0  # a response that ended early: right padding
+    mask = torch.cat([torch.stack([pmasks[i // 3] for i in range(9)])[order], rmask], dim=1)
+    first, inverse = prompt_groups(ids, mask, T)
+    assert len(first) == 3 and torch.equal(ids[first[inverse], :P], ids[:, :P])
+    with torch.no_grad():
+        one = response_forward(lm, ids, mask, T, output_hidden_states=True)
+        shared = response_forward(lm, ids, mask, T, share_prompts=True, output_hidden_states=True)
+        assert shared.logits.shape == one.logits.shape == (9, T + 1, 50)
+        assert shared.hidden_states[-1].shape[1] == T + 1  # the prompts' positions were not run again
+        assert torch.allclose(shared.logits, one.logits, atol=1e-5)
+        assert torch.allclose(shared.hidden_states[-1], one.hidden_states[-1][:, -(T + 1):], atol=1e-5)
+        assert torch.allclose(response_logits(lm, ids, mask, T, share_prompts=True), one.logits[:, :-1], atol=1e-5)
+        ac = ActorCritic(lm, None)
+        torch.nn.init.normal_(ac.value_head.weight)
+        a, b = ac(ids, mask, T), ac(ids, mask, T, share_prompts=True)
+        assert torch.allclose(a.values, b.values, atol=1e-5) and torch.allclose(a.logits, b.logits, atol=1e-5)
+    distinct = ids.clone()
+    distinct[:, P - 1] = torch.arange(9) + 1  # every prompt now differs in its last token
+    assert prompt_groups(distinct, mask, T) is None and prompt_groups(ids[:, -T - 1 :], mask[:, -T - 1 :], T) is None
+
+    # with autograd (the update's pass): the same gradients, also under gradient checkpointing (which
+    # keeps no cache: the pass then runs every row's prompt)
+    from finegrain.kernel.models import use_gradient_checkpointing
+
+    def grads(model, share: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        out = model(ids, mask, T, share_prompts=share)
+        weights = torch.linspace(-1, 1, T)
+        (torch.log_softmax(out.logits, -1).amax(-1) * weights).sum().add(out.values.pow(2).sum()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:  # float rounding, relative to each gradient's scale
+        return all(float((x - y).abs().max()) <= 1e-5 * float(x.abs().max()) + 1e-7 for x, y in zip(a, b))
+
+    plain, shared_grads = grads(ac, False), grads(ac, True)
+    assert len(plain) == len(shared_grads) == len([p for p in ac.parameters()])
+    assert close(plain, shared_grads)
+    assert not close(plain, [g.roll(1, 0) if g.dim() else g for g in shared_grads])  # the check can fail
+    use_gradient_checkpointing(ac)
+    assert close(plain, grads(ac, True))

@@ -301,26 +301,18 @@ def make_generator(
 def shared_prompt_cache(lm: "PreTrainedModel", query_ids: torch.Tensor, query_mask: torch.Tensor, g: int) -> dict:
     """The KV cache of each prompt but its last token, computed once and repeated for its G samples:
     `generate` would run the prompt's forward G times. Returned as the keyword `generate` takes
-    (`cache` since transformers 5.x, `past_key_values` before); `generate` then runs the last prompt
-    token and samples as without it (positions from the attention mask as `generate` makes them).
-    Empty (no sharing) for a model whose forward fills no `DynamicCache`.
+    (`prompt_cache`); `generate` then runs the last prompt token and samples as without it (positions
+    from the attention mask as `generate` makes them). Empty (no sharing) for a model whose forward
+    fills no `DynamicCache`.
 
     Shape: query_ids (N, P), query_mask (N, P) -> a cache of N * G rows and P - 1 positions.
     """
-    import inspect
+    from finegrain.kernel.models import prompt_cache
 
-    from transformers import DynamicCache
-
-    from finegrain.kernel.models import position_ids
-
-    name = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=lm.config)
-    head = query_mask[:, :-1].long()
-    lm(input_ids=query_ids[:, :-1], attention_mask=head, position_ids=position_ids(head), use_cache=True, logits_to_keep=1, **{name: cache})
-    if cache.get_seq_length() != query_ids.shape[1] - 1:
-        return {}
-    cache.batch_repeat_interleave(g)
-    return {name: cache}
+    shared = prompt_cache(lm, query_ids[:, :-1], query_mask[:, :-1])
+    for cache in shared.values():
+        cache.batch_repeat_interleave(g)
+    return shared
 
 
 class HFGenerator:

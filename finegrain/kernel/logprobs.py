@@ -42,27 +42,73 @@ def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, average: bool 
     return total / m.sum(-1).clamp(min=1) if average else total
 
 
-def response_logits(model: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> torch.Tensor:
-    """The logits that predict the last `num_response` tokens of each row.
+def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows that repeat a prompt (the G samples of each prompt in a rollout, wherever they sit):
+    one row holding each distinct prompt, and each row's index among those. None when no prompt
+    repeats, or a prompt is a single position (nothing to share).
+
+    Shape: input_ids (B, P + T), attention_mask (B, P + T), num_response T -> (U,) rows, (B,) indices.
+    """
+    B, P = input_ids.shape[0], input_ids.shape[1] - num_response
+    if P < 2 or B < 2:
+        return None
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P].to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if distinct.shape[0] == B:
+        return None
+    first = torch.full((distinct.shape[0],), B, dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(B, device=key.device), reduce="amin")
+    return first, inverse
+
+
+def response_forward(model: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int,
+                     share_prompts: bool = False, **kwargs):
+    """`model`'s output whose logits are those of positions P-1 .. P+T-1 (they predict the last
+    `num_response` tokens, and one past them); with `output_hidden_states=True` in `kwargs`, the
+    last T + 1 positions of each hidden state are those positions.
+
+    `share_prompts`: rows that repeat a prompt (a rollout's G samples of it) run that prompt's
+    forward once. The KV cache of each distinct prompt but its last token is computed and copied to
+    its rows; the last prompt token and the response run on it. The same numbers as one pass, to
+    float rounding, with G times fewer prompt tokens through the model: most of a pass when prompts
+    are long (QA's passages). One pass when no prompt repeats or the model fills no cache.
+
+    Shape: input_ids (B, P + T), attention_mask (B, P + T), num_response T -> logits (B, T + 1, V).
+    """
+    T = num_response
+    pos = position_ids(attention_mask)
+    groups = prompt_groups(input_ids, attention_mask, T) if share_prompts else None
+    if groups is not None:
+        from finegrain.kernel.models import prompt_cache
+
+        first, inverse = groups
+        P = input_ids.shape[1] - T
+        shared = prompt_cache(model, input_ids[first, : P - 1], attention_mask[first, : P - 1])
+        for cache in shared.values():
+            cache.reorder_cache(inverse)
+        if shared:
+            return model(input_ids=input_ids[:, P - 1 :], attention_mask=attention_mask, position_ids=pos[:, P - 1 :],
+                         use_cache=True, logits_to_keep=T + 1, **shared, **kwargs)
+    # logits_to_keep: positions P-1 .. P+T-1; the last one predicts past the response
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, logits_to_keep=T + 1, use_cache=False, **kwargs)
+
+
+def response_logits(model: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int,
+                    share_prompts: bool = False) -> torch.Tensor:
+    """The logits that predict the last `num_response` tokens of each row (`share_prompts`: see
+    `response_forward`).
 
     Shape: input_ids (B, P + T), attention_mask (B, P + T), num_response T -> (B, T, V).
     """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        logits_to_keep=num_response + 1,  # positions P-1 .. P+T-1; the last one predicts past the response
-        use_cache=False,
-    )
-    return out.logits[:, :-1]
+    return response_forward(model, input_ids, attention_mask, num_response, share_prompts).logits[:, :-1]
 
 
-def response_logprobs(model: "PreTrainedModel", batch: "Sequences") -> torch.Tensor:
+def response_logprobs(model: "PreTrainedModel", batch: "Sequences", share_prompts: bool = False) -> torch.Tensor:
     """log p(y_t | x, y_<t) of every response token (0 on padding), with autograd when enabled.
 
     Shape: batch of B rows -> (B, T).
     """
-    logits = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1])
+    logits = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1], share_prompts)
     return token_logprobs(logits, batch.response_ids) * batch.response_mask
 
 

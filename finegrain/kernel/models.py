@@ -33,6 +33,26 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_cache(lm: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """The KV cache of `lm` over these rows (a prompt's tokens but its last), as the keyword a forward
+    or `generate` takes to continue from it (`cache` since transformers 5.x, `past_key_values` before);
+    the caller copies it to the rows that repeat a prompt. Empty when the model filled no
+    `DynamicCache` (a model without one, or gradient checkpointing in training mode): no sharing then.
+
+    Shape: input_ids (U, L), attention_mask (U, L) -> a cache of U rows and L positions.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+
+    inner = getattr(lm, "module", lm)  # a DDP-wrapped model's forward takes *args, **kwargs
+    name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=inner.config)
+    mask = attention_mask.long()
+    lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=1, **{name: cache})
+    return {name: cache} if cache.get_seq_length() == input_ids.shape[1] else {}
+
+
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32) -> "PreTrainedModel":
     """A causal LM to train, in float32 master weights (bf16 comes from autocast)."""
     from transformers import AutoModelForCausalLM

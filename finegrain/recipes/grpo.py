@@ -317,8 +317,9 @@ def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[st
     return sequences, scored
 
 
-def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, precision: str) -> "torch.Tensor":
-    """log p(y_t) of every response token, in chunks of `batch_size` rows. Shape: -> (B, T)."""
+def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, precision: str, share_prompts: bool = False) -> "torch.Tensor":
+    """log p(y_t) of every response token, in chunks of `batch_size` rows (`share_prompts`: a
+    group's samples in one chunk run their prompt's forward once). Shape: -> (B, T)."""
     import torch
 
     from finegrain.kernel.logprobs import response_logprobs
@@ -326,7 +327,7 @@ def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, pr
 
     rows = torch.arange(len(sequences), device=sequences.response_ids.device)
     with torch.no_grad(), autocast(sequences.response_ids.device, precision):
-        return torch.cat([response_logprobs(model, sequences.select(c)) for c in rows.split(batch_size)])
+        return torch.cat([response_logprobs(model, sequences.select(c), share_prompts) for c in rows.split(batch_size)])
 
 
 def old_logprobs_pending(cfg: CriticFreeConfig, orders: list[list[int]]) -> list[int]:
@@ -345,6 +346,7 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     pending), and the group advantages."""
     import torch
 
+    from finegrain.kernel.generation import is_sharded
     from finegrain.rl import maths
     from finegrain.rl.critic_free import group_advantages, kl_as_source
 
@@ -356,11 +358,12 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     waiting[list(pending)] = True
     rows = (~waiting).nonzero().squeeze(1)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    share = not is_sharded(run.policy.model, run.accelerator)
     if sequences.sampled_logprobs is not None:  # pi_old as it sampled them: no pass of its own
         logprobs = sequences.sampled_logprobs.to(mask.device).float() * mask
     elif len(rows):
-        logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision)
-    ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision) if run.ref is not None else logprobs
+        logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision, share)
+    ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision, share) if run.ref is not None else logprobs
     times["time/forward"] = time.perf_counter() - t0
     kl = None if pending else maths.kl_penalty(logprobs, ref_logprobs, c.kl_estimator) * mask
     device = logprobs.device
@@ -405,7 +408,8 @@ def update(run: Run, rollout: GroupRollout, orders: list[list[int]]) -> tuple[Lo
 
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
-                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx))
+                # a repeated prompt's forward once; one process only: under DDP the wrapped model's two calls would each prepare a backward
+                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx), share_prompts=acc.num_processes == 1)
                 if rollout.pending is not None and bool(rollout.pending[idx].any()):  # nothing has changed the policy yet
                     rollout.logprobs[idx] = torch.where(rollout.pending[idx, None], logprobs.detach().float() * mask[idx], rollout.logprobs[idx])
                     rollout.pending[idx] = False  # filled: later passes over these rows use it as pi_old

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
+from finegrain.kernel.logprobs import response_forward
 from finegrain.kernel.models import position_ids
 
 if TYPE_CHECKING:
@@ -51,23 +52,19 @@ class ActorCritic(nn.Module):
         return "shared" if self.critic is None else "separate"
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int, with_values: bool = True
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int, with_values: bool = True,
+        share_prompts: bool = False,
     ) -> PolicyOutput:
         """Logits and values at the positions that predict the last `num_response` tokens.
+        `share_prompts`: rows that repeat a prompt run its forward once (kernel.logprobs.response_forward;
+        the policy's pass, and with it a shared value head's).
 
         Shape: input_ids (B, P + T), attention_mask (B, P + T), num_response T -> PolicyOutput.
         """
         T = num_response
         pos = position_ids(attention_mask)
         shared = with_values and self.critic is None
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=pos,
-            logits_to_keep=T + 1,  # positions P-1 .. P+T-1; the last one predicts past the response
-            output_hidden_states=shared,
-            use_cache=False,
-        )
+        out = response_forward(self.policy, input_ids, attention_mask, T, share_prompts, output_hidden_states=shared)
         logits = out.logits[:, :-1]  # (B, T, V)
         if not with_values:
             return PolicyOutput(logits, None)
