@@ -3,6 +3,14 @@
     .venv/bin/python bench/bench_ppo_step.py                       # holistic and fine-grained, shared value head
     .venv/bin/python bench/bench_ppo_step.py --value-model separate --modes dense
     .venv/bin/python bench/bench_ppo_step.py --code /tmp/ppo-before . --repeat 3   # an older commit's worktree vs this one
+    .venv/bin/python bench/bench_ppo_step.py --qa runs/demo-qa --modes holistic --epochs 1 --precision fp32 --threads 1 \
+        --steps 4 --code /tmp/ppo-before . --parallel                        # the QA demo's PPO step, both checkouts at once
+
+`--qa DIR`: the QA demo's PPO configs instead (configs/qa/ppo_holistic.yaml for `holistic`,
+ppo_finegrained.yaml for `dense`: 4 questions x 4 answers of 48 tokens, prompts of 128 tokens, one epoch
+of two minibatches), on the SFT policy, split and RMs of a `finegrain demo qa` folder DIR; `--epochs`
+is then ignored. `--parallel` runs the checkouts of each configuration at the same time, one process
+each (with `--threads 1` on a 2-core machine: side by side, under the same load).
 
 The setting of DESIGN.md's "What a step costs here": the embedded SmolLM2-135M, 32 responses x 20
 new tokens per step (8 RealToxicityPrompts prompts x 4 samples, EOS forbidden before 20 tokens so
@@ -58,21 +66,38 @@ def config(mode: str, value_model: str, steps: int, out: Path, threads: int, epo
     }
 
 
-def run_one(mode: str, value_model: str, steps: int, threads: int, epochs: int, precision: str = "bf16", code: Path | None = None) -> dict:
+def qa_config(mode: str, qa_dir: Path, steps: int, out: Path, threads: int, precision: str) -> dict:
+    """configs/qa/ppo_{holistic,finegrained}.yaml on the folders of a `finegrain demo qa` run."""
+    import yaml
+
+    name = "ppo_holistic" if mode == "holistic" else "ppo_finegrained"
+    text = (Path(__file__).resolve().parents[1] / "configs" / "qa" / f"{name}.yaml").read_text()
+    cfg = yaml.safe_load(text.replace("runs/qa/", f"{qa_dir.resolve()}/"))
+    cfg["model"]["precision"] = precision
+    cfg["run"].update({"out": str(out), "steps": steps, "save_every": 0, "keep_checkpoints": 1, "progress": False, "threads": threads})
+    return cfg
+
+
+def start_one(mode: str, value_model: str, steps: int, threads: int, epochs: int, precision: str, code: Path | None,
+              tmp: Path, qa: Path | None) -> subprocess.Popen:
     """One configuration in a fresh process; `code`: the checkout whose finegrain runs (default: this one)."""
     import os
 
     import yaml
 
-    with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
-        cfg_path = Path(tmp) / "c.yaml"
-        cfg_path.write_text(yaml.safe_dump(config(mode, value_model, steps, Path(tmp) / "run", threads, epochs, precision)))
-        env = {**os.environ, "PYTHONPATH": str(code or Path(__file__).resolve().parents[1])}
-        done = subprocess.run([sys.executable, "-c", CHILD, str(cfg_path)], capture_output=True, text=True, env=env, cwd=code)
-        if done.returncode != 0:
-            raise SystemExit(f"{mode}/{value_model} failed:\n{done.stderr[-3000:]}")
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-        result = json.loads(line[len("RESULT ") :])
+    cfg_path = tmp / "c.yaml"
+    cfg = qa_config(mode, qa, steps, tmp / "run", threads, precision) if qa else config(mode, value_model, steps, tmp / "run", threads, epochs, precision)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(code or Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(cfg_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=code)
+
+
+def finish_one(proc: subprocess.Popen, mode: str, value_model: str, threads: int, epochs: int) -> dict:
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode}/{value_model} failed:\n{stderr[-3000:]}")
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
     measured = result["rows"][1:]  # the first step warms up (allocator, oneDNN kernels)
     summary = {p: statistics.median(r[p] for r in measured) for p in PHASES}
     return {"mode": mode, "value_model": value_model, "epochs": epochs, "threads": threads, "steps_measured": len(measured), "peak_rss_gib": result["peak_rss_gib"], **summary}
@@ -90,20 +115,32 @@ def main() -> None:
                         help="checkouts to compare side by side (e.g. a `git worktree` of an older commit, then this one); runs alternate between them")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration per checkout, alternating")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--qa", type=Path, help="a `finegrain demo qa` folder: time the QA demo's PPO configs on its SFT policy and RMs")
+    parser.add_argument("--parallel", action="store_true", help="run the checkouts of a configuration at the same time")
     args = parser.parse_args()
+    if args.qa:
+        args.epochs, args.value_model = [1], ["shared"]
     results = []
     settings = [(e, v, m) for e in args.epochs for v in args.value_model for m in args.modes]
-    runs = [(e, v, m, code) for e, v, m in settings for _ in range(args.repeat) for code in args.code]
-    for epochs, value_model, mode, code in runs:
-        r = run_one(mode, value_model, args.steps, args.threads, epochs, args.precision, code)
-        r["code"] = str(code or "this checkout")
-        results.append(r)
-        phases = "  ".join(f"{p.split('/')[1]} {r[p]:.2f}s" for p in PHASES)
-        print(
-            f"{r['code']:<24} {mode:<9} epochs={epochs} value={value_model:<8} {phases}  "
-            f"peak RSS {r['peak_rss_gib']:.2f} GiB  (median of {r['steps_measured']})",
-            flush=True,
-        )
+    rounds = [[(e, v, m, code) for code in args.code] for e, v, m in settings for _ in range(args.repeat)]
+    if not args.parallel:
+        rounds = [[run] for group in rounds for run in group]
+    for group in rounds:
+        with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
+            procs = []
+            for i, (epochs, value_model, mode, code) in enumerate(group):
+                (Path(tmp) / str(i)).mkdir()
+                procs.append(start_one(mode, value_model, args.steps, args.threads, epochs, args.precision, code, Path(tmp) / str(i), args.qa))
+            for proc, (epochs, value_model, mode, code) in zip(procs, group):
+                r = finish_one(proc, mode, value_model, args.threads, epochs)
+                r["code"] = str(code or "this checkout")
+                results.append(r)
+                phases = "  ".join(f"{p.split('/')[1]} {r[p]:.2f}s" for p in PHASES)
+                print(
+                    f"{r['code']:<24} {mode:<9} epochs={epochs} value={value_model:<8} {phases}  "
+                    f"peak RSS {r['peak_rss_gib']:.2f} GiB  (median of {r['steps_measured']})",
+                    flush=True,
+                )
     if len(args.code) > 1:  # the ratio of each checkout's median step time to the first's, per setting
         for e, v, m in settings:
             base = statistics.median(r["time/step"] for r in results if (r["epochs"], r["value_model"], r["mode"], r["code"]) == (e, v, m, str(args.code[0])))
