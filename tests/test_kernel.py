@@ -399,3 +399,16 @@ def test_a_pass_that_shares_repeated_prompts_gives_the_numbers_of_one_pass(one_t
     assert not close(plain, [g.roll(1, 0) if g.dim() else g for g in shared_grads])  # the check can fail
     use_gradient_checkpointing(ac)
     assert close(plain, grads(ac, True))
+
+    # DPO/SimPO: the two sides of a pair share their prompt (pair_batch's layout: chosen rows, then rejected)
+    from finegrain.kernel.logprobs import pair_logprobs, shares_prompts
+    from finegrain.kernel.sequences import Sequences
+
+    q, qm = torch.stack(prompts * 2), torch.stack(pmasks * 2).bool()
+    pairs = Sequences(q, qm, torch.randint(1, 50, (6, T)), torch.ones(6, T, dtype=torch.bool))
+    with torch.no_grad():
+        for average in (False, True):
+            one_c, one_r = pair_logprobs(lm, pairs, average)
+            sh_c, sh_r = pair_logprobs(lm, pairs, average, share_prompts=True)
+            assert torch.allclose(one_c, sh_c, atol=1e-5) and torch.allclose(one_r, sh_r, atol=1e-5)
+    assert shares_prompts(None)

@@ -15,6 +15,7 @@ import torch
 from finegrain.kernel.models import position_ids
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
     from transformers import PreTrainedModel
 
     from finegrain.kernel.sequences import Sequences
@@ -93,6 +94,21 @@ def response_forward(model: "PreTrainedModel", input_ids: torch.Tensor, attentio
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, logits_to_keep=T + 1, use_cache=False, **kwargs)
 
 
+def shares_prompts(accelerator: "Accelerator | None", model: torch.nn.Module | None = None) -> bool:
+    """Whether a recipe's passes may run a repeated prompt's forward once (`response_forward`): always
+    on one process. On several, a DDP-wrapped model called twice for one backward would prepare two
+    backwards, and a sharded one (FSDP2, ZeRO-3) would gather its weights once more per pass; so only
+    with `model`, a module that makes both calls inside one forward of its own (PPO's actor-critic) or
+    that is run without autograd, and only while it is whole."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return True
+    if model is None:
+        return False
+    from finegrain.kernel.generation import is_sharded
+
+    return not is_sharded(model, accelerator)
+
+
 def response_logits(model: "PreTrainedModel", input_ids: torch.Tensor, attention_mask: torch.Tensor, num_response: int,
                     share_prompts: bool = False) -> torch.Tensor:
     """The logits that predict the last `num_response` tokens of each row (`share_prompts`: see
@@ -112,18 +128,20 @@ def response_logprobs(model: "PreTrainedModel", batch: "Sequences", share_prompt
     return token_logprobs(logits, batch.response_ids) * batch.response_mask
 
 
-def pair_logprobs(model: "PreTrainedModel", batch: "Sequences", average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of both sides of N pairs laid out as `sequences.pair_batch` does.
+def pair_logprobs(model: "PreTrainedModel", batch: "Sequences", average: bool, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of both sides of N pairs laid out as `sequences.pair_batch` does
+    (`share_prompts`: the two sides of a pair run their prompt's forward once, `response_forward`).
 
     Shape: batch of 2N rows -> chosen (N,), rejected (N,).
     """
-    seq = sequence_logprobs(response_logprobs(model, batch), batch.response_mask, average)  # (2N,)
+    seq = sequence_logprobs(response_logprobs(model, batch, share_prompts), batch.response_mask, average)  # (2N,)
     n = seq.shape[0] // 2
     return seq[:n], seq[n:]
 
 
 @torch.no_grad()
-def pairs_logprobs(model: "PreTrainedModel", batches, average: bool, device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs_logprobs(model: "PreTrainedModel", batches, average: bool, device: torch.device, precision: str,
+                   share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs of every pair in `batches` (an iterable of `pair_batch` outputs), without
     grad: held-out evaluation, and a reference model's log-probs computed once.
 
@@ -134,7 +152,7 @@ def pairs_logprobs(model: "PreTrainedModel", batches, average: bool, device: tor
     chosen, rejected = [], []
     with autocast(device, precision):
         for batch in batches:
-            c, r = pair_logprobs(model, batch.to(device), average)
+            c, r = pair_logprobs(model, batch.to(device), average, share_prompts)
             chosen.append(c.float().cpu())
             rejected.append(r.float().cpu())
     return torch.cat(chosen), torch.cat(rejected)

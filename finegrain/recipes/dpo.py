@@ -143,7 +143,7 @@ class Reference:
     evaluates) or computed by the frozen model on demand."""
 
     def __init__(self, ref, cfg: DPOConfig, acc, batch_of, inputs: Inputs):
-        from finegrain.kernel.logprobs import pairs_logprobs
+        from finegrain.kernel.logprobs import pairs_logprobs, shares_prompts
 
         self.cfg, self.acc, self.model = cfg, acc, ref
         self.table: dict[int, tuple[float, float]] = {}
@@ -152,7 +152,7 @@ class Reference:
             pairs = [inputs.train[i] for i in used] + (inputs.eval if cfg.run.eval_every else [])
             size = cfg.optim.batch_size
             batches = (batch_of(pairs[i : i + size]) for i in range(0, len(pairs), size))
-            chosen, rejected = pairs_logprobs(ref, batches, False, acc.device, cfg.model.precision)
+            chosen, rejected = pairs_logprobs(ref, batches, False, acc.device, cfg.model.precision, shares_prompts(acc))
             self.table = {id(p): (float(c), float(r)) for p, c, r in zip(pairs, chosen, rejected)}
             self.model = None
 
@@ -160,20 +160,20 @@ class Reference:
         """Shape: N pairs -> chosen (N,), rejected (N,) on the accelerator's device."""
         import torch
 
-        from finegrain.kernel.logprobs import pair_logprobs
+        from finegrain.kernel.logprobs import pair_logprobs, shares_prompts
         from finegrain.kernel.models import autocast
 
         if self.model is None:
             values = torch.tensor([self.table[id(p)] for p in pairs], dtype=torch.float32, device=self.acc.device)  # (N, 2)
             return values[:, 0], values[:, 1]
         with torch.no_grad(), autocast(self.acc.device, self.cfg.model.precision):
-            c, r = pair_logprobs(self.model, batch, average=False)
+            c, r = pair_logprobs(self.model, batch, average=False, share_prompts=shares_prompts(self.acc))
         return c.float(), r.float()
 
 
 def dpo_step(acc, policy, micro, pairs, batch_of, reference: Reference, cfg: DPOConfig) -> tuple["PreferenceStats", float]:
     """One optimiser step: the mean DPO loss over the batch's pairs (over its micro-batches)."""
-    from finegrain.kernel.logprobs import pair_logprobs
+    from finegrain.kernel.logprobs import pair_logprobs, shares_prompts
     from finegrain.kernel.optim import accumulated_step
     from finegrain.kernel.stats import add_stats, preference_stats
     from finegrain.preference import dpo_loss
@@ -183,7 +183,7 @@ def dpo_step(acc, policy, micro, pairs, batch_of, reference: Reference, cfg: DPO
     def loss_of(indices):
         chunk = [pairs[i] for i in indices]
         batch = batch_of(chunk).to(acc.device)
-        chosen, rejected = pair_logprobs(policy.model, batch, average=False)
+        chosen, rejected = pair_logprobs(policy.model, batch, average=False, share_prompts=shares_prompts(acc))
         ref_chosen, ref_rejected = reference(chunk, batch)
         out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.dpo.beta, cfg.dpo.label_smoothing)
         return out.losses.sum() / n, preference_stats(out)
@@ -196,13 +196,14 @@ def evaluate(acc, model, held_out: list["PreferencePair"], batch_of, reference: 
     """Held-out DPO loss and preference accuracy (every process computes the same)."""
     import torch
 
-    from finegrain.kernel.logprobs import pairs_logprobs
+    from finegrain.kernel.logprobs import pairs_logprobs, shares_prompts
     from finegrain.kernel.stats import preference_row, preference_stats
     from finegrain.preference import dpo_loss
 
     size = cfg.optim.batch_size
     chunks = [held_out[i : i + size] for i in range(0, len(held_out), size)]
-    chosen, rejected = pairs_logprobs(acc.unwrap_model(model), (batch_of(c) for c in chunks), False, acc.device, cfg.model.precision)
+    chosen, rejected = pairs_logprobs(acc.unwrap_model(model), (batch_of(c) for c in chunks), False, acc.device, cfg.model.precision,
+                                      shares_prompts(acc))
     refs = [reference(c, batch_of(c).to(acc.device)) for c in chunks]
     ref_chosen, ref_rejected = torch.cat([r[0].cpu() for r in refs]), torch.cat([r[1].cpu() for r in refs])
     out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.dpo.beta, cfg.dpo.label_smoothing)

@@ -346,7 +346,7 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     pending), and the group advantages."""
     import torch
 
-    from finegrain.kernel.generation import is_sharded
+    from finegrain.kernel.logprobs import shares_prompts
     from finegrain.rl import maths
     from finegrain.rl.critic_free import group_advantages, kl_as_source
 
@@ -358,7 +358,7 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     waiting[list(pending)] = True
     rows = (~waiting).nonzero().squeeze(1)
     logprobs = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    share = not is_sharded(run.policy.model, run.accelerator)
+    share = shares_prompts(run.accelerator, run.policy.model)  # no-grad passes: DDP may call twice
     if sequences.sampled_logprobs is not None:  # pi_old as it sampled them: no pass of its own
         logprobs = sequences.sampled_logprobs.to(mask.device).float() * mask
     elif len(rows):
@@ -389,7 +389,7 @@ def update(run: Run, rollout: GroupRollout, orders: list[list[int]]) -> tuple[Lo
     import torch
 
     from finegrain.kernel import run as R
-    from finegrain.kernel.logprobs import response_logprobs
+    from finegrain.kernel.logprobs import response_logprobs, shares_prompts
     from finegrain.kernel.optim import accumulated_step, micro_batches
     from finegrain.kernel.stats import add_stats, divide_stats
     from finegrain.rl.critic_free import critic_free_loss, micro_batch_share
@@ -408,8 +408,7 @@ def update(run: Run, rollout: GroupRollout, orders: list[list[int]]) -> tuple[Lo
 
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
-                # a repeated prompt's forward once; one process only: under DDP the wrapped model's two calls would each prepare a backward
-                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx), share_prompts=acc.num_processes == 1)
+                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx), share_prompts=shares_prompts(acc))
                 if rollout.pending is not None and bool(rollout.pending[idx].any()):  # nothing has changed the policy yet
                     rollout.logprobs[idx] = torch.where(rollout.pending[idx, None], logprobs.detach().float() * mask[idx], rollout.logprobs[idx])
                     rollout.pending[idx] = False  # filled: later passes over these rows use it as pi_old

@@ -113,7 +113,7 @@ def train(cfg: SimPOConfig, resume: bool = False) -> Path:
 
 def simpo_step(acc, policy, micro, pairs, batch_of, cfg: SimPOConfig) -> tuple["PreferenceStats", float]:
     """One optimiser step: the mean SimPO loss over the batch's pairs (over its micro-batches)."""
-    from finegrain.kernel.logprobs import pair_logprobs
+    from finegrain.kernel.logprobs import pair_logprobs, shares_prompts
     from finegrain.kernel.optim import accumulated_step
     from finegrain.kernel.stats import add_stats, preference_stats
     from finegrain.preference import simpo_loss
@@ -122,7 +122,7 @@ def simpo_step(acc, policy, micro, pairs, batch_of, cfg: SimPOConfig) -> tuple["
 
     def loss_of(indices):
         batch = batch_of([pairs[i] for i in indices]).to(acc.device)
-        chosen, rejected = pair_logprobs(policy.model, batch, average=True)
+        chosen, rejected = pair_logprobs(policy.model, batch, average=True, share_prompts=shares_prompts(acc))
         out = simpo_loss(chosen, rejected, cfg.simpo.beta, cfg.simpo.gamma, cfg.simpo.label_smoothing)
         return out.losses.sum() / n, preference_stats(out)
 
@@ -132,12 +132,12 @@ def simpo_step(acc, policy, micro, pairs, batch_of, cfg: SimPOConfig) -> tuple["
 
 def evaluate(acc, model, held_out: list["PreferencePair"], batch_of, cfg: SimPOConfig) -> dict[str, float]:
     """Held-out SimPO loss and preference accuracy (every process computes the same)."""
-    from finegrain.kernel.logprobs import pairs_logprobs
+    from finegrain.kernel.logprobs import pairs_logprobs, shares_prompts
     from finegrain.kernel.stats import preference_row, preference_stats
     from finegrain.preference import simpo_loss
 
     size = cfg.optim.batch_size
     batches = (batch_of(held_out[i : i + size]) for i in range(0, len(held_out), size))
-    chosen, rejected = pairs_logprobs(acc.unwrap_model(model), batches, True, acc.device, cfg.model.precision)
+    chosen, rejected = pairs_logprobs(acc.unwrap_model(model), batches, True, acc.device, cfg.model.precision, shares_prompts(acc))
     out = simpo_loss(chosen, rejected, cfg.simpo.beta, cfg.simpo.gamma, cfg.simpo.label_smoothing)
     return preference_row(preference_stats(out), "eval/")

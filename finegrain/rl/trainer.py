@@ -180,6 +180,7 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     """Rollout, checks, update, KL coefficient: one PPO step; returns its metrics (averaged over processes)."""
     import torch
 
+    from finegrain.kernel.logprobs import shares_prompts
     from finegrain.rl import maths
     from finegrain.rl.metrics import rollout_metrics
     from finegrain.rl.rollout import build_rollout
@@ -205,7 +206,7 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     t0 = time.perf_counter()
     run.model.train(False)  # dropout stays off during the update too
     stats = ppo_update(acc, run.model, run.optimizer, rollout, cfg.ppo, ptx_iterator(run, state.step), cfg.model.precision, fwd.policy_pass,
-                       share_prompts=shares_prompts(run))
+                       share_prompts=shares_prompts(acc, run.model))
     run.scheduler.step()
     run.generator.sync_weights()
     times["time/update"] = time.perf_counter() - t0
@@ -254,19 +255,11 @@ def normalise_rewards(run: Run, state: TrainerState, scores, mask: "torch.Tensor
                   "reward/normalised": maths.sequence_sums(task, mask).mean().item()}
 
 
-def shares_prompts(run: Run) -> bool:
-    """Whether the policy's and the reference's passes run a repeated prompt's forward once
-    (kernel.logprobs.response_forward): not when the processes hold shards of the model (each would
-    gather it once more per pass). Gradient checkpointing keeps no cache, so it shares nothing by itself."""
-    from finegrain.kernel.generation import is_sharded
-
-    return not is_sharded(run.model, run.accelerator)
-
-
 def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times: dict[str, float], keep_graph: bool = False):
     """Generation, scoring and the forward passes, timed. Returns (Samples, Scores, Forward).
     With `keep_graph` the policy's forward keeps its graph for the first PPO step."""
     from finegrain.kernel.generation import GenerationSettings
+    from finegrain.kernel.logprobs import shares_prompts
     from finegrain.kernel.models import autocast
     from finegrain.rl.rollout import forward, score
 
@@ -283,7 +276,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     t2 = time.perf_counter()
     with autocast(acc.device, cfg.model.precision):
         fwd = forward(run.model if keep_graph else actor, run.ref, samples, cfg.ppo.forward_batch_size, keep_graph, cfg.ppo.entropy_coef > 0,
-                      share_prompts=shares_prompts(run))
+                      share_prompts=shares_prompts(acc, run.model))
     t3 = time.perf_counter()
     times.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2})
     device = fwd.logprobs.device
