@@ -300,10 +300,10 @@ def make_generator(
 
 def shared_prompt_cache(lm: "PreTrainedModel", query_ids: torch.Tensor, query_mask: torch.Tensor, g: int) -> dict:
     """The KV cache of each prompt but its last token, computed once and repeated for its G samples:
-    `generate` would run the prompt's forward G times. Returned as the keyword `generate` takes
-    (`prompt_cache`); `generate` then runs the last prompt token and samples as without it (positions
-    from the attention mask as `generate` makes them). Empty (no sharing) for a model whose forward
-    fills no `DynamicCache`.
+    `generate` would run the prompt's forward G times. Returned as the keyword `generate` takes (see
+    `kernel.models.prompt_cache`); `generate` then runs the last prompt token and samples as without it
+    (positions from the attention mask as `generate` makes them). Empty (no sharing) for a model whose
+    forward fills no `DynamicCache`.
 
     Shape: query_ids (N, P), query_mask (N, P) -> a cache of N * G rows and P - 1 positions.
     """
