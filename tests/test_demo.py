@@ -202,6 +202,21 @@ def test_the_report_over_seeds_pairs_the_arms_by_seed(tmp_path):
                                                 paired=("Fine-grained", "Holistic")).read_text()
 
 
+def test_the_report_command_pairs_two_labels_by_seed(tmp_path, capsys):
+    from finegrain.cli import main
+
+    args, labels = [], []
+    for seed, (h, f) in enumerate([(0.20, 0.10), (0.25, 0.12), (0.22, 0.15)]):
+        for label, tox in (("hol", h), ("fg", f)):
+            args.append(str(_fake_run(tmp_path / f"s{seed}" / label, "dense", [-0.3], _metrics(tox, 10.0), seed=seed)))
+            labels += ["--label", label]
+    assert main(["report", *args, *labels, "--paired", "fg", "hol", "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "fg minus hol, paired by seed" in text and "| Avg. max toxicity ↓ | 3 | -0.100 | [" in text
+    assert main(["report", *args, *labels, "--paired", "fg", "nope", "--out", str(tmp_path / "rep2")]) == 2
+    assert "--paired: 'nope' is none of the runs' labels (fg, hol)" in capsys.readouterr().err
+
+
 # --- end to end on a tiny model ---------------------------------------------------------------
 
 

@@ -397,3 +397,10 @@ def test_the_qa_report_pairs_fine_grained_and_holistic_by_seed(tmp_path):
     assert "| Rel. err. ↓ | 3 | -0.100 | [" in text and "| ROUGE-L ↑ | 3 | +0.000 | [+0.000, +0.000] | 0/3 | no (the interval holds 0) |" in text
     one = {k: v[:1] for k, v in groups.items()}  # one seed: nothing to pair
     assert "paired by seed" not in write_qa_report(one, tmp_path / "rep1", labels).read_text()
+    # the same from the command line, runs grouped by --label
+    from finegrain.cli import main
+
+    folders = [str(f) for name in ("ppo-finegrained", "ppo-holistic") for f in groups[name]]
+    names = [x for name in ("fg", "hol") for x in ("--label", name) * 3]
+    assert main(["report", "--task", "qa", *folders, *names, "--paired", "fg", "hol", "--out", str(tmp_path / "cli")]) == 0
+    assert "| Rel. err. ↓ | 3 | -0.100 | [" in (tmp_path / "cli" / "report.md").read_text()

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=["detox", "qa"], default="detox",
                         help="detox (default): toxicity table and curves.png; qa: the QA table (eval --task qa), rewards.png and presets.png")
     parser.add_argument("--rms", default=None, help="--task qa: RM folder whose heldout.json (the RMs' held-out metrics) goes in the report")
+    parser.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
+                        help="two labels: A minus B per figure over the seeds both have (each run's run.seed), with its 95%% t "
+                             "interval; runs given the same --label are seeds of one policy")
     parser.set_defaults(func=_report)
 
 
@@ -25,19 +28,27 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.label and len(args.label) != len(args.runs):
         raise ConfigError(f"--label: {len(args.label)} labels for {len(args.runs)} runs")
-    labels = args.label or [None] * len(args.runs)
+    names = [label or Path(folder).name for folder, label in zip(args.runs, args.label or [None] * len(args.runs))]
+    for name in args.paired or ():
+        if name not in names:
+            raise ConfigError(f"--paired: {name!r} is none of the runs' labels ({', '.join(sorted(set(names)))})")
+    paired = {"paired": tuple(args.paired)} if args.paired else {}
     if args.task == "qa":
         from finegrain.experiments.qa.report import write_qa_report
 
         groups: dict = {}
-        for folder, label in zip(args.runs, labels):  # runs with the same label are seeds of one policy
-            groups.setdefault(label or Path(folder).name, []).append(folder)
+        for folder, name in zip(args.runs, names):  # runs with the same label are seeds of one policy
+            groups.setdefault(name, []).append(folder)
         command = "finegrain report --task qa " + " ".join(args.runs) + f" --out {args.out}"
-        print(write_qa_report(groups, args.out, rm_dir=args.rms, command=command, **({"title": args.title} if args.title else {})))
+        print(write_qa_report(groups, args.out, rm_dir=args.rms, command=command, **({"title": args.title} if args.title else {}), **paired))
         return 0
-    runs = [summarize_run(folder, label) for folder, label in zip(args.runs, labels)]
+    runs = [summarize_run(folder, name) for folder, name in zip(args.runs, names)]
     if not any(r.metrics is not None or r.steps for r in runs):
         raise ConfigError("none of the folders holds eval/metrics.json or metrics.jsonl: nothing to report")
-    path = write_report(runs, args.out, title=args.title or "finegrain report", commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"])
+    by_label: dict = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    path = write_report(runs, args.out, title=args.title or "finegrain report", commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"],
+                        groups=by_label if args.paired else None, **paired)
     print(path)
     return 0
