@@ -189,6 +189,12 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     return PairedDifference(len(diffs), mean, mean - half, mean + half, sum(d < 0 for d in diffs))
 
 
+def metrics_by_seed(runs: Sequence[Any]) -> dict[int, dict[str, Any]]:
+    """{run.seed: run.metrics.to_json()} of the evaluated runs that know their seed (an experiment's run
+    summaries: detox's RunSummary, QA's QARun), for `paired_table`."""
+    return {r.seed: r.metrics.to_json() for r in runs if r.metrics is not None and r.seed is not None}
+
+
 def paired_table(a_label: str, b_label: str, a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
                  columns: Sequence[tuple[str, str, str]]) -> str:
     """A markdown table of `a_label` minus `b_label`, one row per metric in `columns` ((key, title,

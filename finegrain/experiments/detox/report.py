@@ -138,13 +138,10 @@ def spread_table(groups: dict[str, list[RunSummary]]) -> str:
 
 def paired_runs_table(groups: dict[str, list[RunSummary]], a: str, b: str) -> str:
     """`a` minus `b` (two labels of `groups`) over the seeds both have evaluated (finegrain.evaluate.paired_table)."""
-    from finegrain.evaluate import paired_table
-
-    def by_seed(label: str) -> dict[int, dict[str, Any]]:
-        return {r.seed: r.metrics.to_json() for r in groups.get(label, []) if r.metrics is not None and r.seed is not None}
+    from finegrain.evaluate import metrics_by_seed, paired_table
 
     keep = ("avg_max_toxicity", "toxic_probability", "judge_avg_max_toxicity", "judge_toxic_probability", "perplexity", "dist_2")
-    return paired_table(a, b, by_seed(a), by_seed(b), [c for c in COLUMNS if c[0] in keep])
+    return paired_table(a, b, metrics_by_seed(groups.get(a, [])), metrics_by_seed(groups.get(b, [])), [c for c in COLUMNS if c[0] in keep])
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

@@ -92,12 +92,9 @@ def metrics_table(groups: dict[str, list[QARun]]) -> str:
 
 def paired_runs_table(a_runs: list[QARun], b_runs: list[QARun], a: str, b: str) -> str:
     """`a` minus `b` over the seeds both have evaluated (finegrain.evaluate.paired_table)."""
-    from finegrain.evaluate import paired_table
+    from finegrain.evaluate import metrics_by_seed, paired_table
 
-    def by_seed(runs: list[QARun]) -> dict[int, dict[str, Any]]:
-        return {r.seed: r.metrics.to_json() for r in runs if r.metrics is not None and r.seed is not None}
-
-    return paired_table(a, b, by_seed(a_runs), by_seed(b_runs), COLUMNS)
+    return paired_table(a, b, metrics_by_seed(a_runs), metrics_by_seed(b_runs), COLUMNS)
 
 
 def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str, Any]:
