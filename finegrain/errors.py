@@ -12,4 +12,8 @@ class TrainingError(RuntimeError):
     """Training stopped on a condition it cannot go on from (NaN/inf reward or loss); state was saved."""
 
 
-UserError = (ConfigError, DataError, MissingPackageError, TrainingError, FileNotFoundError)
+class StageFailed(RuntimeError):
+    """A stage run in a worker process failed; the message names the stage and the log holding its traceback."""
+
+
+UserError = (ConfigError, DataError, MissingPackageError, TrainingError, StageFailed, FileNotFoundError)

@@ -289,6 +289,55 @@ def test_demo_qa_every_stage_resumes_and_never_trains_on_held_out_questions(tmp_
     assert "| sft | 1 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def test_every_units_inputs_come_before_it_in_the_sequential_order():
+    from finegrain.experiments.qa.demo import QADemoConfig, Unit, needs, plan
+
+    for seeds in ([0], [0, 1, 2]):
+        units = plan(QADemoConfig(seeds=seeds))
+        assert len(units) == len(set(units)) and units[-1] == Unit("report")
+        for i, u in enumerate(units):
+            for d in needs(u, seeds):
+                assert d in units[:i], f"{u} needs {d}, which comes after it"
+    assert set(needs(Unit("ppo-holistic", 0), [0])) == {Unit("sft"), Unit("rm-preference")}
+    assert set(needs(Unit("preset-long", 1), [0, 1])) == {Unit("sft"), Unit("rm-relevance"), Unit("rm-factuality"), Unit("rm-completeness")}
+    assert Unit("ppo-holistic", 1) in needs(Unit("eval-ppo-holistic", 1), [0, 1])
+    assert Unit("dpo-span", 0) in plan(QADemoConfig(seeds=[0, 1], stages=["dpo-span"]))
+
+
+def test_demo_qa_workers_run_stages_side_by_side_once_their_inputs_exist(tmp_path, tiny, tiny_bert):
+    """--workers 2: each unit in its own process with its own log; timings kept by the main process; a
+    failed unit is one error naming it and its log, and the same command goes on from there."""
+    import shutil
+
+    from finegrain.cli import main
+    from finegrain.errors import StageFailed
+    from finegrain.experiments.qa.demo import QADemoConfig, run_demo
+
+    data = write_qa(tmp_path / "qa.jsonl", 8)
+    out = tmp_path / "demo"
+    stages = ["split", "sft", "rm-relevance", "rm-factuality", "rm-completeness", "rm-preference", "ppo-holistic", "eval-sft", "eval-ppo-holistic"]
+    base = dict(out=str(out), data=str(data), heldout=2, policy=str(tiny), overrides=tiny_settings(tiny_bert), threads=1, workers=2, seeds=[0, 1])
+    # a stage whose input is missing fails in its worker: one error, naming the stage and its log
+    with pytest.raises(StageFailed, match=r"stage ppo-holistic \(seed (\d)\) failed: .*logs/ppo-holistic-seed-\1\.log"):
+        run_demo(QADemoConfig(**base, stages=["ppo-holistic"]))
+    assert "Traceback" in (out / "logs" / "ppo-holistic-seed-0.log").read_text()
+    shutil.rmtree(out)
+    argv = ["demo", "qa", "--out", str(out), "--data", str(data), "--heldout", "2", "--policy", str(tiny), "--threads", "1", "--workers", "2",
+            "--seeds", "0", "1", *(x for s in stages for x in ("--stage", s)), *(x for o in tiny_settings(tiny_bert) for x in ("--set", o))]
+    assert main(argv) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    units = ["split", "sft", "rm-relevance", "rm-preference", "eval-sft"] + [f"{s} (seed {x})" for s in ("ppo-holistic", "eval-ppo-holistic") for x in (0, 1)]
+    assert set(units) <= set(timings["wall_s"]) and all(timings["cpu_s"][u] > 0 for u in units)
+    for x in (0, 1):
+        m = json.loads((out / f"seed-{x}" / "ppo-holistic" / "eval" / "metrics.json").read_text())
+        assert 0.0 <= m["win_rate"] <= 1.0
+        assert (out / "logs" / f"eval-ppo-holistic-seed-{x}.log").is_file()
+    assert "Holistic PPO" in (out / "report.md").read_text()
+    # run again: everything kept, nothing started
+    run_demo(QADemoConfig(**base, stages=stages))
+    assert json.loads((out / "timings.json").read_text()) == timings
+
+
 def test_an_rm_that_does_not_fit_its_role_fails_before_any_model_loads(tmp_path):
     from finegrain.config import ConfigError
     from finegrain.experiments.qa.task import check_reward_roles
@@ -331,6 +380,10 @@ def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
     assert "--prompts: --task qa needs the held-out questions" in capsys.readouterr().err
     assert main(["demo", "detox", "--stage", "split"]) == 2
     assert "options of `finegrain demo qa`" in capsys.readouterr().err
+    assert main(["demo", "detox", "--workers", "2"]) == 2
+    assert "--workers are options of `finegrain demo qa`" in capsys.readouterr().err
+    assert main(["demo", "qa", "--out", out + "-w", "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err and not Path(out + "-w").exists()
 
 
 def test_ppo_prompts_carry_the_passages_within_the_budget(tiny):

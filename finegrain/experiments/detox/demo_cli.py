@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training setting for both runs (repeatable), e.g. --set ppo.lr=3e-5")
     parser.add_argument("--judge", default="judge", help="independent toxicity judge for the table: judge (shipped), a folder from `finegrain rm judge`, or none")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is faster on a crowded machine)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="qa: stages run at once, each in its own process once its inputs exist (e.g. the four RMs, both PPO arms); "
+                             "--threads is then per worker (default: the cores shared among them)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
     parser.set_defaults(func=_demo)
 
@@ -48,8 +51,9 @@ def _demo(args: argparse.Namespace) -> int:
         return demo_command(args, overrides)
     if task != "detox":
         raise ConfigError(f"demo: {task!r} is not a demo; choose detox or qa")
-    if args.data or args.stage or args.strict:
-        raise ConfigError("demo detox: --data, --stage and --strict are options of `finegrain demo qa`")
+    if args.data or args.stage or args.strict or args.workers is not None:
+        raise ConfigError("demo detox: --data, --stage, --strict and --workers are options of `finegrain demo qa` "
+                          "(detox: `--only holistic` and `--only finegrained` in two processes fill one --out side by side)")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")

@@ -59,10 +59,12 @@ class QADemoConfig(ConfigBase):
     eval_max_new_tokens: int = field(default=48, metadata={"help": "answer length in evaluation (tokens)"})
     eval_max_prompt_tokens: int = field(default=128, metadata={"help": "prompt token budget in evaluation (as training's data.max_prompt_tokens)"})
     eval_questions: int | None = field(default=None, metadata={"help": "evaluate on only the first N held-out questions"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine); with workers: per worker"})
+    workers: int = field(default=1, metadata={"help": "stages run at once, each in its own process, once their inputs exist (e.g. both PPO arms, the four RMs)"})
 
     def __post_init__(self) -> None:
         check_range(self, "heldout", 1)
+        check_range(self, "workers", 1)
         check_range(self, "eval_max_new_tokens", 1)
         check_range(self, "eval_max_prompt_tokens", 1)
         if self.eval_questions is not None:
@@ -154,7 +156,7 @@ def prepare_out(cfg: QADemoConfig, fresh: bool) -> Path:
     out = Path(cfg.out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("stages", "threads")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("stages", "threads", "workers")}
     path = out / "demo.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -180,14 +182,15 @@ def _train_recipe(module_name: str, cfg: Any, out: Path) -> None:
 class Demo:
     """The demo's state: folders, the split, timings; one method per kind of stage."""
 
-    def __init__(self, cfg: QADemoConfig, fresh: bool, argv: list[str] | None):
+    def __init__(self, cfg: QADemoConfig, fresh: bool, argv: list[str] | None, prepare: bool = True):
         from finegrain.experiments.detox.demo import Progress  # one heartbeat for every demo
 
         self.cfg, self.argv, self.say = cfg, argv, Progress()
         self.data = Path(cfg.data) if cfg.data else Path(os.path.relpath(DEFAULT_DATA))  # relative: no machine path in reports
         if not self.data.is_file():
             raise ConfigError(f"--data: {self.data} does not exist (pass a QA file: QA-Feedback .json, qa.json or finegrain .jsonl)")
-        self.out = prepare_out(cfg, fresh)
+        # a worker process (prepare=False) works in the folder its parent prepared and checked
+        self.out = prepare_out(cfg, fresh) if prepare else Path(cfg.out)
         self.split_dir, self.rm_dir, self.sft_dir = self.out / "data", self.out / "rm", self.out / "sft"
         self.train_file, self.heldout_file = self.split_dir / "train.jsonl", self.split_dir / "heldout.jsonl"
         timing_file = self.out / "timings.json"
@@ -196,15 +199,64 @@ class Demo:
         # the CPU time is what the stage takes on one idle core, whatever else the machine runs
         self.timings: dict[str, float] = saved.get("wall_s", {})
         self.cpu: dict[str, float] = saved.get("cpu_s", {})
+        self._judges: tuple[Any, Any] | None = None
 
-    def timed(self, name: str, func, *args) -> None:
+    def record(self, name: str, wall: float, cpu: float) -> None:
+        """A finished unit's wall-clock and CPU seconds, in timings.json (written by the demo's main process only)."""
         from finegrain.io import atomic_write_json
 
-        t0, c0 = time.perf_counter(), time.process_time()
-        func(*args)
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        self.cpu[name] = round(time.process_time() - c0, 1)
+        self.timings[name], self.cpu[name] = round(wall, 1), round(cpu, 1)
         atomic_write_json(self.out / "timings.json", {"wall_s": self.timings, "cpu_s": self.cpu})
+
+    def done(self, unit: Unit) -> bool:
+        """Whether a unit's output exists (it is then kept)."""
+        name = unit.stage
+        if name == "split":
+            return (self.split_dir / "split.json").is_file() and self.heldout_file.is_file()
+        if name == "sft":
+            return (self.sft_dir / "final").is_dir()
+        if name == "rm-eval":
+            return (self.rm_dir / "heldout.json").is_file()
+        if name.startswith("rm-"):
+            return (self.rm_dir / name[3:] / "finegrain_rm.json").is_file()
+        if name == "eval-sft":
+            return (self.sft_dir / "eval" / "metrics.json").is_file()
+        if name.startswith("eval-"):
+            return (self.cfg.seed_folder(self.out, unit.seed) / name[5:] / "eval" / "metrics.json").is_file()
+        if name in PPO_RUNS or name in PREF_RUNS:
+            return (self.cfg.seed_folder(self.out, unit.seed) / name / "final").is_dir()
+        return False
+
+    def run(self, unit: Unit) -> None:
+        """Run one unit (the report is not one: see `report`)."""
+        name = unit.stage
+        if name == "split":
+            self.split()
+        elif name == "sft":
+            self.sft()
+        elif name == "rm-eval":
+            self.rm_eval()
+        elif name.startswith("rm-"):
+            self.rm(name[3:])
+        elif name in PPO_RUNS:
+            self.ppo(name, unit.seed)
+        elif name in PREF_RUNS:
+            self.pref(name, unit.seed)
+        elif name.startswith("eval-"):
+            if self._judges is None:
+                from finegrain.data.load import load_examples
+                from finegrain.experiments.qa.metrics import load_judges
+
+                self._judges = (load_judges(self.rm_dir, self.heldout_file), load_examples(self.heldout_file)[: self.cfg.eval_questions])
+            judges, examples = self._judges
+            policy = name[5:]
+            if policy == "sft":
+                self.evaluate(self.sft_dir, LABELS[policy], self.cfg.seeds[0], judges, examples, None)
+            else:
+                folder = self.cfg.seed_folder(self.out, unit.seed) / policy
+                self.evaluate(folder, LABELS[policy], unit.seed, judges, examples, self.sft_dir / "eval")
+        else:
+            raise ConfigError(f"stage {name!r} is not a unit of work")
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -316,6 +368,52 @@ def check_stage_configs(cfg: QADemoConfig) -> None:
     recipe_stage_config("sft", "sft", train_file=x, policy=x, out=x, seed=0, overrides=cfg.group("sft"))
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a stage, or a per-seed stage (a policy's training or evaluation) for one seed."""
+
+    stage: str
+    seed: int | None = None
+
+    def label(self, seeds: list[int]) -> str:
+        return f"{self.stage} (seed {self.seed})" if self.seed is not None and len(seeds) > 1 else self.stage
+
+    def slug(self) -> str:
+        return self.stage if self.seed is None else f"{self.stage}-seed-{self.seed}"
+
+
+def per_seed(stage: str) -> bool:
+    return stage in PPO_RUNS or stage in PREF_RUNS or (stage.startswith("eval-") and stage != "eval-sft")
+
+
+def plan(cfg: QADemoConfig) -> list[Unit]:
+    """The units of the selected stages, in the order the sequential demo runs them."""
+    wanted = set(cfg.stages) or set(all_stages(cfg.seeds))
+    return [Unit(s, seed) for s in all_stages(cfg.seeds) if s in wanted for seed in (cfg.seeds if per_seed(s) else [None])]
+
+
+def needs(unit: Unit, seeds: list[int]) -> list[Unit]:
+    """The units whose outputs `unit` reads (the demo's dependency graph)."""
+    rms = [Unit(f"rm-{r}") for r in RM_ROLES]
+    name = unit.stage
+    if name in ("sft", "split") or name.startswith("rm-") and name != "rm-eval":
+        return [] if name == "split" else [Unit("split")]
+    if name in PPO_RUNS:
+        import yaml
+
+        rewards = yaml.safe_load(config_file(PPO_RUNS[name]).read_text(encoding="utf-8"))["rewards"]
+        return [Unit("sft"), *(Unit(f"rm-{r['name']}") for r in rewards if r.get("name") in RM_ROLES)]
+    if name in PREF_RUNS:
+        return [Unit("sft")]
+    if name == "eval-sft":
+        return [Unit("sft"), *rms]
+    if name.startswith("eval-"):
+        return [Unit(name[5:], unit.seed), Unit("eval-sft"), *rms]
+    if name == "rm-eval":
+        return [Unit("split"), *rms]
+    return [u for s in all_stages(seeds) if s != "report" for u in (Unit(s, x) for x in (seeds if per_seed(s) else [None]))]
+
+
 def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
     """Run (or finish) the QA demo; returns the path of report.md (or of the last stage's output)."""
     import torch
@@ -324,56 +422,108 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
         torch.set_num_threads(cfg.threads)
     check_stage_configs(cfg)
     demo = Demo(cfg, fresh, argv)
-    wanted = set(cfg.stages) or set(all_stages(cfg.seeds))
-    stages = [s for s in all_stages(cfg.seeds) if s in wanted]
-    total, say = len(stages), demo.say
-
-    def stage(i: int, name: str, done: bool, func, *args) -> None:
-        bar = "#" * (i * 20 // total) + "." * (20 - i * 20 // total)
-        if done:
-            say(f"[{bar}] {i + 1}/{total} {name}: done earlier, kept")
-            return
-        say(f"[{bar}] {i + 1}/{total} {name}")
-        demo.timed(name, func, *args)
-
-    judges = examples = None
-    for i, name in enumerate(stages):
-        if name == "split":
-            stage(i, name, (demo.split_dir / "split.json").is_file() and demo.heldout_file.is_file(), demo.split)
-        elif name == "sft":
-            stage(i, name, (demo.sft_dir / "final").is_dir(), demo.sft)
-        elif name.startswith("rm-") and name != "rm-eval":
-            role = name[3:]
-            stage(i, name, (demo.rm_dir / role / "finegrain_rm.json").is_file(), demo.rm, role)
-        elif name in PPO_RUNS or name in PREF_RUNS:
-            for seed in cfg.seeds:
-                done = (cfg.seed_folder(demo.out, seed) / name / "final").is_dir()
-                stage(i, f"{name} (seed {seed})" if len(cfg.seeds) > 1 else name, done, demo.ppo if name in PPO_RUNS else demo.pref, name, seed)
-        elif name.startswith("eval-"):
-            policy = name[5:]
-            if judges is None:
-                from finegrain.data.load import load_examples
-                from finegrain.experiments.qa.metrics import load_judges
-
-                examples = load_examples(demo.heldout_file)[: cfg.eval_questions]
-                judges = load_judges(demo.rm_dir, demo.heldout_file)
-            folders = [demo.sft_dir] if policy == "sft" else [cfg.seed_folder(demo.out, s) / policy for s in cfg.seeds]
-            for seed, folder in zip(cfg.seeds, folders):
-                baseline = None if policy == "sft" else demo.sft_dir / "eval"
-                stage(i, f"{name} (seed {seed})" if len(folders) > 1 else name, (folder / "eval" / "metrics.json").is_file(),
-                      demo.evaluate, folder, LABELS[policy], seed, judges, examples, baseline)
-        elif name == "rm-eval":
-            stage(i, name, (demo.rm_dir / "heldout.json").is_file(), demo.rm_eval)
-        elif name == "report":
-            path = demo.report()
-            say(f"[{'#' * 20}] {total}/{total} report: {path}")
-    path = demo.report() if (demo.out / "sft").is_dir() or "report" in stages else demo.out
-    say(f"done in {say.elapsed() / 60:.1f} min: {path}")
+    units = plan(cfg)
+    if cfg.workers > 1:
+        _run_parallel(demo, units)
+    else:
+        for i, unit in enumerate(units):
+            bar = "#" * (i * 20 // len(units)) + "." * (20 - i * 20 // len(units))
+            label = unit.label(cfg.seeds)
+            if unit.stage == "report":
+                demo.say(f"[{bar}] {i + 1}/{len(units)} report: {demo.report()}")
+            elif demo.done(unit):
+                demo.say(f"[{bar}] {i + 1}/{len(units)} {label}: done earlier, kept")
+            else:
+                demo.say(f"[{bar}] {i + 1}/{len(units)} {label}")
+                t0, c0 = time.perf_counter(), time.process_time()
+                demo.run(unit)
+                demo.record(label, time.perf_counter() - t0, time.process_time() - c0)
+    path = demo.report() if (demo.out / "sft").is_dir() or any(u.stage == "report" for u in units) else demo.out
+    demo.say(f"done in {demo.say.elapsed() / 60:.1f} min: {path}")
     return path
 
 
+def _run_parallel(demo: Demo, units: list[Unit]) -> None:
+    """Run the units in `cfg.workers` processes at once, each unit once its inputs exist.
+
+    Each unit runs in a fresh process (spawned: torch's threads and memory start clean) that writes its
+    output to OUT/logs/<unit>.log; this process prints one line when a unit starts and one when it ends,
+    and records the timings. A failed unit stops new starts; the running ones finish; the error names the
+    unit and its log. Run the same command again to go on (every stage resumes)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from finegrain.errors import StageFailed
+
+    cfg, say = demo.cfg, demo.say
+    selected = {u for u in units if u.stage != "report"}
+    finished = {u for u in selected if demo.done(u)}
+    for u in units:
+        if u in finished:
+            say(f"{u.label(cfg.seeds)}: done earlier, kept")
+    pending = [u for u in units if u in selected and u not in finished]
+    total, logs = len(pending), demo.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running: dict[Any, Unit] = {}
+    failures: list[tuple[Unit, BaseException]] = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg.workers, mp_context=context, max_tasks_per_child=1) as pool:
+        while pending or running:
+            for u in [u for u in pending if not failures]:
+                if len(running) >= cfg.workers:
+                    break
+                if all(d in finished or d not in selected for d in needs(u, cfg.seeds)):
+                    pending.remove(u)
+                    running[pool.submit(_run_unit_process, cfg, u, str(logs / f"{u.slug()}.log"))] = u
+                    say(f"{u.label(cfg.seeds)}: started ({len(running)} running, log {logs / (u.slug() + '.log')})")
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                u = running.pop(future)
+                try:
+                    wall, cpu = future.result()
+                except BaseException as err:  # noqa: BLE001 -- reported below, with the unit and its log
+                    failures.append((u, err))
+                    say(f"{u.label(cfg.seeds)}: FAILED ({type(err).__name__}: {err})")
+                    continue
+                finished.add(u)
+                demo.record(u.label(cfg.seeds), wall, cpu)
+                left = len(pending) + len(running)
+                bar = "#" * ((total - left) * 20 // max(total, 1)) + "." * (20 - (total - left) * 20 // max(total, 1))
+                say(f"[{bar}] {total - left}/{total} {u.label(cfg.seeds)}: done in {wall / 60:.1f} min")
+    if failures:
+        u, err = failures[0]
+        raise StageFailed(f"stage {u.label(cfg.seeds)} failed: {type(err).__name__}: {err} (its output: {logs / (u.slug() + '.log')}); "
+                          "run the same command again to go on from there") from err
+
+
+def _run_unit_process(cfg: QADemoConfig, unit: Unit, log: str) -> tuple[float, float]:
+    """In a worker process: run one unit with its output in `log`; returns (wall, CPU) seconds."""
+    import traceback
+
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)  # this process runs one unit and exits: its stdout and stderr are the log from here on
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        demo = Demo(cfg, fresh=False, argv=None, prepare=False)
+        t0, c0 = time.perf_counter(), time.process_time()
+        demo.run(unit)
+        return time.perf_counter() - t0, time.process_time() - c0
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
-    """`finegrain demo qa [GROUP.key=value ...] [--data F] [--stage S ...] [--seeds ...]`."""
+    """`finegrain demo qa [GROUP.key=value ...] [--data F] [--stage S ...] [--seeds ...] [--workers N]`."""
     kwargs: dict[str, Any] = dict(out=args.out or "runs/demo-qa", seeds=args.seeds, policy=args.policy, threads=args.threads,
                                   overrides=overrides, stages=args.stage or [], data=args.data,
                                   skip_incomplete=not args.strict)
@@ -383,6 +533,10 @@ def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
         kwargs["eval_questions"] = args.eval_prompts
     if args.steps is not None:  # PPO, DPO and SimPO steps
         kwargs["overrides"] = [f"ppo.run.steps={args.steps}", f"pref.run.steps={args.steps}", *overrides]
+    if args.workers is not None:
+        kwargs["workers"] = args.workers
+        if args.threads is None:  # the cores shared among the workers
+            kwargs["threads"] = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     cfg = QADemoConfig(**kwargs)
     path = run_demo(cfg, fresh=args.fresh, argv=sys.argv[3:] if sys.argv[1:3] == ["demo", "qa"] else None)
     print(path)
