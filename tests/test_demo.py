@@ -292,6 +292,32 @@ def test_demo_over_several_seeds_reports_mean_and_spread(tiny, tmp_path, one_thr
     assert "Judge:" not in report  # --judge none
 
 
+@pytest.mark.embedded
+def test_demo_workers_run_both_arms_side_by_side_and_resume_an_interrupted_run(tiny, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "demo"
+    args = ["demo", "detox", *TINY_TRAINING[:-1], "run.save_every=1", "--out", str(out), "--policy", str(tiny), "--steps", "2",
+            "--eval-prompts", "2", "--eval-samples", "2", "--judge", "none", "--workers", "2", "--set", TINY_TRAINING[-1]]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "train holistic: started" in err and "train finegrained: started" in err and "2 running" in err
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"evaluate initial", "train holistic", "evaluate holistic", "train finegrained", "evaluate finegrained"}
+    for phase in ("train-holistic", "evaluate-finegrained"):
+        assert (out / "logs" / f"{phase}.log").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| Holistic RLHF | " in report and "| Fine-grained RLHF | " in report
+    # an interrupted run (no final policy, no evaluation) goes on from its last checkpoint
+    shutil.rmtree(out / "holistic" / "final")
+    shutil.rmtree(out / "holistic" / "eval")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "Fine-grained RLHF: already trained and evaluated" in err and "train finegrained: started" not in err
+    assert "from its last checkpoint" in (out / "logs" / "train-holistic.log").read_text()
+    assert (out / "holistic" / "eval" / "metrics.json").is_file()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "smollm2-135m", "--prompts", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err

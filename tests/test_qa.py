@@ -380,8 +380,6 @@ def test_qa_cli_errors_are_one_line_and_come_before_any_model(tmp_path, capsys):
     assert "--prompts: --task qa needs the held-out questions" in capsys.readouterr().err
     assert main(["demo", "detox", "--stage", "split"]) == 2
     assert "options of `finegrain demo qa`" in capsys.readouterr().err
-    assert main(["demo", "detox", "--workers", "2"]) == 2
-    assert "--workers are options of `finegrain demo qa`" in capsys.readouterr().err
     assert main(["demo", "qa", "--out", out + "-w", "--workers", "0"]) == 2
     assert "workers" in capsys.readouterr().err and not Path(out + "-w").exists()
 

@@ -50,11 +50,13 @@ class DemoConfig(ConfigBase):
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value settings for both training runs"})
     judge: str = field(default="judge", metadata={"help": "independent toxicity judge for the table (judge: the shipped one; a folder from "
                                                           "`finegrain rm judge`; none: no judge)"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: torch's; 1 is faster on a crowded machine); with workers: per worker"})
+    workers: int = field(default=1, metadata={"help": "phases run at once, each in its own process once its inputs exist (the initial evaluation and both runs' training)"})
 
     def __post_init__(self) -> None:
         from finegrain.experiments.detox.task import MODES
 
+        check_range(self, "workers", 1)
         check_range(self, "steps", 1)
         check_range(self, "heldout", 1)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -105,7 +107,7 @@ def prepare_out(cfg: DemoConfig, fresh: bool) -> Path:
     if fresh and out.exists():
         shutil.rmtree(out)
     # `modes` may differ: `--only holistic` and `--only finegrained` can fill one folder side by side
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("modes", "threads")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("modes", "threads", "workers")}
     previous = _settings_file(out)
     if previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8"))
@@ -154,12 +156,92 @@ def evaluate_into(
     return result
 
 
+Phase = tuple[str, str, int]  # ("train" | "evaluate", INITIAL or a mode, seed)
+
+
+def phases(cfg: DemoConfig) -> list[Phase]:
+    """The demo's work in its sequential order: per seed, the initial policy's evaluation, then each run's
+    training and evaluation."""
+    out: list[Phase] = []
+    for seed in cfg.seeds:
+        out.append(("evaluate", INITIAL, seed))
+        for mode in cfg.modes:
+            out += [("train", mode, seed), ("evaluate", mode, seed)]
+    return out
+
+
+def phase_label(cfg: DemoConfig, phase: Phase) -> str:
+    """The timings' key of a phase, e.g. "train holistic (seed 1)"."""
+    action, name, seed = phase
+    return f"{action} {name}" + ("" if len(cfg.seeds) == 1 else f" (seed {seed})")
+
+
+class Phases:
+    """What the phases share: the held-out prompts, the training prompt file, the scorers and the
+    initial policy (loaded on first use, once per process)."""
+
+    def __init__(self, cfg: DemoConfig, out: Path, heldout: list["Example"], train_file: Path | str, say: Progress):
+        self.cfg, self.out, self.heldout, self.train_file, self.say = cfg, out, heldout, train_file, say
+        self._models: tuple | None = None
+
+    def models(self) -> tuple:
+        """(scorer, judge or None, the initial policy, its tokenizer)."""
+        if self._models is None:
+            from finegrain.models import load_policy
+            from finegrain.rewards.toxicity import ProfanityCheckScorer, load_scorer
+
+            judge = None if self.cfg.judge == "none" else load_scorer(self.cfg.judge)
+            self._models = (ProfanityCheckScorer(), judge, *load_policy(self.cfg.policy))
+        return self._models
+
+    def done(self, phase: Phase) -> bool:
+        action, name, seed = phase
+        folder = self.cfg.seed_folder(self.out, seed) / name
+        evaluated = (folder / "eval" / "metrics.json").is_file()
+        return evaluated or (action == "train" and (folder / "final").is_dir())
+
+    def needs(self, phase: Phase) -> tuple[Phase, ...]:
+        action, name, seed = phase
+        return (("train", name, seed),) if action == "evaluate" and name != INITIAL else ()
+
+    def run(self, phase: Phase) -> None:
+        import torch
+
+        action, name, seed = phase
+        cfg, folder = self.cfg, self.cfg.seed_folder(self.out, phase[2]) / name
+        label = LABELS[name] + ("" if len(cfg.seeds) == 1 else f" (seed {seed})")
+        if action == "train":
+            from finegrain.experiments.detox.task import detox_config
+            from finegrain.rl.trainer import run_training
+
+            run_cfg = detox_config(name, prompts=self.train_file, out=folder, steps=cfg.steps, seed=seed,
+                                   overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
+            from finegrain.kernel.checkpoint import latest_checkpoint
+
+            resume = latest_checkpoint(folder) is not None  # an interrupted run goes on from its last checkpoint
+            if folder.exists() and not resume:  # one without a checkpoint starts again
+                shutil.rmtree(folder)
+            self.say(f"{label}: training {cfg.steps} PPO steps ({run_cfg.ppo.prompts_per_step} prompts x "
+                     f"{run_cfg.sampling.samples_per_prompt} samples x {run_cfg.sampling.max_new_tokens} tokens per step, "
+                     f"reward normalisation {run_cfg.ppo.reward_norm}){' from its last checkpoint' if resume else ''}")
+            run_training(run_cfg, resume=resume)
+            return
+        scorer, judge, reference, tokenizer = self.models()
+        if name == INITIAL:
+            evaluate_into(folder, label, reference, tokenizer, self.heldout, scorer, reference, cfg.sampling(seed), self.say, judge)
+            return
+        from finegrain.models import load_policy
+
+        policy, _ = load_policy(str(folder / "final"))
+        evaluate_into(folder, label, policy, tokenizer, self.heldout, scorer, reference, cfg.sampling(seed), self.say, judge)
+        del policy
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
 def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
     """Run (or finish) the demo; returns the path of report.md."""
     import torch
 
-    from finegrain.models import load_policy
-    from finegrain.rewards.toxicity import ProfanityCheckScorer, load_scorer
     from finegrain.experiments.detox.task import detox_config, load_detox_split, shipped_prompt_files, write_prompts
 
     say = Progress()
@@ -178,49 +260,39 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
     def report() -> Path:
         return write_demo_report(cfg, out, split.source, len(split.train), len(heldout), timings, argv)
 
-    # 2. The initial policy: the reference for perplexity, and the first row of the table.
-    scorer = ProfanityCheckScorer()
-    judge = None if cfg.judge == "none" else load_scorer(cfg.judge)
-    reference, tokenizer = load_policy(cfg.policy)
-    for seed in cfg.seeds:
-        folder = cfg.seed_folder(out, seed)
-        tag = "" if len(cfg.seeds) == 1 else f" (seed {seed})"
-        settings = cfg.sampling(seed)
-        if not (folder / INITIAL / "eval" / "metrics.json").is_file():
-            t0 = time.perf_counter()
-            evaluate_into(folder / INITIAL, LABELS[INITIAL] + tag, reference, tokenizer, heldout, scorer, reference, settings, say, judge)
-            timings[f"evaluate {INITIAL}{tag}"] = time.perf_counter() - t0
-            report()
-        # 3. Each run: train, then evaluate its final policy on the same prompts with the same seed.
-        for mode in cfg.modes:
-            run_folder = folder / mode
-            label = LABELS[mode] + tag
-            if (run_folder / "eval" / "metrics.json").is_file():
-                say(f"{label}: already trained and evaluated in {run_folder}, kept")
-                continue
-            run_cfg = detox_config(mode, prompts=train_file, out=run_folder, steps=cfg.steps, seed=seed,
-                                   overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
-            if not (run_folder / "final").is_dir():
-                from finegrain.rl.trainer import run_training
+    # 2. The initial policy's evaluation (the reference for perplexity, the table's first row), then
+    # each run: train, and evaluate its final policy on the same prompts with the same seed.
+    work = Phases(cfg, out, heldout, train_file, say)
+    todo = [p for p in phases(cfg) if not work.done(p)]
+    for action, name, seed in phases(cfg):
+        if action == "evaluate" and name != INITIAL and work.done((action, name, seed)):
+            say(f"{LABELS[name]}{'' if len(cfg.seeds) == 1 else f' (seed {seed})'}: already trained and evaluated in "
+                f"{cfg.seed_folder(out, seed) / name}, kept")
+    if cfg.workers > 1:
+        from finegrain.experiments.parallel import Job, run_jobs
 
-                if run_folder.exists():  # an interrupted run without a checkpoint: start it again
-                    shutil.rmtree(run_folder)
-                say(f"{label}: training {cfg.steps} PPO steps ({run_cfg.ppo.prompts_per_step} prompts x "
-                    f"{run_cfg.sampling.samples_per_prompt} samples x {run_cfg.sampling.max_new_tokens} tokens per step, "
-                    f"reward normalisation {run_cfg.ppo.reward_norm})")
-                t0 = time.perf_counter()
-                run_training(run_cfg)
-                timings[f"train {mode}{tag}"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            policy, _ = load_policy(str(run_folder / "final"))
-            evaluate_into(run_folder, label, policy, tokenizer, heldout, scorer, reference, settings, say, judge)
-            timings[f"evaluate {mode}{tag}"] = time.perf_counter() - t0
-            del policy
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        def record(job: Job, wall: float, cpu: float) -> None:
+            timings[job.label] = wall
             report()
+
+        jobs = [Job(p, phase_label(cfg, p), out / "logs" / f"{phase_label(cfg, p).replace(' ', '-').replace('(', '').replace(')', '')}.log",
+                    _run_phase, (cfg, out, heldout, str(train_file), p), work.needs(p), cfg.threads) for p in todo]
+        run_jobs(jobs, cfg.workers, say, record)
+    else:
+        for p in todo:
+            t0 = time.perf_counter()
+            work.run(p)
+            timings[phase_label(cfg, p)] = time.perf_counter() - t0
+            if p[0] == "evaluate":
+                report()
     path = report()
     say(f"done in {say.elapsed() / 60:.1f} min: {path} and {out / 'curves.png'}")
     return path
+
+
+def _run_phase(cfg: DemoConfig, out: Path, heldout: list["Example"], train_file: str, phase: Phase) -> None:
+    """One phase in a worker process (experiments/parallel.py), in the folder the main process prepared."""
+    Phases(cfg, out, heldout, train_file, Progress()).run(phase)
 
 
 def write_demo_report(cfg: DemoConfig, out: Path, source: str, n_train: int, n_heldout: int,

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default="judge", help="independent toxicity judge for the table: judge (shipped), a folder from `finegrain rm judge`, or none")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is faster on a crowded machine)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="qa: stages run at once, each in its own process once its inputs exist (e.g. the four RMs, both PPO arms); "
-                             "--threads is then per worker (default: the cores shared among them)")
+                        help="stages run at once, each in its own process once its inputs exist (detox: the initial evaluation and both "
+                             "runs; qa: e.g. the four RMs, both PPO arms); --threads is then per worker (default: the cores shared among them)")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
     parser.set_defaults(func=_demo)
 
@@ -51,9 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
         return demo_command(args, overrides)
     if task != "detox":
         raise ConfigError(f"demo: {task!r} is not a demo; choose detox or qa")
-    if args.data or args.stage or args.strict or args.workers is not None:
-        raise ConfigError("demo detox: --data, --stage, --strict and --workers are options of `finegrain demo qa` "
-                          "(detox: `--only holistic` and `--only finegrained` in two processes fill one --out side by side)")
+    if args.data or args.stage or args.strict:
+        raise ConfigError("demo detox: --data, --stage and --strict are options of `finegrain demo qa`")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")
@@ -63,6 +62,9 @@ def _demo(args: argparse.Namespace) -> int:
         kwargs["steps"] = args.steps
     if args.only:
         kwargs["modes"] = [args.only]
+    from finegrain.experiments.parallel import worker_settings
+
+    kwargs.update(worker_settings(args.workers, args.threads))
     cfg = DemoConfig(**kwargs)
     path = run_demo(cfg, fresh=args.fresh, argv=sys.argv[3:] if sys.argv[1:3] == ["demo", "detox"] else None)
     print(path)

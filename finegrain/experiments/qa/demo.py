@@ -444,82 +444,24 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
 
 
 def _run_parallel(demo: Demo, units: list[Unit]) -> None:
-    """Run the units in `cfg.workers` processes at once, each unit once its inputs exist.
+    """The units not yet done, `cfg.workers` at a time, each once its inputs exist (experiments/parallel.py)."""
+    from finegrain.experiments.parallel import Job, run_jobs
 
-    Each unit runs in a fresh process (spawned: torch's threads and memory start clean) that writes its
-    output to OUT/logs/<unit>.log; this process prints one line when a unit starts and one when it ends,
-    and records the timings. A failed unit stops new starts; the running ones finish; the error names the
-    unit and its log. Run the same command again to go on (every stage resumes)."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from finegrain.errors import StageFailed
-
-    cfg, say = demo.cfg, demo.say
-    selected = {u for u in units if u.stage != "report"}
-    finished = {u for u in selected if demo.done(u)}
+    cfg, logs = demo.cfg, demo.out / "logs"
+    jobs = []
     for u in units:
-        if u in finished:
-            say(f"{u.label(cfg.seeds)}: done earlier, kept")
-    pending = [u for u in units if u in selected and u not in finished]
-    total, logs = len(pending), demo.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    running: dict[Any, Unit] = {}
-    failures: list[tuple[Unit, BaseException]] = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(cfg.workers, mp_context=context, max_tasks_per_child=1) as pool:
-        while pending or running:
-            for u in [u for u in pending if not failures]:
-                if len(running) >= cfg.workers:
-                    break
-                if all(d in finished or d not in selected for d in needs(u, cfg.seeds)):
-                    pending.remove(u)
-                    running[pool.submit(_run_unit_process, cfg, u, str(logs / f"{u.slug()}.log"))] = u
-                    say(f"{u.label(cfg.seeds)}: started ({len(running)} running, log {logs / (u.slug() + '.log')})")
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                u = running.pop(future)
-                try:
-                    wall, cpu = future.result()
-                except BaseException as err:  # noqa: BLE001 -- reported below, with the unit and its log
-                    failures.append((u, err))
-                    say(f"{u.label(cfg.seeds)}: FAILED ({type(err).__name__}: {err})")
-                    continue
-                finished.add(u)
-                demo.record(u.label(cfg.seeds), wall, cpu)
-                left = len(pending) + len(running)
-                bar = "#" * ((total - left) * 20 // max(total, 1)) + "." * (20 - (total - left) * 20 // max(total, 1))
-                say(f"[{bar}] {total - left}/{total} {u.label(cfg.seeds)}: done in {wall / 60:.1f} min")
-    if failures:
-        u, err = failures[0]
-        raise StageFailed(f"stage {u.label(cfg.seeds)} failed: {type(err).__name__}: {err} (its output: {logs / (u.slug() + '.log')}); "
-                          "run the same command again to go on from there") from err
+        if u.stage == "report":
+            continue
+        if demo.done(u):
+            demo.say(f"{u.label(cfg.seeds)}: done earlier, kept")
+            continue
+        jobs.append(Job(u, u.label(cfg.seeds), logs / f"{u.slug()}.log", _run_unit, (cfg, u), tuple(needs(u, cfg.seeds)), cfg.threads))
+    run_jobs(jobs, cfg.workers, demo.say, lambda job, wall, cpu: demo.record(job.label, wall, cpu))
 
 
-def _run_unit_process(cfg: QADemoConfig, unit: Unit, log: str) -> tuple[float, float]:
-    """In a worker process: run one unit with its output in `log`; returns (wall, CPU) seconds."""
-    import traceback
-
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)  # this process runs one unit and exits: its stdout and stderr are the log from here on
-    import torch
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        demo = Demo(cfg, fresh=False, argv=None, prepare=False)
-        t0, c0 = time.perf_counter(), time.process_time()
-        demo.run(unit)
-        return time.perf_counter() - t0, time.process_time() - c0
-    except BaseException:
-        traceback.print_exc()
-        raise
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+def _run_unit(cfg: QADemoConfig, unit: Unit) -> None:
+    """One unit in a worker process, in the folder the main process prepared and checked."""
+    Demo(cfg, fresh=False, argv=None, prepare=False).run(unit)
 
 
 def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
@@ -533,10 +475,9 @@ def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
         kwargs["eval_questions"] = args.eval_prompts
     if args.steps is not None:  # PPO, DPO and SimPO steps
         kwargs["overrides"] = [f"ppo.run.steps={args.steps}", f"pref.run.steps={args.steps}", *overrides]
-    if args.workers is not None:
-        kwargs["workers"] = args.workers
-        if args.threads is None:  # the cores shared among the workers
-            kwargs["threads"] = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+    from finegrain.experiments.parallel import worker_settings
+
+    kwargs.update(worker_settings(args.workers, args.threads))
     cfg = QADemoConfig(**kwargs)
     path = run_demo(cfg, fresh=args.fresh, argv=sys.argv[3:] if sys.argv[1:3] == ["demo", "qa"] else None)
     print(path)
