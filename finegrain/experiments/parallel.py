@@ -7,8 +7,9 @@ finished job's wall-clock and CPU seconds to the demo, which keeps its timings i
 job stops new starts; the running ones finish; then one `StageFailed` names the job and its log (the
 traceback is there). Every demo stage resumes, so the same command goes on from there.
 
-On a small machine, one thread per worker uses the cores better than one process using all of them: a
-model of this size does not keep several threads busy.
+Measured on a 2-core machine (README): one thread made a detox phase 1.7x slower than two, so side by
+side pays where many stages are independent (the QA demo: 24 stages in 70.8 min, their times summing
+to 138.8) and little where a few chains wait on each other (the detox demo: 9.5 against 9.8 min).
 """
 
 from __future__ import annotations
