@@ -176,6 +176,12 @@ def phase_label(cfg: DemoConfig, phase: Phase) -> str:
     return f"{action} {name}" + ("" if len(cfg.seeds) == 1 else f" (seed {seed})")
 
 
+def phase_log(cfg: DemoConfig, out: Path, phase: Phase) -> Path:
+    """Where a worker writes a phase's output, e.g. logs/train-holistic-seed-1.log."""
+    action, name, seed = phase
+    return out / "logs" / (f"{action}-{name}" + ("" if len(cfg.seeds) == 1 else f"-seed-{seed}") + ".log")
+
+
 class Phases:
     """What the phases share: the held-out prompts, the training prompt file, the scorers and the
     initial policy (loaded on first use, once per process)."""
@@ -208,16 +214,15 @@ class Phases:
         import torch
 
         action, name, seed = phase
-        cfg, folder = self.cfg, self.cfg.seed_folder(self.out, phase[2]) / name
+        cfg, folder = self.cfg, self.cfg.seed_folder(self.out, seed) / name
         label = LABELS[name] + ("" if len(cfg.seeds) == 1 else f" (seed {seed})")
         if action == "train":
             from finegrain.experiments.detox.task import detox_config
+            from finegrain.kernel.checkpoint import latest_checkpoint
             from finegrain.rl.trainer import run_training
 
             run_cfg = detox_config(name, prompts=self.train_file, out=folder, steps=cfg.steps, seed=seed,
                                    overrides=[f"model.policy={cfg.policy}", *([f"run.threads={cfg.threads}"] if cfg.threads else []), *cfg.overrides])
-            from finegrain.kernel.checkpoint import latest_checkpoint
-
             resume = latest_checkpoint(folder) is not None  # an interrupted run goes on from its last checkpoint
             if folder.exists() and not resume:  # one without a checkpoint starts again
                 shutil.rmtree(folder)
@@ -275,8 +280,8 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False, argv: list[str] | None = N
             timings[job.label] = wall
             report()
 
-        jobs = [Job(p, phase_label(cfg, p), out / "logs" / f"{phase_label(cfg, p).replace(' ', '-').replace('(', '').replace(')', '')}.log",
-                    _run_phase, (cfg, out, heldout, str(train_file), p), work.needs(p), cfg.threads) for p in todo]
+        jobs = [Job(p, phase_label(cfg, p), phase_log(cfg, out, p), _run_phase, (cfg, out, heldout, str(train_file), p), work.needs(p), cfg.threads)
+                for p in todo]
         run_jobs(jobs, cfg.workers, say, record)
     else:
         for p in todo:
