@@ -386,18 +386,25 @@ def per_seed(stage: str) -> bool:
     return stage in PPO_RUNS or stage in PREF_RUNS or (stage.startswith("eval-") and stage != "eval-sft")
 
 
+def stage_units(stage: str, seeds: list[int]) -> list[Unit]:
+    """A stage's units: one per seed for a policy's training or evaluation, else one."""
+    return [Unit(stage, seed) for seed in (seeds if per_seed(stage) else [None])]
+
+
 def plan(cfg: QADemoConfig) -> list[Unit]:
     """The units of the selected stages, in the order the sequential demo runs them."""
     wanted = set(cfg.stages) or set(all_stages(cfg.seeds))
-    return [Unit(s, seed) for s in all_stages(cfg.seeds) if s in wanted for seed in (cfg.seeds if per_seed(s) else [None])]
+    return [u for s in all_stages(cfg.seeds) if s in wanted for u in stage_units(s, cfg.seeds)]
 
 
 def needs(unit: Unit, seeds: list[int]) -> list[Unit]:
     """The units whose outputs `unit` reads (the demo's dependency graph)."""
     rms = [Unit(f"rm-{r}") for r in RM_ROLES]
     name = unit.stage
-    if name in ("sft", "split") or name.startswith("rm-") and name != "rm-eval":
-        return [] if name == "split" else [Unit("split")]
+    if name == "split":
+        return []
+    if name == "sft" or (name.startswith("rm-") and name != "rm-eval"):
+        return [Unit("split")]
     if name in PPO_RUNS:
         import yaml
 
@@ -411,7 +418,7 @@ def needs(unit: Unit, seeds: list[int]) -> list[Unit]:
         return [Unit(name[5:], unit.seed), Unit("eval-sft"), *rms]
     if name == "rm-eval":
         return [Unit("split"), *rms]
-    return [u for s in all_stages(seeds) if s != "report" for u in (Unit(s, x) for x in (seeds if per_seed(s) else [None]))]
+    return [u for s in all_stages(seeds) if s != "report" for u in stage_units(s, seeds)]
 
 
 def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None = None) -> Path:
