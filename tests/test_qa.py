@@ -304,6 +304,26 @@ def test_every_units_inputs_come_before_it_in_the_sequential_order():
     assert Unit("dpo-span", 0) in plan(QADemoConfig(seeds=[0, 1], stages=["dpo-span"]))
 
 
+def test_side_by_side_starts_first_what_more_stages_wait_on():
+    """Among ready units, the one more units wait on (transitively) starts first; list order among equals.
+    The SFT evaluation, every other evaluation's win-rate baseline, goes before the training runs."""
+    from finegrain.experiments.parallel import Job, start_order
+    from finegrain.experiments.qa.demo import QADemoConfig, needs, plan
+
+    def job(key, *deps):
+        return Job(key, key, Path("log"), print, needs=deps)
+
+    jobs = [job("a"), job("b"), job("c", "b"), job("d", "c"), job("e", "a"), job("f", "outside")]
+    assert [j.key for j in start_order(jobs)] == ["b", "a", "c", "d", "e", "f"]  # b: 2 wait on it; a, c: 1 each, in list order
+
+    seeds = [0, 1]
+    units = [u for u in plan(QADemoConfig(seeds=seeds)) if u.stage != "report"]
+    order = [j.key for j in start_order([Job(u, u.stage, Path("log"), print, needs=tuple(needs(u, seeds))) for u in units])]
+    first_eval = min(order.index(u) for u in units if u.stage == "eval-sft")
+    assert order[:2] == [u for u in units if u.stage in ("split", "sft")][:2]
+    assert all(first_eval < order.index(u) for u in units if u.stage in ("ppo-holistic", "dpo-human", "preset-long"))
+
+
 def test_demo_qa_workers_run_stages_side_by_side_once_their_inputs_exist(tmp_path, tiny, tiny_bert):
     """--workers 2: each unit in its own process with its own log; timings kept by the main process; a
     failed unit is one error naming it and its log, and the same command goes on from there."""

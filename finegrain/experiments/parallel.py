@@ -41,15 +41,38 @@ def worker_settings(workers: int | None, threads: int | None) -> dict[str, int]:
     return {"workers": workers, "threads": threads if threads is not None else max(1, (os.cpu_count() or 1) // max(workers, 1))}
 
 
+def start_order(jobs: list[Job]) -> list[Job]:
+    """`jobs` in the order to start them when several are ready: the ones more jobs wait on (directly or
+    through others) first, list order among equals, so that a stage everything downstream needs (the QA
+    demo's SFT evaluation, the win-rate baseline of every other evaluation) does not wait behind
+    training runs that nothing waits on."""
+    keys = {j.key for j in jobs}
+    needed_by: dict[Hashable, set] = {j.key: set() for j in jobs}
+    for j in jobs:
+        for k in j.needs:
+            if k in keys:
+                needed_by[k].add(j.key)
+
+    def waiting(key: Hashable, seen: set) -> set:
+        for k in needed_by[key] - seen:
+            seen.add(k)
+            waiting(k, seen)
+        return seen
+
+    count = {j.key: len(waiting(j.key, set())) for j in jobs}
+    return sorted(jobs, key=lambda j: -count[j.key])  # sorted is stable: list order among equals
+
+
 def run_jobs(jobs: list[Job], workers: int, say: Callable[[str], None], record: Callable[[Job, float, float], None]) -> None:
-    """Run `jobs` (in list order where several are ready) with at most `workers` at once."""
+    """Run `jobs` with at most `workers` at once, each once the jobs it needs are done (`start_order`
+    among those ready)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from finegrain.errors import StageFailed
 
     keys = {j.key for j in jobs}
-    pending, finished = list(jobs), set()
+    pending, finished = start_order(jobs), set()
     running: dict[Any, Job] = {}
     failures: list[tuple[Job, BaseException]] = []
     total = len(jobs)
