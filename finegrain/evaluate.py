@@ -138,7 +138,8 @@ def sample_continuations(
 
 def response_logprobs_under(model: "PreTrainedModel", batches: Sequence["Sequences"], max_new_tokens: int, bf16: bool | None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """log p_model(y_t | prompt, y_<t) of every sampled response token, and the response mask,
-    padded to `max_new_tokens` so the batches stack. Shape: -> (B, T), (B, T) bool."""
+    padded to `max_new_tokens` so the batches stack; a prompt's k samples run its forward once
+    (`response_forward`'s `share_prompts`). Shape: -> (B, T), (B, T) bool."""
     import torch
     import torch.nn.functional as F
 
@@ -150,7 +151,7 @@ def response_logprobs_under(model: "PreTrainedModel", batches: Sequence["Sequenc
     with torch.no_grad(), autocast(device, precision_of(bf16)):
         for b in batches:
             pad = max_new_tokens - b.response_ids.shape[1]
-            logprobs.append(F.pad(response_logprobs(model, b.to(device)).float().cpu(), (0, pad)))
+            logprobs.append(F.pad(response_logprobs(model, b.to(device), share_prompts=True).float().cpu(), (0, pad)))
             masks.append(F.pad(b.response_mask.cpu(), (0, pad)))
     return torch.cat(logprobs), torch.cat(masks)
 

@@ -109,16 +109,17 @@ def test_rouge_l():
 
 
 def test_reference_logprobs_with_left_padding_match_unpadded_forwards():
+    """Also when a prompt repeats (its samples run the prompt's forward once)."""
     from finegrain.kernel.sequences import Sequences
 
     tok = tiny_tokenizer()
     model = tiny_model(len(tok))
-    prompts = ["the cat sat on the mat", "you idiot"]
-    responses = [[10, 11, 12], [13, 14, 15]]
+    prompts = ["the cat sat on the mat", "you idiot", "the cat sat on the mat"]
+    responses = [[10, 11, 12], [13, 14, 15], [16, 11, 10]]
     enc = tok(prompts, return_tensors="pt", padding=True)
-    batch = Sequences(enc["input_ids"], enc["attention_mask"].bool(), torch.tensor(responses), torch.ones(2, 3, dtype=torch.bool))
-    got, mask = response_logprobs_under(model, [batch], 5, bf16=False)  # (2, 5): padded to 5
-    assert mask.tolist() == [[True] * 3 + [False] * 2] * 2 and (got[:, 3:] == 0).all()
+    batch = Sequences(enc["input_ids"], enc["attention_mask"].bool(), torch.tensor(responses), torch.ones(3, 3, dtype=torch.bool))
+    got, mask = response_logprobs_under(model, [batch], 5, bf16=False)  # (3, 5): padded to 5
+    assert mask.tolist() == [[True] * 3 + [False] * 2] * 3 and (got[:, 3:] == 0).all()
     for b, prompt in enumerate(prompts):
         ids = torch.tensor([tok(prompt)["input_ids"] + responses[b]])
         with torch.no_grad():
