@@ -301,6 +301,8 @@ def test_every_units_inputs_come_before_it_in_the_sequential_order():
     assert set(needs(Unit("ppo-holistic", 0), [0])) == {Unit("sft"), Unit("rm-preference")}
     assert set(needs(Unit("preset-long", 1), [0, 1])) == {Unit("sft"), Unit("rm-relevance"), Unit("rm-factuality"), Unit("rm-completeness")}
     assert Unit("ppo-holistic", 1) in needs(Unit("eval-ppo-holistic", 1), [0, 1])
+    assert Unit("eval-sft", 0) in needs(Unit("eval-ppo-holistic", 1), [0, 1])  # the win-rate baseline: the first seed's SFT answers
+    assert [u for u in plan(QADemoConfig(seeds=[0, 1])) if u.stage == "eval-sft"] == [Unit("eval-sft", 0), Unit("eval-sft", 1)]
     assert Unit("dpo-span", 0) in plan(QADemoConfig(seeds=[0, 1], stages=["dpo-span"]))
 
 
@@ -346,13 +348,17 @@ def test_demo_qa_workers_run_stages_side_by_side_once_their_inputs_exist(tmp_pat
             "--seeds", "0", "1", *(x for s in stages for x in ("--stage", s)), *(x for o in tiny_settings(tiny_bert) for x in ("--set", o))]
     assert main(argv) == 0
     timings = json.loads((out / "timings.json").read_text())
-    units = ["split", "sft", "rm-relevance", "rm-preference", "eval-sft"] + [f"{s} (seed {x})" for s in ("ppo-holistic", "eval-ppo-holistic") for x in (0, 1)]
+    units = ["split", "sft", "rm-relevance", "rm-preference"] + [f"{s} (seed {x})" for s in ("eval-sft", "ppo-holistic", "eval-ppo-holistic") for x in (0, 1)]
     assert set(units) <= set(timings["wall_s"]) and all(timings["cpu_s"][u] > 0 for u in units)
     for x in (0, 1):
         m = json.loads((out / f"seed-{x}" / "ppo-holistic" / "eval" / "metrics.json").read_text())
         assert 0.0 <= m["win_rate"] <= 1.0
         assert (out / "logs" / f"eval-ppo-holistic-seed-{x}.log").is_file()
-    assert "Holistic PPO" in (out / "report.md").read_text()
+    # the SFT policy is evaluated at each seed's sampling too (the first seed's answers: the win-rate baseline)
+    sft = [json.loads((folder / "sft" / "eval" / "metrics.json").read_text()) for folder in (out, out / "seed-1")]
+    assert [m["settings"]["seed"] for m in sft] == [0, 1]
+    report = (out / "report.md").read_text()
+    assert "Holistic PPO" in report and "| SFT | 2 |" in report
     # run again: everything kept, nothing started
     run_demo(QADemoConfig(**base, stages=stages))
     assert json.loads((out / "timings.json").read_text()) == timings

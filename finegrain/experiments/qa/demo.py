@@ -220,7 +220,7 @@ class Demo:
         if name.startswith("rm-"):
             return (self.rm_dir / name[3:] / "finegrain_rm.json").is_file()
         if name == "eval-sft":
-            return (self.sft_dir / "eval" / "metrics.json").is_file()
+            return (self.sft_eval_dir(unit.seed) / "metrics.json").is_file()
         if name.startswith("eval-"):
             return (self.cfg.seed_folder(self.out, unit.seed) / name[5:] / "eval" / "metrics.json").is_file()
         if name in PPO_RUNS or name in PREF_RUNS:
@@ -251,7 +251,7 @@ class Demo:
             judges, examples = self._judges
             policy = name[5:]
             if policy == "sft":
-                self.evaluate(self.sft_dir, LABELS[policy], self.cfg.seeds[0], judges, examples, None)
+                self.evaluate(self.sft_dir, LABELS[policy], unit.seed, judges, examples, None, self.sft_eval_dir(unit.seed))
             else:
                 folder = self.cfg.seed_folder(self.out, unit.seed) / policy
                 self.evaluate(folder, LABELS[policy], unit.seed, judges, examples, self.sft_dir / "eval")
@@ -318,7 +318,17 @@ class Demo:
         self.say(f"{name} (seed {seed}): {cfg.run.steps} steps x {cfg.optim.batch_size} {'/'.join(cfg.data.pairs)} pairs")
         _train_recipe(f"finegrain.recipes.{recipe}", cfg, out)
 
-    def evaluate(self, folder: Path, label: str, seed: int, judges, examples, baseline: Path | None) -> None:
+    def sft_eval_dir(self, seed: int | None) -> Path:
+        """The SFT policy's evaluation at a seed's sampling: the first seed's in OUT/sft/eval (every other
+        evaluation's win-rate baseline), another seed's in its seed folder (OUT/seed-S/sft/eval), so that
+        the SFT row, like every policy's, spreads over the same sampling seeds."""
+        if seed is None or seed == self.cfg.seeds[0]:
+            return self.sft_dir / "eval"
+        return self.cfg.seed_folder(self.out, seed) / "sft" / "eval"
+
+    def evaluate(self, folder: Path, label: str, seed: int, judges, examples, baseline: Path | None, out: Path | None = None) -> None:
+        """Evaluate the policy in `folder` (its final/ when there is one) with `seed`'s sampling into
+        `out` (default: folder/eval)."""
         from finegrain.experiments.qa.metrics import AnswerSettings, evaluate_policy, format_metrics, read_answers, write_eval
         from finegrain.models import load_policy
 
@@ -328,7 +338,7 @@ class Demo:
         base = read_answers(baseline) if baseline is not None else None
         self.say(f"eval {label}: answering {len(examples)} held-out questions")
         result = evaluate_policy(policy, tokenizer, examples, judges, settings, base, str(baseline) if baseline else None)
-        write_eval(result, folder / "eval", {**asdict(settings), "heldout": str(self.heldout_file), "rms": str(self.rm_dir), "policy": str(policy_dir)})
+        write_eval(result, out or folder / "eval", {**asdict(settings), "heldout": str(self.heldout_file), "rms": str(self.rm_dir), "policy": str(policy_dir)})
         self.say(f"eval {label}:\n{format_metrics(result.metrics)}")
 
     def rm_eval(self) -> None:
@@ -341,7 +351,7 @@ class Demo:
     def report(self) -> Path:
         from finegrain.experiments.qa.report import write_qa_report
 
-        groups: dict[str, list[Path]] = {"sft": [self.sft_dir]}
+        groups: dict[str, list[Path]] = {"sft": [self.sft_dir, *(self.sft_eval_dir(s).parent for s in self.cfg.seeds[1:])]}
         for seed in self.cfg.seeds:
             for name in policy_runs():
                 groups.setdefault(name, []).append(self.cfg.seed_folder(self.out, seed) / name)
@@ -383,7 +393,8 @@ class Unit:
 
 
 def per_seed(stage: str) -> bool:
-    return stage in PPO_RUNS or stage in PREF_RUNS or (stage.startswith("eval-") and stage != "eval-sft")
+    """A policy's training or any evaluation (the SFT policy's too: each seed samples its own answers)."""
+    return stage in PPO_RUNS or stage in PREF_RUNS or stage.startswith("eval-")
 
 
 def stage_units(stage: str, seeds: list[int]) -> list[Unit]:
@@ -415,7 +426,7 @@ def needs(unit: Unit, seeds: list[int]) -> list[Unit]:
     if name == "eval-sft":
         return [Unit("sft"), *rms]
     if name.startswith("eval-"):
-        return [Unit(name[5:], unit.seed), Unit("eval-sft"), *rms]
+        return [Unit(name[5:], unit.seed), Unit("eval-sft", seeds[0]), *rms]  # the first seed's SFT answers: the win-rate baseline
     if name == "rm-eval":
         return [Unit("split"), *rms]
     return [u for s in all_stages(seeds) if s != "report" for u in stage_units(s, seeds)]
