@@ -481,3 +481,31 @@ def test_the_qa_report_pairs_fine_grained_and_holistic_by_seed(tmp_path):
     names = [x for name in ("fg", "hol") for x in ("--label", name) * 3]
     assert main(["report", "--task", "qa", *folders, *names, "--paired", "fg", "hol", "--out", str(tmp_path / "cli")]) == 0
     assert "| Rel. err. ↓ | 3 | -0.100 | [" in (tmp_path / "cli" / "report.md").read_text()
+
+
+def test_the_qa_report_compares_every_policy_with_sft_paired_by_sampling_seed(tmp_path):
+    """SFT evaluated at seeds 0-2 (seed 0 in the SFT run's folder, with its config; 1-2 in folders that hold
+    only an evaluation, whose sampling seed pairs them): each policy minus SFT, bold where the interval
+    leaves out 0."""
+    from finegrain.experiments.qa.metrics import QAMetrics
+    from finegrain.experiments.qa.report import write_qa_report
+
+    def evaluation(folder, rel, seed, config):
+        (folder / "eval").mkdir(parents=True)
+        if config:
+            (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"seed": seed}}))
+        metrics = QAMetrics(questions=5, relevance_error_rate=rel, rouge_l=0.2)
+        (folder / "eval" / "metrics.json").write_text(json.dumps({**metrics.to_json(), "settings": {"seed": seed}}))
+        return folder
+
+    groups = {"sft": [evaluation(tmp_path / "sft", 0.15, 0, True)] + [evaluation(tmp_path / f"seed-{s}" / "sft", 0.15 + s / 100, s, False) for s in (1, 2)]}
+    for name, rels in (("ppo-holistic", (0.20, 0.25, 0.22)), ("ppo-finegrained", (0.10, 0.12, 0.15))):
+        groups[name] = [evaluation(tmp_path / f"seed-{s}" / name, rel, s, True) for s, rel in enumerate(rels)]
+    text = write_qa_report(groups, tmp_path / "rep", {"sft": "SFT"}).read_text()
+    assert "| SFT | 3 | 0.160 ± 0.010 |" in text
+    # holistic - SFT: +0.05, +0.09, +0.05: mean 0.063, t(2) interval +-0.057 -> leaves out 0; fine-grained: -0.05, -0.04, -0.02 -> holds 0
+    assert "| ppo-holistic | 3 | **+0.063 [+0.006, +0.121]** |" in text
+    assert "| ppo-finegrained | 3 | -0.037 [-0.075, +0.001] |" in text
+    assert "| SFT | 3 | **" not in text and "minus SFT, paired by seed" in text
+    one = {k: v[:1] for k, v in groups.items()}
+    assert "minus SFT" not in write_qa_report(one, tmp_path / "rep1", {"sft": "SFT"}).read_text()

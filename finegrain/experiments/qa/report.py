@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from finegrain.experiments.qa.metrics import QAMetrics, read_metrics
 
@@ -53,6 +53,8 @@ def summarize(folder: str | Path, label: str | None = None) -> QARun:
     eval_file = folder / "eval" / "metrics.json"
     run = QARun(label or folder.name, folder, read_metrics(eval_file) if eval_file.is_file() else None)
     run.seed = (run_config(folder).get("run") or {}).get("seed")
+    if run.seed is None and eval_file.is_file():  # an evaluation of an untrained (or elsewhere trained) policy: its sampling seed
+        run.seed = (json.loads(eval_file.read_text(encoding="utf-8")).get("settings") or {}).get("seed")
     log = folder / "metrics.jsonl"
     if not log.is_file():
         return run
@@ -95,6 +97,38 @@ def paired_runs_table(a_runs: list[QARun], b_runs: list[QARun], a: str, b: str) 
     from finegrain.evaluate import metrics_by_seed, paired_table
 
     return paired_table(a, b, metrics_by_seed(a_runs), metrics_by_seed(b_runs), COLUMNS)
+
+
+VERSUS_COLUMNS = tuple(c for c in COLUMNS if c[0] not in ("win_rate", "factuality_error_rate", "duplicate_sentences", "length_tokens"))
+
+
+def versus_baseline_table(groups: dict[str, list[QARun]], baseline: str, columns: Sequence[tuple[str, str, str]] = VERSUS_COLUMNS) -> str:
+    """Each policy minus `baseline` (the SFT policy), paired by seed: one row per policy with two seeds or
+    more in common with it, one cell per metric: the mean difference and its 95% t interval, in bold
+    when the interval leaves out 0. A policy sampled with the same seed as the baseline gives the same
+    answer wherever training left it unchanged, so pairing takes most of the sampling noise out."""
+    from finegrain.evaluate import metrics_by_seed, paired_difference
+
+    base = metrics_by_seed(groups.get(baseline, []))
+    rows = [f"| minus {baseline}, paired by seed | Seeds | " + " | ".join(t for _, t, _ in columns) + " |",
+            "|---|---:|" + "|".join("---:" for _ in columns) + "|"]
+    for label, runs in groups.items():
+        mine = metrics_by_seed(runs)
+        seeds = sorted(set(mine) & set(base)) if label != baseline else []
+        if len(seeds) < 2:
+            continue
+        cells = []
+        for key, _, fmt in columns:
+            pairs = [(mine[s][key], base[s][key]) for s in seeds if mine[s].get(key) is not None and base[s].get(key) is not None]
+            if len(pairs) < 2:
+                cells.append("-")
+                continue
+            d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+            f = fmt.replace("{:", "{:+") if "+" not in fmt else fmt
+            cell = f"{f.format(d.mean)} [{f.format(d.low)}, {f.format(d.high)}]"
+            cells.append(cell if d.within_noise else f"**{cell}**")
+        rows.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str, Any]:
@@ -207,10 +241,11 @@ def plot_presets(groups: dict[str, list[QARun]], names: dict[str, str], path: Pa
 def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: dict[str, str] | None = None, *,
                     rm_dir: str | Path | None = None, settings: dict[str, Any] | None = None, command: str | None = None,
                     title: str = "Long-form QA: fine-grained vs holistic RLHF",
-                    paired: tuple[str, str] | None = ("ppo-finegrained", "ppo-holistic")) -> Path:
+                    paired: tuple[str, str] | None = ("ppo-finegrained", "ppo-holistic"), baseline: str | None = "sft") -> Path:
     """`report.md`, `rewards.png`, `presets.png` in `out_dir` from run folders grouped by policy (one
     folder per seed); returns the report's path. Folders that do not exist yet are left out. `paired`:
-    two keys of `groups` whose difference, paired by seed, gets a table when both have two seeds or more."""
+    two keys of `groups` whose difference, paired by seed, gets a table when both have two seeds or more;
+    `baseline`: the key every other policy is compared with, paired by seed (`versus_baseline_table`)."""
     from finegrain.io import atomic_write_text
 
     labels = labels or {}
@@ -234,6 +269,10 @@ def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: 
         if table:
             lines += [f"{a} minus {b}, paired by seed (a figure moves beyond the seeds' noise when its 95% t interval "
                       "does not hold 0):", "", table, ""]
+        versus = versus_baseline_table(runs, labels.get(baseline, baseline)) if baseline else ""
+        if versus:
+            lines += [f"Each policy minus {labels.get(baseline, baseline)}, paired by seed (the same seed samples both policies' "
+                      "answers): mean difference [95% t interval], in bold where the interval leaves out 0:", "", versus, ""]
     heldout_rm = Path(rm_dir) / "heldout.json" if rm_dir else None
     if heldout_rm is not None and heldout_rm.is_file():
         lines += ["Reward models on the held-out questions' annotated answers:", "", rm_table(json.loads(heldout_rm.read_text(encoding="utf-8"))), ""]
