@@ -4,6 +4,7 @@ inputs; a training smoke test per RM kind on a tiny BERT; the card; the CLI; bad
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -278,8 +279,11 @@ def test_cli_train_eval_on_finegrain_jsonl(tmp_path, tiny_backbone, capsys):
     write_jsonl(data, [qa_example(i, bad_second=i % 2 == 0) for i in range(6)])
     out = tmp_path / "rm"
     rc = main(["rm", "train", "--kind", "span", "--category", "relevance", "--train-file", str(data), "--out", str(out),
-               f"backbone={tiny_backbone}", "max_length=128", "epochs=1", "bf16=false", "level=sentence", "threads=1"])
+               f"backbone={tiny_backbone}", "max_length=128", "epochs=2", "bf16=false", "level=sentence", "threads=1"])
     assert rc == 0 and (out / CARD_FILE).is_file()
+    printed = capsys.readouterr()
+    assert re.search(r"epoch 1/2: loss \d\.\d{3} \(\d+\.\d min\)", printed.out + printed.err)  # a line per epoch
+    assert "epoch 2/2: loss" in printed.out + printed.err
     rc = main(["rm", "eval", str(out), str(data), "--json", str(tmp_path / "m.json"), "--update-card"])
     assert rc == 0
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -194,6 +194,24 @@ class TrainResult:
     best_epoch: int | None  # the epoch whose weights were kept (None: the last)
 
 
+def epoch_progress(log: Callable[[str], None], epochs: int) -> Any:
+    """A Trainer callback that reports each finished epoch through `log` (its training loss, and the
+    validation loss when there is one, with the minutes so far): a backbone like SmolLM2 trains for an
+    hour or more on a CPU, and the Trainer's own bar is off."""
+    from transformers import TrainerCallback
+
+    start = time.perf_counter()
+
+    class EpochProgress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            logs = logs or {}
+            what = [f"{name} {logs[key]:.3f}" for key, name in (("loss", "loss"), ("eval_loss", "validation loss")) if key in logs]
+            if what:
+                log(f"epoch {round(state.epoch or 0)}/{round(epochs)}: {', '.join(what)} ({(time.perf_counter() - start) / 60:.1f} min)")
+
+    return EpochProgress()
+
+
 def run_trainer(trainer: Any) -> TrainResult:
     """Train, timing only the training loop; returns the per-epoch losses the Trainer logged."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -214,7 +232,7 @@ def fit(model: Any, tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", device
     log the run; a non-finite training loss is a TrainingError."""
     import math
 
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     from finegrain.errors import TrainingError
 
@@ -227,8 +245,9 @@ def fit(model: Any, tok: "PreTrainedTokenizerBase", cfg: "RMTrainConfig", device
             data_collator=collator,
             processing_class=tok,
             compute_loss_func=loss_func,
-            callbacks=early_stopping(cfg, bool(val_feats)),
+            callbacks=[*early_stopping(cfg, bool(val_feats)), epoch_progress(log, cfg.epochs)],
         )
+        trainer.remove_callback(PrinterCallback)  # its raw dict per log line; epoch_progress says it in words
         result = run_trainer(trainer)
     if result.final_loss is not None and not math.isfinite(result.final_loss):
         raise TrainingError(f"training loss became {result.final_loss}; try a lower lr")
