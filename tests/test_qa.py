@@ -509,3 +509,25 @@ def test_the_qa_report_compares_every_policy_with_sft_paired_by_sampling_seed(tm
     assert "| SFT | 3 | **" not in text and "minus SFT, paired by seed" in text
     one = {k: v[:1] for k, v in groups.items()}
     assert "minus SFT" not in write_qa_report(one, tmp_path / "rep1", {"sft": "SFT"}).read_text()
+
+
+def test_answer_tokens_sets_one_answer_length_for_every_stage(tmp_path, capsys):
+    from finegrain.cli import main
+    from finegrain.experiments.qa.demo import QADemoConfig, ppo_stage_config, recipe_stage_config
+
+    data = write_qa(tmp_path / "qa.jsonl", 6)
+    out = tmp_path / "d"
+    assert main(["demo", "qa", "--out", str(out), "--data", str(data), "--heldout", "2", "--answer-tokens", "7", "--stage", "split"]) == 0
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["eval_max_new_tokens"] == 7
+    cfg = QADemoConfig(overrides=saved["overrides"])
+    x = Path("x")
+    assert ppo_stage_config("preset-long", train_file=x, policy=x, rm_dir=x, out=x, seed=0, overrides=cfg.group("ppo")).sampling.max_new_tokens == 7
+    for recipe, file, group in (("sft", "sft", "sft"), ("dpo", "dpo_span", "pref"), ("simpo", "simpo_human", "pref")):
+        stage = recipe_stage_config(recipe, file, train_file=x, policy=x, out=x, seed=0, overrides=cfg.group(group))
+        assert stage.prompt.max_response_tokens == 7, file
+    capsys.readouterr()
+    assert main(["demo", "qa", "--out", str(tmp_path / "e"), "--answer-tokens", "0"]) == 2
+    assert "--answer-tokens: 0" in capsys.readouterr().err
+    assert main(["demo", "detox", "--out", str(tmp_path / "f"), "--answer-tokens", "9"]) == 2
+    assert "--answer-tokens are options of `finegrain demo qa`" in capsys.readouterr().err

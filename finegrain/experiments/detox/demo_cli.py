@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", action="append", default=[], help="qa: run only this stage (repeatable), e.g. --stage split")
     parser.add_argument("--strict", action="store_true", help="qa: refuse a record without passages or gold answer (default: leave it out, listed)")
     parser.add_argument("--steps", type=int, default=None, help="PPO steps of each run (default: 30)")
+    parser.add_argument("--answer-tokens", type=int, default=None,
+                        help="qa: answer length in tokens at every stage: the SFT, DPO and SimPO targets, the PPO samples and the "
+                             "evaluation (default: the configs', 64 for targets and 48 for samples); gold answers run to a median of 93")
     parser.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0],
                         help="seed(s) of both runs and of the evaluation (default: 0); with several, each seed trains both "
                              "runs in OUT/seed-S and the table shows mean ± std over seeds")
@@ -51,8 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
         return demo_command(args, overrides)
     if task != "detox":
         raise ConfigError(f"demo: {task!r} is not a demo; choose detox or qa")
-    if args.data or args.stage or args.strict:
-        raise ConfigError("demo detox: --data, --stage and --strict are options of `finegrain demo qa`")
+    if args.data or args.stage or args.strict or args.answer_tokens is not None:
+        raise ConfigError("demo detox: --data, --stage, --strict and --answer-tokens are options of `finegrain demo qa`")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"demo detox: {bad[0]!r} is not a key.sub=value setting")

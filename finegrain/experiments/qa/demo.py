@@ -492,7 +492,14 @@ def demo_command(args: "argparse.Namespace", overrides: list[str]) -> int:
     if args.eval_prompts is not None:
         kwargs["eval_questions"] = args.eval_prompts
     if args.steps is not None:  # PPO, DPO and SimPO steps
-        kwargs["overrides"] = [f"ppo.run.steps={args.steps}", f"pref.run.steps={args.steps}", *overrides]
+        kwargs["overrides"] = [f"ppo.run.steps={args.steps}", f"pref.run.steps={args.steps}", *kwargs["overrides"]]
+    if args.answer_tokens is not None:  # one answer length for what the policy learns from, samples and is judged on
+        n = args.answer_tokens
+        if n < 1:
+            raise ConfigError(f"--answer-tokens: {n} is not a length in tokens (at least 1)")
+        kwargs["overrides"] = [f"sft.prompt.max_response_tokens={n}", f"pref.prompt.max_response_tokens={n}",
+                               f"ppo.sampling.max_new_tokens={n}", *kwargs["overrides"]]
+        kwargs["eval_max_new_tokens"] = n
     from finegrain.experiments.parallel import worker_settings
 
     kwargs.update(worker_settings(args.workers, args.threads))
