@@ -161,11 +161,11 @@ def cross_validate(
         if saved is None and only_folds is not None and f not in only_folds:
             continue
         if saved is not None:
-            log(f"fold {f + 1}/{folds}: reusing {out_dir / f'fold-{f}.json'}")
+            log(f"fold {f} ({f + 1} of {folds}): reusing {out_dir / f'fold-{f}.json'}")
             results = {cfg.category: (saved["row"], saved["probs"], saved["labels"]),
                        **{h: (t["row"], t["probs"], t["labels"]) for h, t in saved.get("tasks", {}).items()}}
         else:
-            log(f"fold {f + 1}/{folds}: {len(train)} training examples, {len(held)} held out")
+            log(f"fold {f} ({f + 1} of {folds}): {len(train)} training examples, {len(held)} held out")
             with tempfile.TemporaryDirectory(prefix="finegrain-cv-", dir=out_dir) as tmp:
                 folder = None if baselines_only else (out_dir / f"fold-{f}" if keep_models else Path(tmp) / "rm")
                 if cfg.kind == "span":
