@@ -196,20 +196,30 @@ def metrics_by_seed(runs: Sequence[Any]) -> dict[int, dict[str, Any]]:
     return {r.seed: r.metrics.to_json() for r in runs if r.metrics is not None and r.seed is not None}
 
 
+def paired_metrics(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
+                   columns: Sequence[tuple[str, str, str]]) -> dict[str, tuple[PairedDifference, str]]:
+    """{key: (a - b over the seeds where both have the metric, the column's format with a sign)} for each
+    metric of `columns` ((key, title, format)) that pairs up in two seeds or more."""
+    seeds = sorted(set(a) & set(b))
+    out = {}
+    for key, _, fmt in columns:
+        pairs = [(a[s][key], b[s][key]) for s in seeds if a[s].get(key) is not None and b[s].get(key) is not None]
+        if len(pairs) >= 2:
+            out[key] = (paired_difference([x for x, _ in pairs], [y for _, y in pairs]), fmt.replace("{:", "{:+") if "+" not in fmt else fmt)
+    return out
+
+
 def paired_table(a_label: str, b_label: str, a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
                  columns: Sequence[tuple[str, str, str]]) -> str:
     """A markdown table of `a_label` minus `b_label`, one row per metric in `columns` ((key, title,
     format)), over the seeds both arms have: the mean difference, its 95% t interval, in how many
     seeds a is lower, and whether the interval holds 0. Empty when fewer than two seeds pair up."""
-    seeds = sorted(set(a) & set(b))
     rows = [f"| {a_label} minus {b_label} | Seeds | Mean difference | 95% interval | {a_label} lower | Beyond the seeds' noise |",
             "|---|---:|---:|---|---:|---|"]
-    for key, title, fmt in columns:
-        pairs = [(a[s][key], b[s][key]) for s in seeds if a[s].get(key) is not None and b[s].get(key) is not None]
-        if len(pairs) < 2:
-            continue
-        d = paired_difference([x for x, _ in pairs], [y for _, y in pairs])
-        f = fmt.replace("{:", "{:+") if "+" not in fmt else fmt
-        rows.append(f"| {title} | {d.n} | {f.format(d.mean)} | [{f.format(d.low)}, {f.format(d.high)}] | {d.a_lower}/{d.n} | "
-                    f"{'no (the interval holds 0)' if d.within_noise else 'yes'} |")
+    diffs = paired_metrics(a, b, columns)
+    for key, title, _ in columns:
+        if key in diffs:
+            d, f = diffs[key]
+            rows.append(f"| {title} | {d.n} | {f.format(d.mean)} | [{f.format(d.low)}, {f.format(d.high)}] | {d.a_lower}/{d.n} | "
+                        f"{'no (the interval holds 0)' if d.within_noise else 'yes'} |")
     return "\n".join(rows) if len(rows) > 2 else ""

@@ -107,7 +107,7 @@ def versus_baseline_table(groups: dict[str, list[QARun]], baseline: str, columns
     more in common with it, one cell per metric: the mean difference and its 95% t interval, in bold
     when the interval leaves out 0. A policy sampled with the same seed as the baseline gives the same
     answer wherever training left it unchanged, so pairing takes most of the sampling noise out."""
-    from finegrain.evaluate import metrics_by_seed, paired_difference
+    from finegrain.evaluate import metrics_by_seed, paired_metrics
 
     base = metrics_by_seed(groups.get(baseline, []))
     rows = [f"| minus {baseline}, paired by seed | Seeds | " + " | ".join(t for _, t, _ in columns) + " |",
@@ -117,14 +117,12 @@ def versus_baseline_table(groups: dict[str, list[QARun]], baseline: str, columns
         seeds = sorted(set(mine) & set(base)) if label != baseline else []
         if len(seeds) < 2:
             continue
-        cells = []
-        for key, _, fmt in columns:
-            pairs = [(mine[s][key], base[s][key]) for s in seeds if mine[s].get(key) is not None and base[s].get(key) is not None]
-            if len(pairs) < 2:
+        diffs, cells = paired_metrics(mine, base, columns), []
+        for key, _, _ in columns:
+            if key not in diffs:
                 cells.append("-")
                 continue
-            d = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
-            f = fmt.replace("{:", "{:+") if "+" not in fmt else fmt
+            d, f = diffs[key]
             cell = f"{f.format(d.mean)} [{f.format(d.low)}, {f.format(d.high)}]"
             cells.append(cell if d.within_noise else f"**{cell}**")
         rows.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
