@@ -3,6 +3,7 @@ logs, and a save interrupted half-way never leaves a broken `latest` checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,12 @@ def test_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     assert resumed_rows == whole_rows
     a, b = _weights(killed / "final"), _weights(whole / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # each start of the run is recorded with the code that ran it: the killed start and the resumed one
+    starts = [json.loads(line) for line in (killed / "environment.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and all(s["finegrain"] and s["torch"] == torch.__version__ for s in starts)
+    if (REPO / ".git").exists():
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert starts[-1]["git_commit"] == commit and isinstance(starts[-1]["git_dirty"], bool)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
@@ -166,3 +173,9 @@ def test_every_recipe_killed_and_resumed_equals_an_uninterrupted_run(tmp_path, r
     assert resumed_rows == whole_rows
     a, b = _weights(killed / "final"), _weights(whole / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # each start of the run is recorded with the code that ran it: the killed start and the resumed one
+    starts = [json.loads(line) for line in (killed / "environment.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and all(s["finegrain"] and s["torch"] == torch.__version__ for s in starts)
+    if (REPO / ".git").exists():
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert starts[-1]["git_commit"] == commit and isinstance(starts[-1]["git_dirty"], bool)

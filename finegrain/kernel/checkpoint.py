@@ -9,6 +9,7 @@ latest and a `.tmp-*` folder that the next save removes.
 Layout of a run folder:
     config.yaml          the resolved config
     metrics.jsonl        one row per step (and per evaluation); tensorboard/, wandb/ when asked for
+    environment.jsonl    one row per start of the run: the code (git commit) and library versions
     checkpoints/step-000010/   checkpoints/latest
     best/  final/        the policy in HF format (+ tokenizer), loadable with from_pretrained
 """

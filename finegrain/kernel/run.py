@@ -89,10 +89,52 @@ def make_accelerator(out: Path, seed: int, config: Any, log_with: list[str] = ()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+        record_environment(out / ENVIRONMENT_FILE, threads=torch.get_num_threads(), processes=accelerator.num_processes)
     check_distributed(accelerator)
     if log_with:
         accelerator.init_trackers(project, config=flat_config(to_dict(config)), init_kwargs={"wandb": {"dir": str(out)}})
     return accelerator
+
+
+ENVIRONMENT_FILE = "environment.jsonl"
+
+
+def code_environment() -> dict[str, Any]:
+    """What code a run ran: finegrain's version and, from a git checkout, its commit and whether
+    finegrain/ held uncommitted changes (None outside a checkout); python and the libraries the
+    numbers depend on."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    from finegrain import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    commit = dirty = None
+    if (root / ".git").exists():
+        try:
+            git = ["git", "-C", str(root)]
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            dirty = bool(subprocess.run([*git, "status", "--porcelain", "--", "finegrain"], capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            commit = dirty = None
+    libraries = {}
+    for name in ("torch", "transformers", "accelerate", "peft", "vllm"):
+        try:
+            libraries[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"finegrain": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), **libraries}
+
+
+def record_environment(path: Path, **extra: Any) -> None:
+    """Append one line per start of a run (a resumed run adds one): the time, `code_environment()`
+    and `extra` (threads, processes), so that a run's numbers can be traced to the code that made them."""
+    import datetime
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_jsonl(path, [*rows, {"started": started, **code_environment(), **extra}])
 
 
 def run_config(folder: str | Path) -> dict[str, Any]:
