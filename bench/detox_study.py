@@ -9,6 +9,8 @@ same two arms trained by GRPO and RLOO (issue 12, `--algos ppo grpo rloo`).
     .venv/bin/python bench/detox_study.py run ... --keep bench/results/detox-study   # also keep each run's small files to commit
     .venv/bin/python bench/detox_study.py run --kl-coefs 0.02 0.1 --kl-seeds 0 1 --groups shipped-batch shipped-batch-kl0.02 shipped-batch-kl0.1
                                                                 # the KL sweep: both arms compared at equal KL
+    .venv/bin/python bench/detox_study.py run --curve-seeds 0 1 --groups shipped-batch-100steps --workers 1
+                                                                # the long curves: both arms, 100 steps (curves-100steps.png)
 
 A job is one (prompt set, reward normalisation, seed, arm): `finegrain train` with
 configs/detox_{holistic,finegrained}.yaml (which differ only in the reward mode) and the overrides
@@ -83,18 +85,20 @@ class Job:
 
 
 def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds: list[int], norm_seeds: list[int],
-         algos: list[str] = ("ppo",), kl_coefs: list[float] = (), kl_seeds: list[int] = (0,)) -> list[Job]:
+         algos: list[str] = ("ppo",), kl_coefs: list[float] = (), kl_seeds: list[int] = (0,),
+         curve_seeds: list[int] = (), curve_steps: int = 100) -> list[Job]:
     """Jobs in priority order: the main table's first three seeds, one seed of every other normalisation,
     GRPO and RLOO on the main table's first three seeds (when asked for), the KL sweep (when asked for),
-    RealToxicityPrompts, the main table's remaining seeds, more seeds of the other normalisations."""
+    RealToxicityPrompts, the main table's remaining seeds, the long curves (when asked for), more seeds
+    of the other normalisations."""
     jobs: list[Job] = []
 
-    def add(prompts: str, norm: str, seed_list: list[int], kl_coef: float | None = None) -> None:
+    def add(prompts: str, norm: str, seed_list: list[int], kl_coef: float | None = None, steps: int = 30) -> None:
         for seed in seed_list:
             for arm in ARMS:
                 if (norm == "segment" or norm in VARIANTS) and arm == "holistic":
                     continue  # one segment per response: `segment` normalises exactly as `batch` does; a variant's holistic arm is its recipe's
-                jobs.append(Job(prompts, norm, seed, arm, 30, kl_coef))
+                jobs.append(Job(prompts, norm, seed, arm, steps, kl_coef))
 
     add("shipped", default_norm, seeds[:3])
     for norm in other_norms:
@@ -106,6 +110,7 @@ def plan(default_norm: str, other_norms: list[str], seeds: list[int], rtp_seeds:
         add("shipped", default_norm, list(kl_seeds), kl)
     add("rtp", default_norm, rtp_seeds)
     add("shipped", default_norm, seeds[3:])
+    add("shipped", default_norm, list(curve_seeds), steps=curve_steps)
     for norm in other_norms:
         add("shipped", norm, norm_seeds[1:])
     initial = [Job("shipped", "initial", s, "initial", 30) for s in seeds] + [Job("rtp", "initial", s, "initial", 30) for s in rtp_seeds]
@@ -350,10 +355,11 @@ def plot_kl_sweep(points: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_curves(groups: dict, path: Path) -> None:
-    """Training toxicity (10-step trailing mean, averaged over seeds) against steps, for every algorithm x arm."""
+def plot_curves(groups: dict, path: Path, rows: dict[str, str] = ALGO_GROUPS) -> None:
+    """Training toxicity (10-step trailing mean, averaged over seeds) against steps, for every row
+    ({label: group}, by default the algorithms) x arm."""
     curves = []
-    for algo, group in ALGO_GROUPS.items():
+    for algo, group in rows.items():
         for arm in ARMS:
             runs = [r["curve"] for r in groups.get(group, {}).get(arm, {}).values() if "curve" in r]
             if runs:
@@ -370,7 +376,7 @@ def plot_curves(groups: dict, path: Path) -> None:
     from finegrain.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = dict(zip(ALGO_GROUPS, ("tab:blue", "tab:orange", "tab:red", "tab:green")))
+    colours = dict(zip(rows, ("tab:blue", "tab:orange", "tab:red", "tab:green")))
     for algo, arm, n, steps, values in curves:
         ax.plot(steps, values, label=f"{algo} {arm} (n={n})", color=colours[algo], linestyle="-" if arm == "finegrained" else "--")
     ax.set_xlabel("step")
@@ -424,6 +430,9 @@ def write_summary(out: Path) -> str:
     if points:
         plot_kl_sweep(points, out / "kl-sweep.png")
     plot_curves(groups, out / "curves.png")
+    for group in groups:  # the long curves (--curve-seeds): one plot per length
+        if group.endswith("steps") and "-kl" not in group:
+            plot_curves(groups, out / f"curves-{group.rsplit('-', 1)[1]}.png", {f"PPO, {group.rsplit('-', 1)[1][:-5]} steps": group})
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
     slim = {g: {a: {s: {k: v for k, v in r.items() if k != "curve"} for s, r in arms.items()} for a, arms in d.items()} for g, d in groups.items()}
@@ -444,6 +453,10 @@ def main() -> int:
                         help="the KL sweep: both PPO arms at these ppo.kl_coef values (the configs' is 0.05), to compare "
                              "the arms at equal KL to the initial policy (summary: the KL sweep table and kl-sweep.png)")
     parser.add_argument("--kl-seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--curve-seeds", type=int, nargs="*", default=[],
+                        help="the long curves: both PPO arms on the shipped prompts for --curve-steps steps at these seeds "
+                             "(group shipped-NORM-<N>steps; steps to 75%% / 50%% of the initial toxicity and curves-<N>steps.png)")
+    parser.add_argument("--curve-steps", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     parser.add_argument("--train-only", action="store_true", help="train every job; evaluate later with another `run`")
@@ -458,7 +471,8 @@ def main() -> int:
     parser.add_argument("--groups", nargs="*", default=None,
                         help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
     args = parser.parse_args()
-    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos, args.kl_coefs, args.kl_seeds)
+    jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos, args.kl_coefs, args.kl_seeds,
+                args.curve_seeds, args.curve_steps)
     if args.groups is not None:
         wanted = [j for j in jobs if j.group in args.groups]
         initial = {(j.prompts, j.seed) for j in wanted}
