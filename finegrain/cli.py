@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("finegrain.models_cli", "load, cache and try the embedded models"),
     "annotate": ("finegrain.annotate.cli", "the feedback-collection web app: serve, tokens, import, export, agreement"),
     "sample": ("finegrain.annotate.sample", "sample K responses per prompt from a policy, as finegrain JSONL to annotate"),
-    "train": ("finegrain.recipes.cli", "train a policy: sft, dpo, simpo, or ppo (fine-grained or holistic rewards)"),
+    "train": ("finegrain.recipes.cli", "train a policy: sft, dpo, simpo, ppo, grpo or rloo (fine-grained or holistic rewards)"),
     "rm": ("finegrain.rewards.cli", "train and evaluate reward models (span classifiers, pairwise Bradley-Terry)"),
     "demo": ("finegrain.experiments.detox.demo_cli", "the demos on the embedded models: detox (holistic vs fine-grained PPO), qa (the long-form QA experiment)"),
     "eval": ("finegrain.eval_cli", "evaluate a policy: toxicity, perplexity, diversity; --task qa: QA error rates, ROUGE-L, win rate"),
