@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
-from finegrain.rewards.rm_common import with_cfg_threads
+from finegrain.rewards.rm_common import TrainedRM, pad_batch, with_cfg_threads
 from finegrain.rewards.rm_data import (
     PairData,
     SequenceInput,
@@ -74,50 +74,21 @@ def pair_data(cfg: "RMTrainConfig", examples: Sequence[Example], *, training: bo
 # --- the reward source ------------------------------------------------------------------------
 
 
-class PairwiseRewardModel:
+class PairwiseRewardModel(TrainedRM):
     """A trained sequence RM as a RewardSource: one raw score per non-empty response (an ensemble's:
     the mean of its members' scores)."""
 
-    def __init__(
-        self,
-        model: "PreTrainedModel | Sequence[PreTrainedModel]",
-        tokenizer: "PreTrainedTokenizerBase",
-        card: RMCard,
-        *,
-        device: str | None = None,
-        batch_size: int = 16,
-        bf16: bool | None = None,
-    ):
-        from finegrain.rewards.rm_common import pick_device
+    auto_class = "AutoModelForSequenceClassification"
 
-        self.card = card
-        self.name = card.name
+    def __init__(self, model: "PreTrainedModel | Sequence[PreTrainedModel]", tokenizer: "PreTrainedTokenizerBase", card: RMCard, **kwargs: Any):
+        super().__init__(model, tokenizer, card, **kwargs)
         self.density = "sequence"
-        self.tokenizer = tokenizer
-        self.device = pick_device(device)
-        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, Sequence) else [model])]  # ensemble members
-        self.batch_size = batch_size
-        self.bf16 = bf16
         self.mean = card.calibration.mean  # standardise with (score - mean) / std
         self.std = card.calibration.std
         self.responses_cut = 0  # responses longer than the window, scored on their beginning
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "PairwiseRewardModel":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from finegrain.rewards.rm_common import load_models, prepare_rm_tokenizer
-
-        card = card or RMCard.load(path)
-        tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-        return cls(load_models(path, card.members, AutoModelForSequenceClassification), tok, card, **kwargs)
-
     def raw_scores(self, examples: Sequence[Example], responses: Sequence[str]) -> list[float]:
         """The model's score of every (prompt, response); empty responses are scored too."""
-        import torch
-
-        from finegrain.rewards.rm_common import autocast
-
         if len(examples) != len(responses):
             raise ValueError(f"{len(examples)} examples for {len(responses)} responses")
         inputs = [
@@ -126,14 +97,7 @@ class PairwiseRewardModel:
         ]
         self.responses_cut += sum(x.response_cut for x in inputs)
         out = [0.0] * len(inputs)
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].input_ids))
-        pad = self.tokenizer.pad_token_id or 0
-        for k in range(0, len(order), self.batch_size):
-            idx = order[k : k + self.batch_size]
-            batch = {key: v.to(self.device) for key, v in _pad([inputs[i] for i in idx], pad).items()}
-            with torch.no_grad(), autocast(self.device, self.bf16):
-                # (M, N) -> (N,): the members' scores averaged (an ensemble's mean prediction)
-                scores = torch.stack([m(**batch).logits[:, 0].float() for m in self.models]).mean(0).cpu()
+        for idx, scores in self.batched(inputs, lambda logits: logits[:, 0].float()):
             for row, i in enumerate(idx):
                 out[i] = float(scores[row])
         return out
@@ -144,24 +108,6 @@ class PairwiseRewardModel:
         scores = [[s] if r.strip() else [] for s, r in zip(raw, responses)]
         ends = [[len(r)] if r.strip() else [] for r in responses]
         return pack_segment_scores(scores, ends)
-
-
-def _pad(inputs: Sequence[SequenceInput], pad_id: int) -> dict[str, "torch.Tensor"]:
-    import torch
-
-    n, length = len(inputs), max(len(x.input_ids) for x in inputs)
-    ids = torch.full((n, length), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, length), dtype=torch.long)
-    types = torch.zeros((n, length), dtype=torch.long)
-    for r, x in enumerate(inputs):
-        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
-        mask[r, : len(x.input_ids)] = 1
-        if x.token_type_ids is not None:
-            types[r, : len(x.token_type_ids)] = torch.tensor(x.token_type_ids)
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if inputs[0].token_type_ids is not None:
-        batch["token_type_ids"] = types
-    return batch
 
 
 @dataclass
@@ -180,7 +126,7 @@ class GroupCollator:
             base = len(rows)
             rows.extend(g["inputs"])
             pairs.extend((base + b, base + w) for b, w in g["pairs"])
-        batch = _pad(rows, self.pad_id)
+        batch = pad_batch(rows, self.pad_id)
         batch["labels"] = torch.tensor(pairs, dtype=torch.long)  # (P, 2)
         return batch
 

@@ -1,4 +1,5 @@
-"""What span and pairwise RM training share: devices, autocast, input length, the HF Trainer's settings."""
+"""What span and pairwise RMs share: devices, autocast, input length, the HF Trainer's settings, and
+the trained RM as a scorer (`TrainedRM`: its model(s) on a device, batched and averaged over members)."""
 
 from __future__ import annotations
 
@@ -284,6 +285,67 @@ def save_models(models: Sequence[Any], tok: "PreTrainedTokenizerBase", out_dir: 
 def load_models(path: str | Path, members: Sequence[str], auto: Any) -> list[Any]:
     """The saved model(s) of an RM folder: its ensemble members, else the folder's own model."""
     return [auto.from_pretrained(str(Path(path) / m)) for m in members] or [auto.from_pretrained(str(path))]
+
+
+def pad_batch(inputs: Sequence[Any], pad_id: int, device: "torch.device | None" = None) -> dict[str, "torch.Tensor"]:
+    """Encoded rows (`input_ids`, optional `token_type_ids`) right-padded into `input_ids`,
+    `attention_mask` (and `token_type_ids` when the rows have them), on `device` when given."""
+    import torch
+
+    n, length = len(inputs), max(len(x.input_ids) for x in inputs)
+    ids = torch.full((n, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    types = torch.zeros((n, length), dtype=torch.long)
+    for r, x in enumerate(inputs):
+        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
+        mask[r, : len(x.input_ids)] = 1
+        if x.token_type_ids is not None:
+            types[r, : len(x.token_type_ids)] = torch.tensor(x.token_type_ids)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if inputs[0].token_type_ids is not None:
+        batch["token_type_ids"] = types
+    return batch if device is None else {k: v.to(device) for k, v in batch.items()}
+
+
+class TrainedRM:
+    """What the span and the pairwise reward sources share: the card, the tokenizer, the model(s) (an
+    ensemble's members) in eval mode on one device, and scoring in batches averaged over the members."""
+
+    auto_class = ""  # the transformers Auto class that loads the folder's model(s)
+
+    def __init__(self, model: "Any | Sequence[Any]", tokenizer: "PreTrainedTokenizerBase", card: Any, *,
+                 device: str | None = None, batch_size: int = 16, bf16: bool | None = None):
+        self.card = card
+        self.name = card.name
+        self.tokenizer = tokenizer
+        self.device = pick_device(device)
+        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, Sequence) else [model])]  # ensemble members
+        self.batch_size = batch_size
+        self.bf16 = bf16
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, card: Any = None, **kwargs: Any) -> Any:
+        import transformers
+
+        from finegrain.rewards.card import RMCard
+
+        card = card or RMCard.load(path)
+        tok = prepare_rm_tokenizer(transformers.AutoTokenizer.from_pretrained(str(path)))
+        return cls(load_models(path, card.members, getattr(transformers, cls.auto_class)), tok, card, **kwargs)
+
+    def batched(self, inputs: Sequence[Any], read: Callable[["torch.Tensor"], "torch.Tensor"]) -> Iterator[tuple[list[int], "torch.Tensor"]]:
+        """The encoded inputs in batches of similar length (little padding per batch), each as (the
+        inputs' indices, `read(logits)` averaged over the members, on the CPU): an ensemble's mean prediction."""
+        import torch
+
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].input_ids))
+        pad = self.tokenizer.pad_token_id or 0
+        for k in range(0, len(order), self.batch_size):
+            idx = order[k : k + self.batch_size]
+            batch = pad_batch([inputs[i] for i in idx], pad, self.device)
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                out = torch.stack([read(m(**batch).logits) for m in self.models]).mean(0).cpu()  # (M, N, ...) -> (N, ...)
+            yield idx, out
 
 
 def training_record(results: Sequence[TrainResult], seeds: Sequence[int]) -> dict[str, Any]:

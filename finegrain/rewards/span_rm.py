@@ -19,7 +19,7 @@ from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
-from finegrain.rewards.rm_common import with_cfg_threads
+from finegrain.rewards.rm_common import TrainedRM, with_cfg_threads
 from finegrain.rewards.rm_data import (
     SpanData,
     SpanInput,
@@ -134,48 +134,23 @@ def count_binary(predicted: Sequence[int], gold: Sequence[int]) -> BinaryCounts:
 # --- the reward source ------------------------------------------------------------------------
 
 
-class SpanRewardModel:
+class SpanRewardModel(TrainedRM):
     """A trained span RM as a RewardSource: `score()` gives P(error) for every segment: of its card's head
     (a multi-task RM), averaged over its members (an ensemble)."""
 
-    def __init__(
-        self,
-        model: "PreTrainedModel | Sequence[PreTrainedModel]",
-        tokenizer: "PreTrainedTokenizerBase",
-        card: RMCard,
-        *,
-        device: str | None = None,
-        batch_size: int = 16,
-        bf16: bool | None = None,
-    ):
-        from finegrain.rewards.rm_common import pick_device
+    auto_class = "AutoModelForTokenClassification"
 
-        self.card = card
-        self.name = card.name
+    def __init__(self, model: "PreTrainedModel | Sequence[PreTrainedModel]", tokenizer: "PreTrainedTokenizerBase", card: RMCard, **kwargs: Any):
+        super().__init__(model, tokenizer, card, **kwargs)
         self.density = card.level
         self.level = card.level
-        self.tokenizer = tokenizer
-        self.device = pick_device(device)
-        self.models = [m.to(self.device).eval() for m in (model if isinstance(model, Sequence) else [model])]  # ensemble members
         self.head = card.head_index  # which head's two logit columns to read
-        self.batch_size = batch_size
-        self.bf16 = bf16
         self.marker, self.marker_id = marker_id(tokenizer, None, card.marker)
 
     def for_head(self, name: str) -> "SpanRewardModel":
         """The same loaded model(s) scoring another head of a multi-task RM (no second copy in memory)."""
         return SpanRewardModel(self.models, self.tokenizer, self.card.for_head(name), device=str(self.device),
                                batch_size=self.batch_size, bf16=self.bf16)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, card: RMCard | None = None, **kwargs: Any) -> "SpanRewardModel":
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        from finegrain.rewards.rm_common import load_models, prepare_rm_tokenizer
-
-        card = card or RMCard.load(path)
-        tok = prepare_rm_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-        return cls(load_models(path, card.members, AutoModelForTokenClassification), tok, card, **kwargs)
 
     def _inputs(self, example: Example, response: str, segments: Sequence[Any]) -> list[SpanInput]:
         prompt = prompt_text(example, self.card.passages)
@@ -208,40 +183,11 @@ class SpanRewardModel:
         return pack_segment_scores(probs, ends)
 
     def _marker_probabilities(self, inputs: list[SpanInput]) -> list[list[float]]:
-        import torch
-
-        from finegrain.rewards.rm_common import autocast
-
         out: list[list[float]] = [[] for _ in inputs]
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].input_ids))  # little padding per batch
-        pad = self.tokenizer.pad_token_id or 0
-        for k in range(0, len(order), self.batch_size):
-            idx = order[k : k + self.batch_size]
-            batch = _pad([inputs[i] for i in idx], pad, self.device)
-            with torch.no_grad(), autocast(self.device, self.bf16):
-                # (M, N, L) -> (N, L): the members' P(error) averaged (an ensemble's mean prediction)
-                p_error = torch.stack([head_p_error(m(**batch).logits, self.head) for m in self.models]).mean(0).cpu()
+        for idx, p_error in self.batched(inputs, lambda logits: head_p_error(logits, self.head)):
             for row, i in enumerate(idx):
                 out[i] = p_error[row, inputs[i].marker_positions].tolist()
         return out
-
-
-def _pad(inputs: list[SpanInput], pad_id: int, device: "torch.device") -> dict[str, "torch.Tensor"]:
-    import torch
-
-    n, length = len(inputs), max(len(x.input_ids) for x in inputs)
-    ids = torch.full((n, length), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, length), dtype=torch.long)
-    types = torch.zeros((n, length), dtype=torch.long)
-    for r, x in enumerate(inputs):
-        ids[r, : len(x.input_ids)] = torch.tensor(x.input_ids)
-        mask[r, : len(x.input_ids)] = 1
-        if x.token_type_ids is not None:
-            types[r, : len(x.token_type_ids)] = torch.tensor(x.token_type_ids)
-    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if inputs[0].token_type_ids is not None:
-        batch["token_type_ids"] = types.to(device)
-    return batch
 
 
 # --- evaluation -------------------------------------------------------------------------------
