@@ -12,7 +12,7 @@ demo: $(STAMP)
 	$(VENV)/bin/finegrain demo detox --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 install: $(STAMP)
 
