@@ -511,6 +511,37 @@ def test_the_qa_report_compares_every_policy_with_sft_paired_by_sampling_seed(tm
     assert "minus SFT" not in write_qa_report(one, tmp_path / "rep1", {"sft": "SFT"}).read_text()
 
 
+def test_a_one_seed_policy_is_compared_with_sft_question_by_question(tmp_path):
+    """One seed: each policy minus SFT at that seed, paired by question, from the answers' own figures
+    (relevance pooled over segments, as the evaluation pools it), with a bootstrap interval over questions."""
+    from finegrain.experiments.qa.metrics import QAMetrics
+    from finegrain.experiments.qa.report import write_qa_report
+
+    def evaluation(folder, seed, answers):
+        (folder / "eval").mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"run": {"seed": seed}}))
+        (folder / "eval" / "metrics.json").write_text(json.dumps({**QAMetrics(questions=3).to_json(), "settings": {"seed": seed}}))
+        rows = [{"id": f"q{i}", "answer": "a", "relevance_flags": f, "tokens": t, "sentences": n} for i, (f, t, n) in enumerate(answers)]
+        (folder / "eval" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
+
+    sft = [([1, 1], 12, 2), ([0, 0], 20, 2), ([1], 40, 3)]  # 3 of 5 segments flagged
+    ppo = [([0, 1], 10, 2), ([0], 18, 2), ([1, 1], 30, 3)]  # 3 of 5 too; 2, 2 and 10 tokens shorter
+    groups = {"sft": [evaluation(tmp_path / "sft", 0, sft)], "ppo": [evaluation(tmp_path / "ppo", 0, ppo)],
+              "other-seed": [evaluation(tmp_path / "other", 1, ppo)]}  # no SFT evaluation at seed 1: nothing to pair
+    text = write_qa_report(groups, tmp_path / "rep", {"sft": "SFT"}).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| ppo | 0 | 3 |"))
+    rel, compl, tokens, sentences = (c.strip() for c in row.split("|")[4:8])
+    assert rel.startswith("+0.000 [") and not rel.startswith("**")  # equal pooled rates; resampled, the sign goes both ways
+    assert compl == "-"  # the answers carry no completeness score
+    assert tokens.startswith("**-4.7 [") and tokens.endswith("]**")  # every question shorter: the interval leaves out 0
+    assert sentences == "+0.00 [+0.00, +0.00]"
+    assert "| other-seed |" not in text.split("paired by question")[1]
+    # two seeds of each: the seed-paired table takes over and the question-paired one is left out
+    groups = {"sft": groups["sft"] + [evaluation(tmp_path / "sft1", 1, sft)], "ppo": groups["ppo"] + [evaluation(tmp_path / "ppo1", 1, ppo)]}
+    assert "paired by question" not in write_qa_report(groups, tmp_path / "rep2", {"sft": "SFT"}).read_text()
+
+
 def test_answer_tokens_sets_one_answer_length_for_every_stage(tmp_path, capsys):
     from finegrain.cli import main
     from finegrain.experiments.qa.demo import QADemoConfig, ppo_stage_config, recipe_stage_config

@@ -129,6 +129,77 @@ def versus_baseline_table(groups: dict[str, list[QARun]], baseline: str, columns
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
+QUESTION_COLUMNS = (
+    ("relevance_error_rate", "Rel. err. ↓", "{:+.3f}"),
+    ("completeness", "Compl. ↑", "{:+.2f}"),
+    ("length_tokens", "Tokens", "{:+.1f}"),
+    ("length_sentences", "Sentences", "{:+.2f}"),
+)
+
+
+def read_samples(folder: Path) -> dict[str, dict[str, Any]]:
+    """An evaluated run's answers with their per-answer figures (`eval/samples.jsonl`) by question id; {} without one."""
+    path = Path(folder) / "eval" / "samples.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def question_difference(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], key: str) -> Any:
+    """`key` of answers `a` minus answers `b` over the questions both answered, as the evaluation computes
+    it (the relevance error rate pooled over segments; the others a mean per answer), with its 95%
+    bootstrap interval resampling questions (`rm_eval.estimate`); None when the answers lack the figure."""
+    import numpy as np
+
+    from finegrain.rewards.rm_eval import estimate
+
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        return None
+    if key == "relevance_error_rate":
+        if any("relevance_flags" not in x[i] for x in (a, b) for i in ids):
+            return None
+        units = np.array([[sum(a[i]["relevance_flags"]), len(a[i]["relevance_flags"]), sum(b[i]["relevance_flags"]), len(b[i]["relevance_flags"])]
+                          for i in ids], dtype=float)  # (Q, 4): flagged and judged segments of each answer
+
+        def statistic(s: Any) -> Any:
+            return s[..., 0] / np.maximum(s[..., 1], 1) - s[..., 2] / np.maximum(s[..., 3], 1)
+    else:
+        field_name = {"length_tokens": "tokens", "length_sentences": "sentences"}.get(key, key)
+        if any(x[i].get(field_name) is None for x in (a, b) for i in ids):
+            return None
+        units = np.array([[a[i][field_name] - b[i][field_name], 1.0] for i in ids])  # (Q, 2): difference, count
+
+        def statistic(s: Any) -> Any:
+            return s[..., 0] / s[..., 1]
+    return estimate(units, statistic)
+
+
+def versus_baseline_by_question(groups: dict[str, list[QARun]], baseline: str, columns: Sequence[tuple[str, str, str]] = QUESTION_COLUMNS) -> str:
+    """Each policy evaluated at a single seed that the baseline shares, minus the baseline at that seed,
+    paired by question: the difference over the questions and its 95% bootstrap interval (resampling
+    questions), in bold where it leaves out 0. It shows how much the choice of questions moves a figure,
+    not how much another training seed would (`versus_baseline_table` does that from two seeds on)."""
+    base = {r.seed: r for r in groups.get(baseline, []) if r.metrics is not None}
+    rows = [f"| minus {baseline}, paired by question | Seed | Questions | " + " | ".join(t for _, t, _ in columns) + " |",
+            "|---|---:|---:|" + "|".join("---:" for _ in columns) + "|"]
+    for label, runs in groups.items():
+        seeds = [r.seed for r in runs if r.metrics is not None and r.seed in base]
+        if label == baseline or len(seeds) != 1:
+            continue
+        mine = read_samples(next(r.folder for r in runs if r.seed == seeds[0]))
+        theirs = read_samples(base[seeds[0]].folder)
+        cells = []
+        for key, _, fmt in columns:
+            d = question_difference(mine, theirs, key)
+            cell = "-" if d is None else f"{fmt.format(d.value)} [{fmt.format(d.low)}, {fmt.format(d.high)}]"
+            cells.append(f"**{cell}**" if d is not None and (d.low > 0 or d.high < 0) else cell)
+        if any(c != "-" for c in cells):
+            rows.append(f"| {label} | {seeds[0]} | {len(set(mine) & set(theirs))} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def rm_heldout_metrics(rm_dir: str | Path, heldout_file: str | Path) -> dict[str, Any]:
     """Each RM's metrics on the held-out file, with the trivial baselines it must beat (span RMs:
     the F1 of flagging every segment and the accuracy of flagging none; pairwise RMs: chance, 0.5)."""
@@ -271,6 +342,12 @@ def write_qa_report(groups: dict[str, list[Path]], out_dir: str | Path, labels: 
         if versus:
             lines += [f"Each policy minus {labels.get(baseline, baseline)}, paired by seed (the same seed samples both policies' "
                       "answers): mean difference [95% t interval], in bold where the interval leaves out 0:", "", versus, ""]
+        by_question = versus_baseline_by_question(runs, labels.get(baseline, baseline)) if baseline else ""
+        if by_question:
+            lines += [f"Each policy of one seed minus {labels.get(baseline, baseline)} at that seed, paired by question: the difference "
+                      "[95% bootstrap interval, resampling the questions], in bold where the interval leaves out 0. It measures how "
+                      "much the choice of questions moves a figure, not how much another training seed would: with one seed, a bold "
+                      "figure can still be that seed's luck.", "", by_question, ""]
     heldout_rm = Path(rm_dir) / "heldout.json" if rm_dir else None
     if heldout_rm is not None and heldout_rm.is_file():
         lines += ["Reward models on the held-out questions' annotated answers:", "", rm_table(json.loads(heldout_rm.read_text(encoding="utf-8"))), ""]
