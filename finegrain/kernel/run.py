@@ -14,6 +14,7 @@ data-loader state beyond the step number, and every process takes its own slice.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,10 +100,12 @@ def make_accelerator(out: Path, seed: int, config: Any, log_with: list[str] = ()
 ENVIRONMENT_FILE = "environment.jsonl"
 
 
+@functools.lru_cache(maxsize=1)
 def code_environment() -> dict[str, Any]:
     """What code a run ran: finegrain's version and, from a git checkout, its commit and whether
     finegrain/ held uncommitted changes (None outside a checkout); python and the libraries the
-    numbers depend on."""
+    numbers depend on. Read once per process: a process that runs several stages (`finegrain demo`)
+    runs the code it loaded at its start, whatever the checkout holds by its later stages."""
     import platform
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
