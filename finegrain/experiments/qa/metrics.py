@@ -281,15 +281,23 @@ def answer(policy: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", exam
     return texts, lengths
 
 
-def read_answers(folder: str | Path) -> dict[str, str]:
-    """A finished evaluation's answers by question id (`samples.jsonl` in an eval folder)."""
+def read_samples(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """A finished evaluation's answers with their per-answer figures by question id (`samples.jsonl` in
+    an eval folder); {} when it has none."""
     path = Path(folder) / "samples.jsonl"
     if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def read_answers(folder: str | Path) -> dict[str, str]:
+    """A finished evaluation's answers by question id (`samples.jsonl` in an eval folder)."""
+    if not (Path(folder) / "samples.jsonl").is_file():
         from finegrain.config import ConfigError
 
-        raise ConfigError(f"--baseline: {path} does not exist (evaluate the baseline policy first, with --out)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r["answer"] for r in rows}
+        raise ConfigError(f"--baseline: {Path(folder) / 'samples.jsonl'} does not exist (evaluate the baseline policy first, with --out)")
+    return {k: r["answer"] for k, r in read_samples(folder).items()}
 
 
 def write_eval(result: QAResult, folder: str | Path, settings: dict[str, Any]) -> Path:

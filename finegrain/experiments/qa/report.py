@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from finegrain.experiments.qa.metrics import QAMetrics, read_metrics
+from finegrain.experiments.qa.metrics import QAMetrics, read_metrics, read_samples
 
 COLUMNS = (
     ("relevance_error_rate", "Rel. err. ↓", "{:.3f}"),
@@ -137,15 +137,6 @@ QUESTION_COLUMNS = (
 )
 
 
-def read_samples(folder: Path) -> dict[str, dict[str, Any]]:
-    """An evaluated run's answers with their per-answer figures (`eval/samples.jsonl`) by question id; {} without one."""
-    path = Path(folder) / "eval" / "samples.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r for r in rows}
-
-
 def question_difference(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], key: str) -> Any:
     """`key` of answers `a` minus answers `b` over the questions both answered, as the evaluation computes
     it (the relevance error rate pooled over segments; the others a mean per answer), with its 95%
@@ -188,8 +179,8 @@ def versus_baseline_by_question(groups: dict[str, list[QARun]], baseline: str, c
         seeds = [r.seed for r in runs if r.metrics is not None and r.seed in base]
         if label == baseline or len(seeds) != 1:
             continue
-        mine = read_samples(next(r.folder for r in runs if r.seed == seeds[0]))
-        theirs = read_samples(base[seeds[0]].folder)
+        mine = read_samples(next(r.folder for r in runs if r.seed == seeds[0]) / "eval")
+        theirs = read_samples(base[seeds[0]].folder / "eval")
         cells = []
         for key, _, fmt in columns:
             d = question_difference(mine, theirs, key)
