@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from finegrain.evaluate import paired_difference  # noqa: E402
+from finegrain.evaluate import paired_difference, seeds_needed  # noqa: E402
 from finegrain.experiments.detox.report import moving_average, summarize_run  # noqa: E402
 
 FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
@@ -236,6 +236,20 @@ def paired_interval(diffs: list[float]) -> str:
     return f"{d.mean:+.3f}, 95% CI [{d.low:+.3f}, {d.high:+.3f}]"
 
 
+def power_note(scorer: list[float], judge: list[float], effects: tuple[float, ...] = (0.02, 0.05)) -> str:
+    """How much these seeds can see: the smallest difference a paired t test at 5% detects with 80%
+    power at the observed spread of each judge's paired differences, and the seeds that differences of
+    `effects` would need (finegrain.evaluate: the spread is estimated from few seeds, so these are
+    planning figures, not results)."""
+    if len(scorer) < 2:
+        return ""
+    s, j = (paired_difference(d, [0.0] * len(d)) for d in (scorer, judge))
+    need = "; ".join(f"{e:.2f}: {seeds_needed(e, s.sd) or '>10000'} (scorer), {seeds_needed(e, j.sd) or '>10000'} (judge)" for e in effects)
+    return (f"Power: with {s.n} seeds and the spread of the paired differences (sd {s.sd:.3f} scorer, {j.sd:.3f} judge), a paired "
+            f"t test at 5% detects with 80% power a difference of {s.detectable():.3f} (scorer) or {j.detectable():.3f} (judge); "
+            f"seeds needed for 80% power at a true difference of {need}.")
+
+
 def steps_to(steps: list[int], toxicity: list[float], target: float, window: int = 10) -> int | None:
     """The first step whose trailing `window`-step mean training toxicity is at most `target`; full
     windows only (from the `window`-th step), so that one lucky early batch does not count."""
@@ -410,7 +424,7 @@ def write_summary(out: Path) -> str:
             lines += ["", f"Fine-grained minus holistic, held-out avg max toxicity, paired by seed {common}: "
                           f"scorer {_mean_std(diffs)} (fine-grained lower in {wins}/{len(common)}); judge {_mean_std(jd)}.",
                       f"Paired t intervals (a difference is within the noise when its interval holds 0): scorer "
-                      f"{paired_interval(diffs)}; judge {paired_interval(jd)}."]
+                      f"{paired_interval(diffs)}; judge {paired_interval(jd)}.", power_note(diffs, jd)]
             for arm in ARMS:
                 runs = per_seed[arm]
                 reach = []

@@ -170,10 +170,17 @@ class PairedDifference:
     low: float
     high: float
     a_lower: int
+    sd: float = 0.0  # sample standard deviation of the n differences
 
     @property
     def within_noise(self) -> bool:
         return self.low <= 0.0 <= self.high
+
+    def detectable(self, power: float = 0.8, level: float = 0.95) -> float:
+        """The smallest true difference that a paired t test at this `level` finds with `power` over
+        these n pairs, taking the observed spread of the differences for the true one
+        (`detectable_difference`): how large a difference this many seeds can see at all."""
+        return detectable_difference(self.sd, self.n, power, level)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> PairedDifference:
@@ -187,7 +194,44 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.mean(diffs)
     half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return PairedDifference(len(diffs), mean, mean - half, mean + half, sum(d < 0 for d in diffs))
+    return PairedDifference(len(diffs), mean, mean - half, mean + half, sum(d < 0 for d in diffs), statistics.stdev(diffs))
+
+
+def paired_t_power(effect: float, sd: float, n: int, level: float = 0.95) -> float:
+    """Power of the two-sided paired t test at `level` over n pairs when the true mean difference is
+    `effect` and the differences' standard deviation is `sd`: the chance that the t interval leaves 0
+    out (the noncentral t distribution with n - 1 degrees of freedom and noncentrality
+    effect / sd * sqrt(n)). The textbook check: effect / sd = 1 needs 10 pairs for 80% (power 0.803)."""
+    from scipy.stats import nct, t
+
+    if n < 2 or sd < 0:
+        raise ValueError(f"paired_t_power needs n >= 2 and sd >= 0, got n={n}, sd={sd}")
+    if sd == 0:
+        return 1.0 if effect else 1.0 - level
+    crit = float(t.ppf(0.5 + level / 2, n - 1))
+    shift = abs(effect) / sd * math.sqrt(n)
+    return float(nct.sf(crit, n - 1, shift) + nct.cdf(-crit, n - 1, shift))
+
+
+def seeds_needed(effect: float, sd: float, power: float = 0.8, level: float = 0.95, most: int = 10_000) -> int | None:
+    """The fewest pairs (seeds) for which `paired_t_power` reaches `power`; None beyond `most`."""
+    for n in range(2, most + 1):
+        if paired_t_power(effect, sd, n, level) >= power:
+            return n
+    return None
+
+
+def detectable_difference(sd: float, n: int, power: float = 0.8, level: float = 0.95) -> float:
+    """The smallest |mean difference| that the paired t test at `level` over n pairs detects with
+    `power`, for differences of standard deviation `sd` (0 when they do not vary)."""
+    from scipy.optimize import brentq
+
+    if sd == 0:
+        return 0.0
+    high = sd
+    while paired_t_power(high, sd, n, level) < power:
+        high *= 2
+    return float(brentq(lambda e: paired_t_power(e, sd, n, level) - power, 0.0, high, xtol=sd * 1e-9))
 
 
 def metrics_by_seed(runs: Sequence[Any]) -> dict[int, dict[str, Any]]:
@@ -213,13 +257,16 @@ def paired_table(a_label: str, b_label: str, a: dict[int, dict[str, Any]], b: di
                  columns: Sequence[tuple[str, str, str]]) -> str:
     """A markdown table of `a_label` minus `b_label`, one row per metric in `columns` ((key, title,
     format)), over the seeds both arms have: the mean difference, its 95% t interval, in how many
-    seeds a is lower, and whether the interval holds 0. Empty when fewer than two seeds pair up."""
-    rows = [f"| {a_label} minus {b_label} | Seeds | Mean difference | 95% interval | {a_label} lower | Beyond the seeds' noise |",
-            "|---|---:|---:|---|---:|---|"]
+    seeds a is lower, whether the interval holds 0, and the smallest difference this many seeds would
+    detect with 80% power at their observed spread (`PairedDifference.detectable`: a within-noise
+    result says little when that is larger than any difference that would matter). Empty when fewer
+    than two seeds pair up."""
+    rows = [f"| {a_label} minus {b_label} | Seeds | Mean difference | 95% interval | {a_label} lower | Beyond the seeds' noise "
+            "| Detectable (80% power) |", "|---|---:|---:|---|---:|---|---:|"]
     diffs = paired_metrics(a, b, columns)
     for key, title, _ in columns:
         if key in diffs:
             d, f = diffs[key]
             rows.append(f"| {title} | {d.n} | {f.format(d.mean)} | [{f.format(d.low)}, {f.format(d.high)}] | {d.a_lower}/{d.n} | "
-                        f"{'no (the interval holds 0)' if d.within_noise else 'yes'} |")
+                        f"{'no (the interval holds 0)' if d.within_noise else 'yes'} | {f.replace('{:+', '{:').format(d.detectable())} |")
     return "\n".join(rows) if len(rows) > 2 else ""

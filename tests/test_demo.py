@@ -24,7 +24,7 @@ from finegrain.experiments.detox.task import (
     split_by_hash,
     toxicity_from_row,
 )
-from finegrain.evaluate import paired_difference, paired_table
+from finegrain.evaluate import detectable_difference, paired_difference, paired_t_power, paired_table, seeds_needed
 from finegrain.experiments.detox.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,6 +172,25 @@ def test_paired_difference_by_hand():
         paired_difference([1.0], [2.0])
     with pytest.raises(ValueError, match="equal length"):
         paired_difference([1.0, 2.0], [2.0])
+    assert d.sd == pytest.approx(1.0) and clear.sd == pytest.approx(0.1)
+
+
+def test_power_of_the_paired_t_test_against_the_textbook():
+    # Cohen's d_z = 1 needs 10 pairs (power 0.803) and d_z = 0.5 needs 34 (0.808), two-sided at 5%
+    # (the values G*Power gives for a paired t test)
+    assert paired_t_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert paired_t_power(0.5, 1.0, 34) == pytest.approx(0.8078, abs=1e-4)
+    assert seeds_needed(1.0, 1.0) == 10 and seeds_needed(0.05, 0.1) == 34 and seeds_needed(-0.05, 0.1) == 34
+    assert seeds_needed(0.001, 1.0, most=50) is None
+    # no true difference: the test's own false-positive rate
+    assert paired_t_power(0.0, 1.0, 5) == pytest.approx(0.05, abs=1e-9)
+    # the detectable difference is where the power reaches 80%, and it shrinks with more seeds
+    e5 = detectable_difference(0.027, 5)
+    assert paired_t_power(e5, 0.027, 5) == pytest.approx(0.8, abs=1e-6)
+    assert detectable_difference(0.027, 10) < e5 and detectable_difference(0.0, 5) == 0.0
+    assert paired_difference([0.1, 0.2, 0.3], [1.1, 1.3, 1.2]).detectable() == pytest.approx(detectable_difference(0.1, 3))
+    with pytest.raises(ValueError, match="n >= 2"):
+        paired_t_power(1.0, 1.0, 1)
 
 
 def test_paired_table_pairs_by_seed_and_skips_the_unpaired():
@@ -180,8 +199,9 @@ def test_paired_table_pairs_by_seed_and_skips_the_unpaired():
     b = {0: {"tox": 1.1, "ppl": 10.0}, 1: {"tox": 1.3, "ppl": 12.0}, 2: {"tox": 1.2, "ppl": 11.0}}
     rows = paired_table("FG", "Hol", a, b, cols).splitlines()
     assert rows[0].startswith("| FG minus Hol | Seeds |") and len(rows) == 4  # no row for a metric neither has
-    assert rows[2] == "| Tox ↓ | 3 | -1.000 | [-1.248, -0.752] | 3/3 | yes |"  # seed 7 has no pair
-    assert rows[3].startswith("| PPL ↓ | 3 | +0.00 | [") and rows[3].endswith("| 1/3 | no (the interval holds 0) |")
+    # seed 7 has no pair; differences -1.0, -1.1, -0.9: sd 0.1, detectable with 80% power over 3 pairs: 0.326
+    assert rows[2] == "| Tox ↓ | 3 | -1.000 | [-1.248, -0.752] | 3/3 | yes | 0.326 |"
+    assert rows[3].startswith("| PPL ↓ | 3 | +0.00 | [") and "| 1/3 | no (the interval holds 0) |" in rows[3]
     assert paired_table("FG", "Hol", {0: a[0]}, b, cols) == ""  # one seed pairs up: no table
 
 

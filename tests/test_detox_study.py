@@ -46,5 +46,6 @@ def test_summary_of_a_long_curve_group(study, tmp_path):
     text = study.write_summary(out)
     assert "## shipped-batch-100steps" in text
     assert "Fine-grained minus holistic" in text and "steps to 75% / 50%" in text
+    assert "Power: with 5 seeds" in text and "detects with 80% power a difference of" in text
     assert (out / "curves-100steps.png").stat().st_size > 0
     assert not (out / "curves.png").exists()  # no algorithm group: no algorithm plot
