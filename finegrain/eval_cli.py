@@ -59,6 +59,11 @@ def _check(args: argparse.Namespace) -> None:
     if args.temperature <= 0:
         raise ConfigError(f"--temperature: {args.temperature} must be positive")
     check_threads(args)
+    from finegrain.kernel.run import check_model_name
+
+    check_model_name(args.policy, "policy")
+    if not qa:
+        check_model_name(args.reference, "--reference")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -345,6 +345,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--top-p" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "nothing to report" in capsys.readouterr().err
+    assert main(["report", "--task", "qa", str(tmp_path), "--out", str(tmp_path / "r")]) == 2  # the QA report too
+    assert "nothing to report" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # a run's folder instead of its policy: named, with where the policy is, before anything loads
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert main(["eval", str(tmp_path / "run"), "--out", str(tmp_path / "e")]) == 2
+    assert f"policy: {tmp_path / 'run'} holds no model (no config.json) (a run's folder: its policy is in {tmp_path / 'run' / 'final'})" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")]) == 2
+    assert f"policy: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert main(["eval", "smollm2-135m", "--reference", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert f"--reference: {tmp_path} holds no model" in capsys.readouterr().err
     assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "steps" in capsys.readouterr().err
     assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--set", "ppo.nope=1"]) == 2

@@ -34,21 +34,24 @@ def _report(args: argparse.Namespace) -> int:
             raise ConfigError(f"--paired: {name!r} is none of the runs' labels ({', '.join(sorted(set(names)))})")
     paired = {"paired": tuple(args.paired)} if args.paired else {}
     if args.task == "qa":
-        from finegrain.experiments.qa.report import write_qa_report
+        from finegrain.experiments.qa.report import summarize, write_qa_report
 
+        summaries = [summarize(folder, name) for folder, name in zip(args.runs, names)]
+    else:
+        summaries = [summarize_run(folder, name) for folder, name in zip(args.runs, names)]
+    if not any(r.metrics is not None or r.steps for r in summaries):
+        raise ConfigError("none of the folders holds eval/metrics.json or metrics.jsonl: nothing to report")
+    if args.task == "qa":
         groups: dict = {}
         for folder, name in zip(args.runs, names):  # runs with the same label are seeds of one policy
             groups.setdefault(name, []).append(folder)
         command = "finegrain report --task qa " + " ".join(args.runs) + f" --out {args.out}"
         print(write_qa_report(groups, args.out, rm_dir=args.rms, command=command, **({"title": args.title} if args.title else {}), **paired))
         return 0
-    runs = [summarize_run(folder, name) for folder, name in zip(args.runs, names)]
-    if not any(r.metrics is not None or r.steps for r in runs):
-        raise ConfigError("none of the folders holds eval/metrics.json or metrics.jsonl: nothing to report")
     by_label: dict = {}
-    for run in runs:
+    for run in summaries:
         by_label.setdefault(run.label, []).append(run)
-    path = write_report(runs, args.out, title=args.title or "finegrain report", commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"],
+    path = write_report(summaries, args.out, title=args.title or "finegrain report", commands=["finegrain report " + " ".join(args.runs) + f" --out {args.out}"],
                         groups=by_label if args.paired else None, **paired)
     print(path)
     return 0
