@@ -59,7 +59,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.temperature <= 0:
         raise ConfigError(f"--temperature: {args.temperature} must be positive")
     check_threads(args)
-    from finegrain.kernel.run import check_model_name
+    from finegrain.models import check_model_name
 
     check_model_name(args.policy, "policy")
     if not qa:
@@ -101,7 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.scorer)
     judge = None if args.judge == "none" else load_scorer(args.judge)
     policy, tokenizer = load_policy(args.policy)
-    reference = policy if args.reference == args.policy else load_policy(args.reference)[0]
+    reference = policy if args.reference == args.policy else load_policy(args.reference, field="--reference")[0]
     settings = SamplingSettings(samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens, top_p=args.top_p,
                                 temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
                                 bf16=False if args.fp32 else (True if args.bf16 else None))

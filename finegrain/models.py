@@ -69,6 +69,21 @@ def embedded_file(name: str) -> Path:
     return path
 
 
+def check_model_name(name: str, field_name: str) -> None:
+    """A local path that does not exist, or a folder that holds no model (a run's folder, whose policy
+    is in final/ or best/), fails here, naming the config field; nothing is loaded or downloaded."""
+    from finegrain.config import ConfigError
+
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
+    if name not in EMBEDDED and looks_local and not path.exists():
+        raise ConfigError(f"{field_name}: {name} does not exist")
+    if name not in EMBEDDED and path.is_dir() and not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        inside = [d for d in ("final", "best") if (path / d / "config.json").is_file()]
+        hint = f" (a run's folder: its policy is in {path / inside[0]})" if inside else ""
+        raise ConfigError(f"{field_name}: {name} holds no model (no config.json){hint}")
+
+
 def resolve_model(name: str, cache: Path | None = None) -> str:
     """An embedded name, a local folder or a hub id -> what `from_pretrained` should be given."""
     if name in EMBEDDED:
@@ -133,12 +148,14 @@ def prepare_tokenizer(tok: "PreTrainedTokenizerBase", padding_side: str = "left"
 
 
 def load_policy(
-    name: str = DEFAULT_POLICY, *, dtype: "torch.dtype | None" = None, cache: Path | None = None
+    name: str = DEFAULT_POLICY, *, dtype: "torch.dtype | None" = None, cache: Path | None = None, field: str = "policy"
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """A causal LM and its tokenizer (left padding, pad token set), in eval mode."""
+    """A causal LM and its tokenizer (left padding, pad token set), in eval mode; a path that holds no
+    model is a `ConfigError` naming `field` (`check_model_name`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_model_name(name, field)
     path = resolve_model(name, cache)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     tok = load_tokenizer(name, padding_side="left", cache=cache)

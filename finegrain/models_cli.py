@@ -63,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    model, tok = load_policy(args.model)
+    model, tok = load_policy(args.model, field="--model")
     loaded = time.perf_counter() - t0
     ids, mask = PromptRenderer(tok).encode([args.prompt])
     settings = GenerationSettings(args.samples, args.max_new_tokens, 0, args.temperature, args.top_k, args.top_p)

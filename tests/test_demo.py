@@ -356,6 +356,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert f"policy: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     assert main(["eval", "smollm2-135m", "--reference", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert f"--reference: {tmp_path} holds no model" in capsys.readouterr().err
+    assert main(["models", "generate", "--model", str(tmp_path / "run"), "hi"]) == 2  # every loader of a policy
+    assert f"--model: {tmp_path / 'run'} holds no model" in capsys.readouterr().err
     assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "steps" in capsys.readouterr().err
     assert main(["demo", "detox", "--out", str(tmp_path / "d"), "--set", "ppo.nope=1"]) == 2

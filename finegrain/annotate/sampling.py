@@ -144,7 +144,7 @@ def sample_file(items: list[PromptItem], out: str | Path, policy: str, cfg: Samp
 
     if not items:
         raise ConfigError("no prompts to sample from")
-    model, tok = load_policy(policy)
+    model, tok = load_policy(policy, field="--policy")
     responses = sample_responses(items, model, tok, cfg)
     sampling = {"policy": policy, "k": cfg.k, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
                 "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}

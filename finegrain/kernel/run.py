@@ -60,25 +60,10 @@ def check_trackers(log_with: list[str]) -> None:
 def local_model(name: str, field_name: str) -> str:
     """An embedded model's name, a hub id or a local folder -> a path to load (`check_model_name`
     first)."""
-    from finegrain.models import resolve_model
+    from finegrain.models import check_model_name, resolve_model
 
     check_model_name(name, field_name)
     return resolve_model(name)
-
-
-def check_model_name(name: str, field_name: str) -> None:
-    """A local path that does not exist, or a folder that holds no model (a run's folder, whose policy
-    is in final/ or best/), fails here, naming the config field; nothing is loaded or downloaded."""
-    from finegrain.models import EMBEDDED
-
-    path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
-    if name not in EMBEDDED and looks_local and not path.exists():
-        raise ConfigError(f"{field_name}: {name} does not exist")
-    if name not in EMBEDDED and path.is_dir() and not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
-        inside = [d for d in ("final", "best") if (path / d / "config.json").is_file()]
-        hint = f" (a run's folder: its policy is in {path / inside[0]})" if inside else ""
-        raise ConfigError(f"{field_name}: {name} holds no model (no config.json){hint}")
 
 
 # --- setup -------------------------------------------------------------------------------------
