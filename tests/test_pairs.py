@@ -210,6 +210,11 @@ def test_cli_writes_pairs_and_counts_them(tmp_path, capsys):
     assert main(["data", "pairs", str(feedback), "--out", str(out), "--from", "span", "--force"]) == 0
     assert "wrote 3 pairs" in capsys.readouterr().out
     assert [p.origin for p in read_pairs(out)] == ["corrected", "span-removed", "span-removed"]
+    # a file that makes no pair: an error, and no empty pairs file for a trainer to trip on later
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"id": "a", "prompt": "p"}) + "\n")
+    assert main(["data", "pairs", str(bare), "--out", str(tmp_path / "none.jsonl")]) == 2
+    assert "no pairs to write (--from all" in capsys.readouterr().err and not (tmp_path / "none.jsonl").exists()
 
 
 def test_cli_names_bad_feedback_without_a_traceback(tmp_path, capsys):

@@ -95,6 +95,11 @@ def _pairs(args: argparse.Namespace) -> int:
         print(f"finegrain: error: --out {args.out}: already exists; pass --force to replace it", file=sys.stderr)
         return 2
     pairs, skipped = load_pairs_counted(args.file, args.source, _taxonomy(args), args.format)
+    if not pairs:  # an empty pairs file would only fail later, in a trainer
+        what = {"human": "pairwise judgements", "span": "corrected responses or marked spans", "all": "pairwise judgements, corrected responses or marked spans"}
+        print(f"finegrain: error: {args.file}: no pairs to write (--from {args.source}: the file has no {what[args.source]} "
+              "that make a pair); nothing written", file=sys.stderr)
+        return 2
     try:
         write_pairs(args.out, pairs, force=args.force)
     except FileExistsError as err:  # created since the check above
