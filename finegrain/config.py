@@ -50,6 +50,16 @@ def check_choice(obj: Any, attr: str, allowed: typing.Iterable[Any]) -> None:
         )
 
 
+def existing_file(path: str | Path, field_name: str) -> Path:
+    """`path` when it names a file; otherwise a ConfigError naming `field_name` and, for a relative
+    path, the working folder it was looked for in (configs name files relative to where the command runs)."""
+    found = Path(path).expanduser()
+    if found.is_file():
+        return found
+    where = "" if found.is_absolute() else f" (relative paths are read from the working folder, {Path.cwd()})"
+    raise ConfigError(f"{field_name}: {path} does not exist{where}")
+
+
 def check_range(
     obj: Any,
     attr: str,

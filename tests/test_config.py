@@ -88,3 +88,20 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert precision.resolve_precision(False) == "fp32" and precision.resolve_precision("bf16", "mps") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         precision.resolve_precision("fp16")
+
+
+def test_a_missing_file_names_its_field_and_where_a_relative_path_was_looked_for(tmp_path, monkeypatch):
+    from finegrain.config import existing_file
+    from finegrain.rl.config import DataConfig
+    from finegrain.rl.prompts import load_prompts
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"data.feedback: runs/x.jsonl does not exist \(relative paths are read from the working folder, {tmp_path}\)"):
+        existing_file("runs/x.jsonl", "data.feedback")
+    with pytest.raises(ConfigError, match=r"data.prompts: /nowhere/p.jsonl does not exist$"):
+        existing_file("/nowhere/p.jsonl", "data.prompts")
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "Hello"}\n')
+    assert existing_file("p.jsonl", "data.prompts").resolve() == tmp_path / "p.jsonl"
+    # the shipped prompts, named as the detox configs name them, are found from any working folder
+    split = load_prompts(DataConfig(prompts="finegrain/assets/detox_prompts.jsonl"), seed=0)
+    assert len(split.train) == 228

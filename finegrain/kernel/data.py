@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from finegrain.config import ConfigError
+from finegrain.config import ConfigError, existing_file
 
 if TYPE_CHECKING:
     from finegrain.data.pairs import PreferencePair
@@ -23,9 +22,7 @@ def read_feedback(path: str | None, field_name: str) -> list["Example"]:
 
     if not path:
         raise ConfigError(f"{field_name}: set a feedback file")
-    if not Path(path).is_file():
-        raise ConfigError(f"{field_name}: {path} does not exist")
-    return load_examples(path)
+    return load_examples(existing_file(path, field_name))
 
 
 def hold_out(items: list[Item], n_eval: int, seed: int, field_name: str, source: str) -> tuple[list[Item], list[Item]]:
@@ -47,9 +44,7 @@ def pair_split(data: "PairDataConfig", seed: int) -> tuple[list["PreferencePair"
     from finegrain.data.pairs import human_pairs, read_pairs, span_pairs
 
     if data.pairs_file is not None:
-        if not Path(data.pairs_file).is_file():
-            raise ConfigError(f"data.pairs_file: {data.pairs_file} does not exist")
-        pairs = read_pairs(data.pairs_file)
+        pairs = read_pairs(existing_file(data.pairs_file, "data.pairs_file"))
         ids = sorted({p.example.id for p in pairs})
         _, held_ids = hold_out(ids, data.eval_examples, seed, "data.eval_examples", data.pairs_file)
         held = set(held_ids) if data.eval_examples else set()

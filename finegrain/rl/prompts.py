@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finegrain.config import ConfigError
+from finegrain.config import ConfigError, existing_file
 
 if TYPE_CHECKING:
     from finegrain.data.records import Example
@@ -29,8 +29,12 @@ def load_prompts(data: "DataConfig", seed: int) -> PromptSplit:
 
     if data.prompts is not None:
         path = Path(data.prompts)
-        if not path.is_file():
-            raise ConfigError(f"data.prompts: {data.prompts} does not exist")
+        if not path.is_file() and path.parts[:2] == ("finegrain", "assets"):  # a shipped file, run from another folder
+            from finegrain.experiments.detox.task import asset
+
+            shipped = asset(str(Path(*path.parts[2:])))
+            path = shipped if shipped.is_file() else path
+        path = existing_file(path, "data.prompts")
         examples = load_examples(path)
         source = str(path)
     else:
