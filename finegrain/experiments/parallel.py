@@ -33,6 +33,24 @@ class Job:
     threads: int | None = None  # torch threads in the worker
 
 
+WORKER_MEMORY = 8 * 2**30  # what a QA stage's worker may hold (a PPO run: policy, reference, critic, RMs: about 5 GiB)
+
+
+def default_workers(most: int = 2) -> int:
+    """Workers for a demo whose stages mostly run side by side (the QA demo) when the command line
+    names none: on a CPU-only machine two where it has two cores and the memory for two workers, else
+    one; with a GPU one (every stage on that GPU, in turn)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): one worker, as before
+        return 1
+    return max(1, min(most, os.cpu_count() or 1, memory // WORKER_MEMORY))
+
+
 def worker_settings(workers: int | None, threads: int | None) -> dict[str, int]:
     """A demo config's `workers` and `threads` from the command line: with workers and no --threads, the
     machine's cores shared among them (at least one thread each)."""

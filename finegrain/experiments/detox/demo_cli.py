@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; 1 is faster on a crowded machine)")
     parser.add_argument("--workers", type=int, default=None,
                         help="stages run at once, each in its own process once its inputs exist (detox: the initial evaluation and both "
-                             "runs; qa: e.g. the four RMs, both PPO arms); --threads is then per worker (default: the cores shared among them)")
+                             "runs; qa: e.g. the four RMs, both PPO arms); --threads is then per worker (default: the cores shared among them). "
+                             "Default: detox 1 (one process); qa 2 where the machine has 2 cores and 16 GiB, else 1")
     parser.add_argument("--fresh", action="store_true", help="delete the output folder first (default: finish an interrupted demo)")
     parser.set_defaults(func=_demo)
 
