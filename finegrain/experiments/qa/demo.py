@@ -453,12 +453,17 @@ def run_demo(cfg: QADemoConfig, *, fresh: bool = False, argv: list[str] | None =
                 demo.say(f"[{bar}] {i + 1}/{len(units)} {label}: done earlier, kept")
             else:
                 demo.say(f"[{bar}] {i + 1}/{len(units)} {label}")
-                t0, c0 = time.perf_counter(), time.process_time()
-                demo.run(unit)
-                demo.record(label, time.perf_counter() - t0, time.process_time() - c0)
+                _run_here(demo, unit, label)
     path = demo.report() if (demo.out / "sft").is_dir() or any(u.stage == "report" for u in units) else demo.out
     demo.say(f"done in {demo.say.elapsed() / 60:.1f} min: {path}")
     return path
+
+
+def _run_here(demo: Demo, unit: Unit, label: str) -> None:
+    """One unit in this process, its wall-clock and CPU seconds kept in the demo's timings."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    demo.run(unit)
+    demo.record(label, time.perf_counter() - t0, time.process_time() - c0)
 
 
 def _run_parallel(demo: Demo, units: list[Unit]) -> None:
@@ -474,9 +479,7 @@ def _run_parallel(demo: Demo, units: list[Unit]) -> None:
             demo.say(f"{u.label(cfg.seeds)}: done earlier, kept")
             continue
         if u.stage == "split":  # seconds, and everything waits on it: here, so that its warnings about the data show
-            t0, c0 = time.perf_counter(), time.process_time()
-            demo.run(u)
-            demo.record(u.label(cfg.seeds), time.perf_counter() - t0, time.process_time() - c0)
+            _run_here(demo, u, u.label(cfg.seeds))
             demo.say(f"{u.label(cfg.seeds)}: done (in this process)")
             continue
         jobs.append(Job(u, u.label(cfg.seeds), logs / f"{u.slug()}.log", _run_unit, (cfg, u), tuple(needs(u, cfg.seeds)), cfg.threads))
