@@ -4,7 +4,7 @@ same two arms trained by GRPO and RLOO (issue 12, `--algos ppo grpo rloo`).
 
     .venv/bin/python bench/detox_study.py plan                  # the jobs, in the order they run
     .venv/bin/python bench/detox_study.py run --workers 2       # train + evaluate every job not done yet
-    .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md, OUT/summary.json, OUT/curves.png
+    .venv/bin/python bench/detox_study.py summarize             # OUT/summary.md, OUT/summary.json, OUT/curves.png, OUT/kl-frontier.png
     .venv/bin/python bench/detox_study.py run --algos ppo grpo rloo --groups shipped-grpo shipped-rloo   # critic-free arms only
     .venv/bin/python bench/detox_study.py run ... --keep bench/results/detox-study   # also keep each run's small files to commit
     .venv/bin/python bench/detox_study.py run --kl-coefs 0.02 0.1 --kl-seeds 0 1 --groups shipped-batch shipped-batch-kl0.02 shipped-batch-kl0.1
@@ -259,6 +259,73 @@ def steps_to(steps: list[int], toxicity: list[float], target: float, window: int
     return None
 
 
+KL_LEVELS = (1.0, 2.0, 3.0, 4.0, 6.0)  # nats: where the arms' training toxicity is compared at equal KL
+
+
+def at_kl(toxicity: list[float], kl: list[float], level: float, window: int = 10) -> tuple[int, float] | None:
+    """(index, training toxicity) where a run first reaches `level` of KL to the initial policy: the first
+    full `window` whose trailing mean KL is at least `level`, and the trailing mean toxicity of the same
+    window (None: the run never got that far). Both are rollout estimates, hence the smoothing."""
+    kl_mean, tox_mean = moving_average(kl, window), moving_average(toxicity, window)
+    for i in range(window - 1, len(kl_mean)):
+        if kl_mean[i] >= level:
+            return i, tox_mean[i]
+    return None
+
+
+def equal_kl(per_seed: dict[str, dict[int, dict]], levels: tuple[float, ...] = KL_LEVELS) -> list[str]:
+    """The arms' training toxicity at equal KL (`at_kl`), seed by seed, from their training logs: a check
+    that one arm is not simply further from the initial policy. Lines for the summary (empty without
+    both arms' KL curves)."""
+    seeds = sorted(s for s in set(per_seed["holistic"]) & set(per_seed["finegrained"])
+                   if all("kl_curve" in per_seed[a][s] for a in ARMS))
+    if not seeds:
+        return []
+    lines = [f"- Training toxicity at equal KL (10-step means, first full window at or above each KL; the training "
+             f"scorer on the training prompts), seeds {seeds}:"]
+    for level in levels:
+        reached = {a: {s: at_kl(per_seed[a][s]["curve"][1], per_seed[a][s]["kl_curve"], level) for s in seeds} for a in ARMS}
+        values = {a: {s: v[1] for s, v in reached[a].items() if v is not None} for a in ARMS}
+        if not any(values.values()):
+            continue
+        cells = [f"{a} {_mean_std(list(values[a].values()))} at step {', '.join(str(per_seed[a][s]['curve'][0][v[0]]) for s, v in reached[a].items() if v is not None)}"
+                 if values[a] else f"{a} not reached" for a in ARMS]
+        both = [s for s in seeds if s in values["holistic"] and s in values["finegrained"]]
+        diffs = [values["finegrained"][s] - values["holistic"][s] for s in both]
+        diff = (f"; fine-grained minus holistic on the {len(both)} seed(s) both reached: "
+                + (paired_interval(diffs) if len(diffs) > 1 else f"{diffs[0]:+.3f}") if both else "")
+        lines.append(f"  - KL {level:g}: " + "; ".join(cells) + diff)
+    return lines
+
+
+def plot_frontier(groups: dict, path: Path) -> bool:
+    """Training toxicity against KL (10-step means, full windows), one line per seed and arm, one panel per
+    group with both arms; False when no group has them."""
+    panels = [g for g in sorted(groups) if all(any("kl_curve" in r for r in groups[g].get(a, {}).values()) for a in ARMS)]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finegrain.io import save_figure
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, group in zip(axes[0], panels):
+        for arm, colour in zip(ARMS, ("tab:blue", "tab:orange")):
+            for i, r in enumerate(r for r in groups[group][arm].values() if "kl_curve" in r):
+                kl, tox = moving_average(r["kl_curve"], 10)[9:], moving_average(r["curve"][1], 10)[9:]
+                ax.plot(kl, tox, color=colour, alpha=0.7, linewidth=1, label=arm if i == 0 else None)
+        ax.set_title(group, fontsize=9)
+        ax.set_xlabel("KL to the initial policy")
+    axes[0][0].set_ylabel("training toxicity")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
 def _kl_coef(folder: Path) -> float | None:
     """The run's KL coefficient from its config.yaml (PPO: ppo.kl_coef; GRPO/RLOO: critic_free.kl_coef)."""
     import yaml
@@ -285,6 +352,7 @@ def collect(out: Path) -> dict:
             row["train_toxicity_first5"] = statistics.mean(run.toxicity[:5])
             row["train_toxicity_last10"] = statistics.mean(run.toxicity[-10:])
             row["curve"] = [run.steps, run.toxicity]
+            row["kl_curve"] = run.kl
             row["kl_coef"] = _kl_coef(folder)
             if run.seconds:
                 row["s_per_step"] = run.seconds / len(run.steps)  # wall time, two one-thread runs side by side
@@ -435,6 +503,7 @@ def write_summary(out: Path) -> str:
                     start = statistics.mean(per_seed[a][s]["train_toxicity_first5"] for a in ARMS)
                     reach.append(f"seed {s}: 75% at {steps_to(*r['curve'], 0.75 * start) or '-'}, 50% at {steps_to(*r['curve'], 0.5 * start) or '-'}")
                 lines.append(f"- {arm}, steps to 75% / 50% of the initial training toxicity (10-step mean): " + "; ".join(reach))
+            lines += equal_kl(per_seed)
         lines.append("")
     lines += side_by_side(groups, "Reward normalisations (PPO)", "ppo.reward_norm",
                           {n: f"shipped-{n}" for n in ("batch", "none", "running", "segment")})
@@ -444,12 +513,13 @@ def write_summary(out: Path) -> str:
     if points:
         plot_kl_sweep(points, out / "kl-sweep.png")
     plot_curves(groups, out / "curves.png")
+    plot_frontier(groups, out / "kl-frontier.png")
     for group in groups:  # the long curves (--curve-seeds): one plot per length
         if group.endswith("steps") and "-kl" not in group:
             plot_curves(groups, out / f"curves-{group.rsplit('-', 1)[1]}.png", {f"PPO, {group.rsplit('-', 1)[1][:-5]} steps": group})
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text, encoding="utf-8")
-    slim = {g: {a: {s: {k: v for k, v in r.items() if k != "curve"} for s, r in arms.items()} for a, arms in d.items()} for g, d in groups.items()}
+    slim = {g: {a: {s: {k: v for k, v in r.items() if k not in ("curve", "kl_curve")} for s, r in arms.items()} for a, arms in d.items()} for g, d in groups.items()}
     (out / "summary.json").write_text(json.dumps(slim, indent=2) + "\n", encoding="utf-8")
     return text
 
