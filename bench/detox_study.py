@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finegrain.evaluate import paired_difference, seeds_needed  # noqa: E402
-from finegrain.experiments.detox.report import moving_average, summarize_run  # noqa: E402
+from finegrain.experiments.detox.report import equal_kl_table, moving_average, summarize_run  # noqa: E402
 
 FINEGRAIN = [sys.executable, "-m", "finegrain.cli"]  # this checkout's code (PYTHONPATH below), whatever is installed
 RTP = ROOT.parent / "shared" / "data" / "realtoxicityprompts" / "prompts.jsonl"
@@ -259,43 +259,16 @@ def steps_to(steps: list[int], toxicity: list[float], target: float, window: int
     return None
 
 
-KL_LEVELS = (1.0, 2.0, 3.0, 4.0, 6.0)  # nats: where the arms' training toxicity is compared at equal KL
-
-
-def at_kl(toxicity: list[float], kl: list[float], level: float, window: int = 10) -> tuple[int, float] | None:
-    """(index, training toxicity) where a run first reaches `level` of KL to the initial policy: the first
-    full `window` whose trailing mean KL is at least `level`, and the trailing mean toxicity of the same
-    window (None: the run never got that far). Both are rollout estimates, hence the smoothing."""
-    kl_mean, tox_mean = moving_average(kl, window), moving_average(toxicity, window)
-    for i in range(window - 1, len(kl_mean)):
-        if kl_mean[i] >= level:
-            return i, tox_mean[i]
-    return None
-
-
-def equal_kl(per_seed: dict[str, dict[int, dict]], levels: tuple[float, ...] = KL_LEVELS) -> list[str]:
-    """The arms' training toxicity at equal KL (`at_kl`), seed by seed, from their training logs: a check
-    that one arm is not simply further from the initial policy. Lines for the summary (empty without
-    both arms' KL curves)."""
-    seeds = sorted(s for s in set(per_seed["holistic"]) & set(per_seed["finegrained"])
-                   if all("kl_curve" in per_seed[a][s] for a in ARMS))
-    if not seeds:
+def equal_kl(per_seed: dict[str, dict[int, dict]]) -> list[str]:
+    """The arms' training toxicity at equal KL (finegrain's `equal_kl_table`), from the runs' training
+    logs: a check that one arm does not simply go further from the initial policy. Lines for the summary
+    (empty without both arms' KL curves)."""
+    curves = {arm: {s: (r["curve"][0], r["curve"][1], r["kl_curve"]) for s, r in per_seed[arm].items() if "kl_curve" in r} for arm in ARMS}
+    table = equal_kl_table("finegrained", "holistic", curves)
+    if not table:
         return []
-    lines = [f"- Training toxicity at equal KL (10-step means, first full window at or above each KL; the training "
-             f"scorer on the training prompts), seeds {seeds}:"]
-    for level in levels:
-        reached = {a: {s: at_kl(per_seed[a][s]["curve"][1], per_seed[a][s]["kl_curve"], level) for s in seeds} for a in ARMS}
-        values = {a: {s: v[1] for s, v in reached[a].items() if v is not None} for a in ARMS}
-        if not any(values.values()):
-            continue
-        cells = [f"{a} {_mean_std(list(values[a].values()))} at step {', '.join(str(per_seed[a][s]['curve'][0][v[0]]) for s, v in reached[a].items() if v is not None)}"
-                 if values[a] else f"{a} not reached" for a in ARMS]
-        both = [s for s in seeds if s in values["holistic"] and s in values["finegrained"]]
-        diffs = [values["finegrained"][s] - values["holistic"][s] for s in both]
-        diff = (f"; fine-grained minus holistic on the {len(both)} seed(s) both reached: "
-                + (paired_interval(diffs) if len(diffs) > 1 else f"{diffs[0]:+.3f}") if both else "")
-        lines.append(f"  - KL {level:g}: " + "; ".join(cells) + diff)
-    return lines
+    return ["", "Training toxicity at equal KL (10-step means where each run's 10-step mean KL first reaches the level; "
+                "the training scorer on the training rollouts; `finegrain.experiments.detox.report.equal_kl_table`):", "", table]
 
 
 def plot_frontier(groups: dict, path: Path) -> bool:

@@ -25,7 +25,7 @@ from finegrain.experiments.detox.task import (
     toxicity_from_row,
 )
 from finegrain.evaluate import detectable_difference, paired_difference, paired_t_power, paired_table, seeds_needed
-from finegrain.experiments.detox.report import metrics_table, moving_average, plot_curves, summarize_run, write_report
+from finegrain.experiments.detox.report import at_kl, equal_kl_table, metrics_table, moving_average, plot_curves, summarize_run, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,11 +108,11 @@ def _metrics(tox: float, ppl: float) -> DetoxMetrics:
     return DetoxMetrics(tox, tox / 2, tox / 3, ppl, 0.5, 0.8, 0.9, 30.0, 10, 4)
 
 
-def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetrics | None, seed: int = 0) -> Path:
+def _fake_run(folder: Path, mode: str, rewards: list[float], metrics: DetoxMetrics | None, seed: int = 0, kl_step: float = 0.1) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump({"rewards": [{"kind": "toxicity", "mode": mode, "weight": 1.0, "mapping": "identity"}],
                                                         "run": {"seed": seed}}))
-    rows = [{"step": i + 1, "reward/toxicity": r, "kl": 0.1 * i, "time/step": 2.0} for i, r in enumerate(rewards)]
+    rows = [{"step": i + 1, "reward/toxicity": r, "kl": kl_step * i, "time/step": 2.0} for i, r in enumerate(rewards)]
     rows.insert(1, {"step": 1, "eval/reward": 0.5})  # an evaluation row: not a training step
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if metrics is not None:
@@ -142,6 +142,27 @@ def test_metrics_table_in_the_papers_form(tmp_path):
 
 def test_moving_average():
     assert moving_average([1.0, 3.0, 5.0, float("nan"), 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 5.0, 7.0])
+
+
+def test_toxicity_at_equal_kl_by_hand():
+    kl = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    tox = [0.6, 0.6, 0.3, 0.3, 0.0, 0.0]
+    # trailing 2-step means from index 1 (full windows): KL 0.5, 1.5, 2.5, 3.5, 4.5; toxicity 0.6, 0.45, 0.3, 0.15, 0.0
+    assert at_kl(tox, kl, 1.0, window=2) == (2, pytest.approx(0.45))
+    assert at_kl(tox, kl, 2.0, window=2) == (3, pytest.approx(0.3))
+    assert at_kl(tox, kl, 0.1, window=2) == (1, pytest.approx(0.6))  # not index 0: its window is not full
+    assert at_kl(tox, kl, 9.0, window=2) is None
+    steps = list(range(1, 21))
+    slow = (steps, [0.5] * 20, [0.2 * i for i in range(20)])  # 10-step mean KL 0.9 at step 10, 1.1 at step 11; at most 2.9
+    fast = (steps, [0.2] * 20, [0.4 * i for i in range(20)])  # 1.8 at step 10; 5.0 first at step 18
+    rows = equal_kl_table("FG", "Hol", {"FG": {0: fast}, "Hol": {0: slow}}, levels=(1.0, 5.0, 9.0)).splitlines()
+    assert rows[0] == "| KL (nats) | FG | Hol | FG minus Hol, paired |"
+    assert rows[2] == "| 1 | 0.200 (1/1 seeds, step 10) | 0.500 (1/1 seeds, step 11) | -0.300 (1 seed) |"
+    assert rows[3] == "| 5 | 0.200 (1/1 seeds, step 18) | not reached (0/1 seeds) | - |"
+    assert len(rows) == 4  # KL 9: neither run got there, no row
+    two = equal_kl_table("FG", "Hol", {"FG": {0: fast, 1: fast}, "Hol": {0: slow, 1: (steps, [0.3] * 20, slow[2])}}, levels=(1.0,))
+    assert "| 1 | 0.200 ± 0.000 (2/2 seeds, step 10) | 0.400 ± 0.141 (2/2 seeds, step 11) | -0.200 [" in two
+    assert equal_kl_table("FG", "Hol", {"FG": {0: fast}, "Hol": {1: slow}}) == ""  # no seed in common
 
 
 def test_write_report_and_plot(tmp_path):
@@ -220,6 +241,14 @@ def test_the_report_over_seeds_pairs_the_arms_by_seed(tmp_path):
     assert "paired by seed" not in write_report(runs, tmp_path / "r2", groups={"Holistic": groups["Holistic"][:1],
                                                                                "Fine-grained": groups["Fine-grained"]},
                                                 paired=("Fine-grained", "Holistic")).read_text()
+    assert "at equal KL" not in text  # two steps each: no run has a full 10-step window
+    for seed in range(3):  # 12 steps; fine-grained's KL grows twice as fast (10-step mean 1.1 at step 11)
+        for label, kl_step, tox in (("Holistic", 0.1, 0.3), ("Fine-grained", 0.2, 0.2 + 0.01 * seed)):
+            folder = _fake_run(tmp_path / "long" / f"s{seed}" / label, "dense", [-tox] * 12, _metrics(0.1, 10.0), seed=seed, kl_step=kl_step)
+            groups[label][seed] = summarize_run(folder, f"{label} (seed {seed})")
+    text = write_report(runs, tmp_path / "report", groups=groups, paired=("Fine-grained", "Holistic")).read_text()
+    assert "Training toxicity at equal KL" in text and "| KL (nats) | Fine-grained | Holistic | Fine-grained minus Holistic, paired |" in text
+    assert "| 1 | 0.210 ± 0.010 (3/3 seeds, step 11) | not reached (0/3 seeds) | - |" in text  # holistic: mean KL at most 0.65
 
 
 def test_the_report_command_pairs_two_labels_by_seed(tmp_path, capsys):

@@ -39,23 +39,6 @@ def test_steps_to_counts_full_windows_only(study):
     assert study.steps_to(list(range(1, 8)), falling, 0.7, window=3) == 5  # (1 + 0.4 + 0.4) / 3 = 0.6; step 4: 0.8
 
 
-def test_toxicity_at_equal_kl(study):
-    kl = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    tox = [0.6, 0.6, 0.3, 0.3, 0.0, 0.0]
-    # trailing 2-step means: KL 0.5, 1.5, 2.5, 3.5, 4.5 from index 1; toxicity 0.6, 0.45, 0.3, 0.15, 0.0
-    assert study.at_kl(tox, kl, 2.0, window=2) == (3, pytest.approx(0.3))
-    assert study.at_kl(tox, kl, 1.0, window=2) == (2, pytest.approx(0.45))
-    assert study.at_kl(tox, kl, 0.1, window=2) == (1, pytest.approx(0.6))  # full windows only: not index 0
-    assert study.at_kl(tox, kl, 9.0, window=2) is None
-    run = lambda kl_curve, toxicity: {"curve": [list(range(1, 21)), toxicity], "kl_curve": kl_curve}  # noqa: E731
-    slow = run([0.2 * i for i in range(20)], [0.5] * 20)  # 10-step mean KL: 0.9 at step 10, 1.1 at step 11
-    fast = run([0.4 * i for i in range(20)], [0.2] * 20)
-    lines = study.equal_kl({"holistic": {0: slow}, "finegrained": {0: fast}}, levels=(1.0, 5.0, 9.0))
-    assert "KL 1: holistic 0.500 at step 11; finegrained 0.200 at step 10" in lines[1] and "fine-grained minus holistic on the 1 seed(s) both reached: -0.300" in lines[1]
-    assert "KL 5: holistic not reached; finegrained 0.200 at step 18" in lines[2] and "minus" not in lines[2]
-    assert len(lines) == 3  # KL 9: neither arm got there, no line
-
-
 @pytest.mark.skipif(not (KEPT / "rtp-batch").is_dir(), reason="the study's kept runs are not in this checkout")
 def test_summary_of_a_long_curve_group(study, tmp_path):
     out = tmp_path / "study"

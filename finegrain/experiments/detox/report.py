@@ -8,6 +8,7 @@ A run folder is what the trainer writes (`config.yaml`, `metrics.jsonl`, `final/
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,6 @@ def metrics_table(runs: list[RunSummary]) -> str:
 
 def spread_table(groups: dict[str, list[RunSummary]]) -> str:
     """The same table over seeds: one row per policy, each figure as mean ± std over its runs."""
-    import statistics
-
     columns = _columns([r for runs in groups.values() for r in runs])
     head = "| Policy | Seeds | " + " | ".join(title for _, title, _ in columns) + " |"
     rows = [head, "|---|---:|" + "|".join("---:" for _ in columns) + "|"]
@@ -153,6 +152,60 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+KL_LEVELS = (1.0, 2.0, 3.0, 4.0, 6.0)  # nats: where `equal_kl_table` compares runs
+
+
+def at_kl(toxicity: list[float], kl: list[float], level: float, window: int = 10) -> tuple[int, float] | None:
+    """(index, training toxicity) where a run first reaches `level` of KL to the initial policy: the first
+    full `window` whose trailing mean KL is at least `level`, and the trailing mean toxicity of the same
+    window; None when the run never got that far. Both are estimates from each step's rollouts, hence
+    the smoothing."""
+    kl_mean, tox_mean = moving_average(kl, window), moving_average(toxicity, window)
+    for i in range(window - 1, len(kl_mean)):
+        if kl_mean[i] >= level:
+            return i, tox_mean[i]
+    return None
+
+
+Curve = tuple[list[int], list[float], list[float]]  # a run's logged steps, training toxicity, KL
+
+
+def equal_kl_table(a: str, b: str, curves: dict[str, dict[int, Curve]], levels: tuple[float, ...] = KL_LEVELS,
+                   window: int = 10) -> str:
+    """The training toxicity of runs `a` and `b` (labels of `curves`: {label: {seed: Curve}}) where each
+    first reaches a KL to the initial policy (`at_kl`), and `a` minus `b` paired by seed: whether one
+    arm cuts more toxicity per nat of KL or only moves further from the initial policy in the same steps.
+    A markdown table, one row per KL some run reached; empty when none did."""
+    from finegrain.evaluate import paired_difference
+
+    seeds = sorted(set(curves.get(a, {})) & set(curves.get(b, {})))
+    rows = [f"| KL (nats) | {a} | {b} | {a} minus {b}, paired |", "|---:|---|---|---|"]
+    for level in levels:
+        reached = {label: {s: hit for s in seeds if (hit := at_kl(curves[label][s][1], curves[label][s][2], level, window))}
+                   for label in (a, b)}
+        if not any(reached.values()):
+            continue
+        cells = []
+        for label in (a, b):
+            hits = reached[label]
+            if not hits:
+                cells.append(f"not reached (0/{len(seeds)} seeds)")
+                continue
+            values = [v for _, v in hits.values()]
+            steps = [curves[label][s][0][i] for s, (i, _) in hits.items()]
+            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.3f}{spread} ({len(values)}/{len(seeds)} seeds, step {min(steps)}"
+                         + (f"-{max(steps)}" if max(steps) > min(steps) else "") + ")")
+        both = [s for s in seeds if s in reached[a] and s in reached[b]]
+        if len(both) > 1:
+            d = paired_difference([reached[a][s][1] for s in both], [reached[b][s][1] for s in both])
+            cells.append(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] ({len(both)} seeds)")
+        else:
+            cells.append(f"{reached[a][both[0]][1] - reached[b][both[0]][1]:+.3f} (1 seed)" if both else "-")
+        rows.append(f"| {level:g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def plot_curves(runs: list[RunSummary], path: str | Path, window: int = 10) -> Path | None:
     """Toxicity and KL against steps, one line per trained run (faint: per step; bold: moving
     average over `window` steps). Returns None when no run has a training log."""
@@ -164,19 +217,22 @@ def plot_curves(runs: list[RunSummary], path: str | Path, window: int = 10) -> P
     matplotlib.use("Agg")  # no display: write files only
     import matplotlib.pyplot as plt
 
-    fig, (ax_tox, ax_kl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_tox, ax_kl, ax_front) = plt.subplots(1, 3, figsize=(15, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(trained):
         c = colors[i % len(colors)]
         for ax, values in ((ax_tox, run.toxicity), (ax_kl, run.kl)):
             ax.plot(run.steps, values, color=c, alpha=0.25, linewidth=1)
             ax.plot(run.steps, moving_average(values, window), color=c, linewidth=2, label=run.label)
+        first = min(window, len(run.steps)) - 1  # full windows only, as `at_kl` reads them
+        ax_front.plot(moving_average(run.kl, window)[first:], moving_average(run.toxicity, window)[first:], color=c, linewidth=2, label=run.label)
     ax_tox.set(title="Toxicity of the training samples", xlabel="PPO step", ylabel="mean toxicity (embedded scorer)")
     ax_kl.set(title="KL to the initial policy", xlabel="PPO step", ylabel="KL(π ‖ π_ref) per response (nats)")
-    for ax in (ax_tox, ax_kl):
+    ax_front.set(title="Toxicity against KL (equal KL: equal cost)", xlabel="KL(π ‖ π_ref) per response (nats)", ylabel="mean toxicity")
+    for ax in (ax_tox, ax_kl, ax_front):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"faint: per step; bold: {window}-step moving average", fontsize=9)
+    fig.suptitle(f"faint: per step; bold: {window}-step moving average (right: both)", fontsize=9)
     fig.tight_layout()
     from finegrain.io import save_figure
 
@@ -216,6 +272,14 @@ def write_report(
             if table:
                 lines += [f"{paired[0]} minus {paired[1]}, paired by seed (a metric moves beyond the seeds' noise when its "
                           "95% t interval does not hold 0):", "", table, ""]
+            curves = {label: {r.seed: (r.steps, r.toxicity, r.kl) for r in groups.get(label, []) if r.steps and r.seed is not None}
+                      for label in paired or ()}
+            table = equal_kl_table(*paired, curves) if paired else ""
+            if table:
+                lines += ["Training toxicity at equal KL: each run's 10-step mean toxicity (the training scorer on its own "
+                          "rollouts) where its 10-step mean KL to the initial policy first reaches each level, mean ± std "
+                          "over seeds, and the difference paired by seed with its 95% t interval. Arms that end at "
+                          "different KL are compared here at the same cost.", "", table, ""]
             lines += ["Each run:", ""]
         lines += [metrics_table(runs), ""]
     trained = [r for r in runs if r.steps]
