@@ -181,6 +181,16 @@ def test_write_report_and_plot(tmp_path):
     assert plot_curves(runs[:1], tmp_path / "none.png") is None  # no training log: no plot
 
 
+def test_a_single_seed_report_compares_the_arms_at_equal_kl(tmp_path):
+    """`make demo` runs one seed: its report still reads both arms at equal KL, without an interval."""
+    runs = [summarize_run(_fake_run(tmp_path / "hol", "holistic", [-0.3] * 12, _metrics(0.2, 10.0), kl_step=0.1), "Holistic"),
+            summarize_run(_fake_run(tmp_path / "fg", "dense", [-0.2] * 12, _metrics(0.1, 11.0), kl_step=0.2), "Fine-grained")]
+    text = write_report(runs, tmp_path / "report", paired=("Fine-grained", "Holistic")).read_text()
+    assert "Training toxicity at equal KL" in text and "(one seed: no interval" in text
+    assert "| 1 | 0.200 (1/1 seeds, step 11) | not reached (0/1 seeds) | - |" in text
+    assert "at equal KL" not in write_report(runs, tmp_path / "r2").read_text()  # no pair named: no table
+
+
 def test_paired_difference_by_hand():
     # differences 1, 2, 3: mean 2, sample std 1, t(0.975, 2 df) = 4.302653 -> half width 4.302653 / sqrt(3)
     d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])

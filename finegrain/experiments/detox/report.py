@@ -272,14 +272,18 @@ def write_report(
             if table:
                 lines += [f"{paired[0]} minus {paired[1]}, paired by seed (a metric moves beyond the seeds' noise when its "
                           "95% t interval does not hold 0):", "", table, ""]
-            curves = {label: {r.seed: (r.steps, r.toxicity, r.kl) for r in groups.get(label, []) if r.steps and r.seed is not None}
-                      for label in paired or ()}
-            table = equal_kl_table(*paired, curves) if paired else ""
-            if table:
-                lines += ["Training toxicity at equal KL: each run's 10-step mean toxicity (the training scorer on its own "
-                          "rollouts) where its 10-step mean KL to the initial policy first reaches each level, mean ± std "
-                          "over seeds, and the difference paired by seed with its 95% t interval. Arms that end at "
-                          "different KL are compared here at the same cost.", "", table, ""]
+        # one seed: the runs themselves, by label (the demo's single-seed runs carry the arm's label)
+        by_label = groups or {r.label: [r] for r in runs}
+        curves = {label: {(r.seed if groups else 0): (r.steps, r.toxicity, r.kl) for r in by_label.get(label, [])
+                          if r.steps and (r.seed is not None or not groups)} for label in paired or ()}
+        table = equal_kl_table(*paired, curves) if paired else ""
+        if table:
+            lines += ["Training toxicity at equal KL: each run's 10-step mean toxicity (the training scorer on its own "
+                      "rollouts) where its 10-step mean KL to the initial policy first reaches each level"
+                      + (", mean ± std over seeds, and the difference paired by seed with its 95% t interval" if groups else
+                         " (one seed: no interval; run several seeds for one)")
+                      + ". Arms that end at different KL are compared here at the same cost.", "", table, ""]
+        if groups:
             lines += ["Each run:", ""]
         lines += [metrics_table(runs), ""]
     trained = [r for r in runs if r.steps]
