@@ -210,7 +210,24 @@ def paired_t_power(effect: float, sd: float, n: int, level: float = 0.95) -> flo
         return 1.0 if effect else 1.0 - level
     crit = float(t.ppf(0.5 + level / 2, n - 1))
     shift = abs(effect) / sd * math.sqrt(n)
-    return float(nct.sf(crit, n - 1, shift) + nct.cdf(-crit, n - 1, shift))
+    power = float(nct.sf(crit, n - 1, shift) + nct.cdf(-crit, n - 1, shift))
+    if math.isnan(power):  # scipy's noncentral t gives NaN at some shifts for 1-2 degrees of freedom (2-3 seeds)
+        power = _t_power_by_integration(crit, n - 1, shift)
+    return power
+
+
+def _t_power_by_integration(crit: float, df: int, shift: float) -> float:
+    """P(|T| > crit) for T = (Z + shift) / sqrt(V / df), Z standard normal, V chi-squared with df degrees
+    of freedom: the noncentral t's tails as an integral over the scale, which stays finite where scipy's
+    closed form does not."""
+    from scipy.integrate import quad
+    from scipy.stats import chi, norm
+
+    def tails(s: float) -> float:  # s = sqrt(V), chi-distributed
+        scale = crit * s / math.sqrt(df)
+        return (norm.sf(scale - shift) + norm.cdf(-scale - shift)) * chi.pdf(s, df)
+
+    return float(quad(tails, 0.0, math.inf)[0])
 
 
 def seeds_needed(effect: float, sd: float, power: float = 0.8, level: float = 0.95, most: int = 10_000) -> int | None:

@@ -222,6 +222,12 @@ def test_power_of_the_paired_t_test_against_the_textbook():
     assert paired_difference([0.1, 0.2, 0.3], [1.1, 1.3, 1.2]).detectable() == pytest.approx(detectable_difference(0.1, 3))
     with pytest.raises(ValueError, match="n >= 2"):
         paired_t_power(1.0, 1.0, 1)
+    # two seeds: scipy's noncentral t returns NaN at some shifts with one degree of freedom; the power
+    # stays finite and rising, and the detectable difference is found (a two-seed study's summary needs it)
+    powers = [paired_t_power(e, 0.02, 2) for e in (0.05, 0.1, 0.1684, 0.3, 1.0)]
+    assert all(0.05 < p <= 1.0 for p in powers) and powers == sorted(powers)
+    e2 = detectable_difference(0.02, 2)
+    assert paired_t_power(e2, 0.02, 2) == pytest.approx(0.8, abs=1e-6) and e2 > detectable_difference(0.02, 3)
 
 
 def test_paired_table_pairs_by_seed_and_skips_the_unpaired():
