@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from finegrain.config import load_config
 from finegrain.kernel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -85,6 +86,11 @@ def test_killed_and_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path):
     # each start of the run is recorded with the code that ran it: the killed start and the resumed one
     starts = [json.loads(line) for line in (killed / "environment.jsonl").read_text().splitlines()]
     assert len(starts) == 2 and all(s["finegrain"] and s["torch"] == torch.__version__ for s in starts)
+    # and with what it computed in: the config's precision ("auto" by default) as resolved on this machine
+    from finegrain.precision import resolve_precision
+
+    configured = yaml.safe_load((killed / "config.yaml").read_text())["model"]["precision"]
+    assert starts[-1]["device"] == "cpu" and starts[-1]["precision"] == resolve_precision(configured, "cpu")
     if (REPO / ".git").exists():
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         assert starts[-1]["git_commit"] == commit and isinstance(starts[-1]["git_dirty"], bool)

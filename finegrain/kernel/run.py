@@ -88,7 +88,8 @@ def make_accelerator(out: Path, seed: int, config: Any, log_with: list[str] = ()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
-        record_environment(out / ENVIRONMENT_FILE, threads=torch.get_num_threads(), processes=accelerator.num_processes)
+        record_environment(out / ENVIRONMENT_FILE, threads=torch.get_num_threads(), processes=accelerator.num_processes,
+                           device=accelerator.device.type, **_resolved_precision(config, accelerator.device.type))
     check_distributed(accelerator)
     if log_with:
         accelerator.init_trackers(project, config=flat_config(to_dict(config)), init_kwargs={"wandb": {"dir": str(out)}})
@@ -126,6 +127,15 @@ def code_environment() -> dict[str, Any]:
         except PackageNotFoundError:
             pass
     return {"finegrain": __version__, "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), **libraries}
+
+
+def _resolved_precision(config: Any, device_type: str) -> dict[str, str]:
+    """{"precision": "bf16" | "fp32"}: what a config's `model.precision` ("auto" by default) became on this
+    device, so that a run's record says which it computed in; {} for a config without one."""
+    from finegrain.precision import resolve_precision
+
+    precision = getattr(getattr(config, "model", None), "precision", None)
+    return {} if precision is None else {"precision": resolve_precision(precision, device_type)}
 
 
 def record_environment(path: Path, **extra: Any) -> None:
