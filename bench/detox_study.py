@@ -531,7 +531,8 @@ def main() -> int:
                         help="copy each finished job's config, training log and held-out figures here (e.g. a folder "
                              "under bench/results/ to commit); `summarize --out KEEP` reads them")
     parser.add_argument("--groups", nargs="*", default=None,
-                        help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), and their initial policies")
+                        help="run only the jobs of these groups (e.g. shipped-grpo shipped-rloo), or of one arm of a group "
+                             "(shipped-batch/holistic), and their initial policies")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training and evaluation precision (finegrain/precision.py); a study begun on a CPU without native "
                              "bf16 ran fp32: pass fp32 to add seeds to it on one with bf16")
@@ -539,7 +540,7 @@ def main() -> int:
     jobs = plan(args.norm, args.other_norms, args.seeds, args.rtp_seeds, args.norm_seeds, args.algos, args.kl_coefs, args.kl_seeds,
                 args.curve_seeds, args.curve_steps)
     if args.groups is not None:
-        wanted = [j for j in jobs if j.group in args.groups]
+        wanted = [j for j in jobs if j.group in args.groups or f"{j.group}/{j.arm}" in args.groups]
         initial = {(j.prompts, j.seed) for j in wanted}
         jobs = [j for j in jobs if j in wanted or (j.arm == "initial" and (j.prompts, j.seed) in initial)]
     if args.seed_major:
