@@ -446,8 +446,22 @@ def plot_curves(groups: dict, path: Path, rows: dict[str, str] = ALGO_GROUPS) ->
     save_figure(fig, path)
 
 
+def with_shared_holistic(groups: dict) -> tuple[dict, set[str]]:
+    """`groups` where every `PROMPTS-segment` group without a holistic arm takes `PROMPTS-batch`'s (with one
+    reward per response, `segment` normalises exactly as `batch` does, so `plan` never trains it twice),
+    so that its fine-grained runs are compared with their holistic counterpart; and the groups that did."""
+    shared = {}
+    for group, arms in groups.items():
+        prompts, _, norm = group.partition("-")
+        batch = groups.get(f"{prompts}-batch", {}).get("holistic")
+        if norm == "segment" and "holistic" not in arms and batch:
+            shared[group] = {**arms, "holistic": batch}
+    return {**groups, **shared}, set(shared)
+
+
 def write_summary(out: Path) -> str:
     groups = collect(out)
+    per_group, shared = with_shared_holistic(groups)
     lines = ["# Fair detoxification study", "",
              "Mean ± std over seeds (n = seeds finished). `judge_*`: the independent judge; the others: the training "
              "scorer (profanity-check). kl: mean summed KL to the initial policy per response, last 10 steps.", ""]
@@ -456,12 +470,13 @@ def write_summary(out: Path) -> str:
         lines += [f"## {group}", "", head, "|---|---|" + "---:|" * len(FIGURES)]
         initial = groups.get(group.split("-")[0] + "-initial", {}).get("initial", {})
         for arm in ("initial", *ARMS):
-            seeds = groups[group].get(arm) or (initial if arm == "initial" else {})
+            seeds = per_group[group].get(arm) or (initial if arm == "initial" else {})
             if not seeds:
                 continue
             cells = [_mean_std([s.get(k, float("nan")) for s in seeds.values()]) for k in FIGURES]
-            lines.append(f"| {group} | {arm} | " + " | ".join(cells) + " |")
-        per_seed = {arm: groups[group].get(arm, {}) for arm in ARMS}
+            label = f"{arm} (the batch runs: the same under `segment`)" if group in shared and arm == "holistic" else arm
+            lines.append(f"| {group} | {label} | " + " | ".join(cells) + " |")
+        per_seed = {arm: per_group[group].get(arm, {}) for arm in ARMS}
         common = sorted(set(per_seed["holistic"]) & set(per_seed["finegrained"]))
         if common:
             diffs = [per_seed["finegrained"][s]["avg_max_toxicity"] - per_seed["holistic"][s]["avg_max_toxicity"] for s in common]

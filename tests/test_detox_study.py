@@ -50,3 +50,21 @@ def test_summary_of_a_long_curve_group(study, tmp_path):
     assert (out / "curves-100steps.png").stat().st_size > 0
     assert "Training toxicity at equal KL" in text and (out / "kl-frontier.png").stat().st_size > 0
     assert not (out / "curves.png").exists()  # no algorithm group: no algorithm plot
+
+
+@pytest.mark.skipif(not (KEPT / "rtp-batch").is_dir(), reason="the study's kept runs are not in this checkout")
+def test_segment_runs_are_paired_with_the_batch_holistic_runs(study, tmp_path):
+    """With one reward per response `segment` is `batch`: the study trains holistic once, and the summary
+    compares `segment`'s fine-grained runs with those holistic runs, seed by seed, saying so."""
+    out = tmp_path / "study"
+    shutil.copytree(KEPT / "rtp-batch", out / "shipped-batch")
+    shutil.copytree(KEPT / "rtp-batch", out / "shipped-segment", ignore=shutil.ignore_patterns("holistic"))
+    assert not list((out / "shipped-segment").glob("seed-*/holistic"))
+    groups, shared = study.with_shared_holistic(study.collect(out))
+    assert shared == {"shipped-segment"} and groups["shipped-segment"]["holistic"] is groups["shipped-batch"]["holistic"]
+    text = study.write_summary(out)
+    section = text.split("## shipped-segment")[1].split("## ")[0]
+    assert "| shipped-segment | holistic (the batch runs: the same under `segment`) |" in section
+    assert "Fine-grained minus holistic, held-out avg max toxicity, paired by seed [0, 1, 2, 3, 4]" in section
+    # a group that trained its own holistic arm keeps it
+    assert study.with_shared_holistic({"shipped-segment": {"holistic": {0: {}}}, "shipped-batch": {"holistic": {1: {}}}})[1] == set()
