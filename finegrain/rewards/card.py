@@ -58,7 +58,7 @@ class RMCard:
     training: dict[str, Any]  # every setting of RMTrainConfig, plus seconds, steps, device, final loss
     calibration: Calibration
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out evaluation, see `finegrain rm eval`
-    backbone_kind: str = "encoder"  # "encoder" (BERT-like) or "decoder" (a causal LM: heads read causally)
+    backbone_kind: str = "encoder"  # "encoder" (BERT-like), "decoder" (a causal LM: heads read causally) or "lexical" (no transformer)
     # how to load the saved folder: transformers' Auto class (the architecture is in its config.json)
     model_class: str = ""  # AutoModelForTokenClassification (span) or AutoModelForSequenceClassification (pairwise)
     finetune: dict[str, Any] = field(default_factory=lambda: {"method": "full"})  # full or lora (merged), parameter counts
@@ -151,6 +151,10 @@ def load_reward_model(
     elif card.heads and card.name not in card.head_names:
         raise ConfigError(f"{path}: a multi-task RM with heads {', '.join(card.head_names)}: choose one "
                           f"(head=... here, `head:` in a reward source)")
+    if card.backbone_kind == "lexical":
+        from finegrain.rewards.lexical import load_lexical
+
+        return load_lexical(path, card)
     if card.model_class not in ("", MODEL_CLASS[card.kind]):
         raise ConfigError(f"{Path(path) / CARD_FILE}: field model_class: {card.model_class!r} does not fit a {card.kind} RM "
                           f"(expected {MODEL_CLASS[card.kind]})")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from finegrain.data.records import Example
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
+from finegrain.rewards.lexical import LEXICAL
 from finegrain.rewards.rm_common import TrainedRM, pad_batch, with_cfg_threads
 from finegrain.rewards.rm_data import (
     PairData,
@@ -103,11 +104,15 @@ class PairwiseRewardModel(TrainedRM):
         return out
 
     def score(self, examples: Sequence[Example], responses: Sequence[str]) -> SegmentScores:
-        """Shape: scores (B, 1) raw score; char_ends (B, 1) = len(response); mask (B, 1) False for empty responses."""
-        raw = self.raw_scores(examples, responses)
-        scores = [[s] if r.strip() else [] for s, r in zip(raw, responses)]
-        ends = [[len(r)] if r.strip() else [] for r in responses]
-        return pack_segment_scores(scores, ends)
+        return sequence_scores(self.raw_scores(examples, responses), responses)
+
+
+def sequence_scores(raw: Sequence[float], responses: Sequence[str]) -> SegmentScores:
+    """A sequence RM's raw scores as one segment per non-empty response, ending at its last character.
+    Shape: scores (B, 1) raw score; char_ends (B, 1) = len(response); mask (B, 1) False for empty responses."""
+    scores = [[s] if r.strip() else [] for s, r in zip(raw, responses)]
+    ends = [[len(r)] if r.strip() else [] for r in responses]
+    return pack_segment_scores(scores, ends)
 
 
 @dataclass
@@ -223,6 +228,20 @@ def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData, first_wins: bool 
 # --- training ---------------------------------------------------------------------------------
 
 
+def pairs_section(cfg: "RMTrainConfig", data: PairData, fit_examples: Sequence[Example], n_pairs: int, responses_cut: int) -> dict[str, Any]:
+    """The card's record of a pairwise RM's training pairs."""
+    from finegrain.rewards.rm_eval import first_listed_share
+
+    return dict(
+        train_prompts=len(data.groups), train_pairs=n_pairs,
+        dropped_ties_or_close=data.ties_dropped, dropped_empty=data.empty_dropped, responses_cut=responses_cut,
+        first_listed_wins=first_listed_share([g.pairs for g in pair_data(cfg, fit_examples).groups]),  # the majority rule's side
+        extra_pairs=list(cfg.extra_pairs or []),
+        pairs_from=("annotator judgements, ties dropped" if cfg.category == "preference" else
+                    f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
+    )
+
+
 @with_cfg_threads
 def train_pairwise_rm(
     cfg: "RMTrainConfig",
@@ -235,13 +254,19 @@ def train_pairwise_rm(
     device: str | None = None,
     log: Callable[[str], None] = print,
 ) -> RMCard:
-    """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card."""
+    """Fine-tune a one-output sequence classifier with the Bradley-Terry loss; save it with its card
+    (`backbone: lexical`: fit a linear Bradley-Terry model on word-count features, finegrain/rewards/lexical.py)."""
+    if cfg.backbone == LEXICAL:
+        from finegrain.rewards.lexical import train_lexical_pairwise
+
+        return train_lexical_pairwise(cfg, train_examples, out_dir, eval_examples=eval_examples, train_file=train_file,
+                                      eval_file=eval_file, log=log)
     import torch
 
     from finegrain.config import to_dict
     from finegrain.errors import TrainingError
     from finegrain.rewards import rm_common
-    from finegrain.rewards.rm_eval import first_listed_share, to_record
+    from finegrain.rewards.rm_eval import to_record
 
     # 1. data: (better, worse) pairs per prompt
     fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
@@ -295,14 +320,7 @@ def train_pairwise_rm(
         max_length=max_length,
         backbone=cfg.backbone,
         tokenizer=type(tok).__name__,
-        data=rm_common.data_section(
-            train_file, eval_file, train_prompts=len(data.groups), train_pairs=n_pairs,
-            dropped_ties_or_close=data.ties_dropped, dropped_empty=data.empty_dropped, responses_cut=cut,
-            first_listed_wins=first_listed_share([g.pairs for g in pair_data(cfg, fit_examples).groups]),  # the majority rule's side
-            extra_pairs=list(cfg.extra_pairs or []),
-            pairs_from=("annotator judgements, ties dropped" if cfg.category == "preference" else
-                        f"{cfg.coverage} recall of the corrected response, pairs differing by >= {cfg.margin}"),
-        ),
+        data=rm_common.data_section(train_file, eval_file, **pairs_section(cfg, data, fit_examples, n_pairs, cut)),
         training={**to_dict(cfg), "passages": cfg.with_passages,
                   **rm_common.training_record(results, [m.seed for m in rm_common.member_configs(cfg)]),
                   "device": str(dev), "validation_prompts": len(val_examples),

@@ -49,7 +49,8 @@ class RMTrainConfig(ConfigBase):
     )
     backbone: str = field(
         default="minilm-l6",
-        metadata={"help": "embedded name (minilm-l6, smollm2-135m), local HF folder or hub id: an encoder or a causal LM"},
+        metadata={"help": "embedded name (minilm-l6, smollm2-135m), local HF folder or hub id: an encoder or a causal LM; "
+                          "or lexical: a logistic model on word-count features, no transformer (finegrain/rewards/lexical.py)"},
     )
     finetune: str = field(
         default="full", metadata={"help": "full (every weight) or lora (low-rank adapters via peft, merged into the weights when saved)"}
@@ -96,6 +97,9 @@ class RMTrainConfig(ConfigBase):
     )
     margin: float = field(
         default=0.05, metadata={"help": "completeness: coverage difference below which two responses are not paired"}
+    )
+    l2: float = field(
+        default=1.0, metadata={"help": "backbone lexical: L2 penalty on the standardised features' weights (scikit-learn's 1 / C)"}
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast: true, false, or unset for where the hardware runs bf16 natively (finegrain/precision.py)"})
     seed: int = field(default=0, metadata={"help": "random seed (head init, data order)"})
@@ -154,6 +158,9 @@ class RMTrainConfig(ConfigBase):
         if self.threads is not None:
             check_range(self, "threads", 1, None)
         check_range(self, "ensemble", 1, None)
+        check_range(self, "l2", 0.0, None, low_open=True)
+        if self.backbone == "lexical":
+            self._check_lexical()
         if self.tasks is not None:
             self._check_tasks()
         if self.task_error_weight:
@@ -173,6 +180,14 @@ class RMTrainConfig(ConfigBase):
         if self.category not in tasks:
             raise ConfigError(f"{name}: {tasks!r} does not include category {self.category!r}, "
                               "the head the config's level, passages and categories describe")
+
+    def _check_lexical(self) -> None:
+        """A lexical RM is one convex fit on word-count features: no adapters, heads or seeds to vary."""
+        for attr, bad, why in (("finetune", self.finetune != "full", "LoRA adapts a transformer's weights"),
+                               ("tasks", self.tasks is not None, "a lexical RM has one category"),
+                               ("ensemble", self.ensemble != 1, "its fit does not depend on the seed: every member would be the same")):
+            if bad:
+                raise ConfigError(f"{self._name(attr)}: {getattr(self, attr)!r} does not apply to backbone lexical ({why})")
 
     def _check_task_weights(self) -> None:
         weights, name = dict(self.task_error_weight or {}), self._name("task_error_weight")

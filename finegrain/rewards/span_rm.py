@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from finegrain.data.categories import DEFAULT_TAXONOMY, Taxonomy
 from finegrain.data.records import Example
+from finegrain.rewards.lexical import LEXICAL
 from finegrain.rewards.base import SegmentScores, pack_segment_scores
 from finegrain.rewards.card import MODEL_CLASS, RMCard, calibration_of
 from finegrain.rewards.rm_common import TrainedRM, with_cfg_threads
@@ -323,9 +324,15 @@ def train_span_rm(
     device: str | None = None,
     log: Callable[[str], None] = print,
 ) -> RMCard:
-    """Fine-tune a token classifier on segment labels, save it with its card in `out_dir`. With
+    """Fine-tune a token classifier on segment labels, save it with its card in `out_dir` (`backbone: lexical`:
+    fit a logistic model on word-count features instead, finegrain/rewards/lexical.py). With
     `cfg.tasks`, one classifier with a head per category, trained on every category's inputs at once (mixed
     batches); with `cfg.ensemble` > 1, that many classifiers with consecutive seeds, scored as their mean."""
+    if cfg.backbone == LEXICAL:
+        from finegrain.rewards.lexical import train_lexical_span
+
+        return train_lexical_span(cfg, train_examples, out_dir, eval_examples=eval_examples, train_file=train_file,
+                                  eval_file=eval_file, taxonomy=taxonomy, log=log)
     import torch
     from transformers import DataCollatorForTokenClassification
 
@@ -343,7 +350,7 @@ def train_span_rm(
     for task, data in zip(tasks, datas):
         if not data.items:
             raise TrainingError(f"no annotated, non-empty responses to train the {task.name} RM on")
-        log(f"{task.name}: {len(data.items)} responses, {_count(data)[0]} {task.level} segments, {_count(data)[1]} with an error "
+        log(f"{task.name}: {len(data.items)} responses, {count_segments(data)[0]} {task.level} segments, {count_segments(data)[1]} with an error "
             f"({data.empty_skipped} empty responses skipped)")
 
     # 2. backbone, tokenizer, marker; 3. train with the HF Trainer: once per ensemble member
@@ -400,7 +407,7 @@ def train_span_rm(
         backbone=cfg.backbone,
         tokenizer=type(tok).__name__,
         data=rm_common.data_section(
-            train_file, eval_file, train_inputs=len(feats), **({} if multi else _data_counts(datas[0]))
+            train_file, eval_file, train_inputs=len(feats), **({} if multi else span_data_counts(datas[0]))
         ),
         training={**to_dict(cfg), **({} if multi else {"level": primary.level, "passages": primary.passages}),
                   **rm_common.training_record(results, [m.seed for m in rm_common.member_configs(cfg)]),
@@ -410,13 +417,13 @@ def train_span_rm(
         heads=[{"name": t.name, "level": t.level, "categories": list(t.categories), "passages": t.passages,
                 "input_template": input_template(tok, t.passages, template), "calibration": dataclasses.asdict(calibration_of([])),
                 "training": {"level": t.level, "passages": t.passages, "threshold": cfg.threshold, "error_weight": w},
-                "data": _data_counts(d), "metrics": {}} for t, d, w in zip(tasks, datas, head_weights)] if multi else [],
+                "data": span_data_counts(d), "metrics": {}} for t, d, w in zip(tasks, datas, head_weights)] if multi else [],
         members=members,
     )
     eval_datas = [build_span_data(eval_examples, t.categories, t.level) for t in tasks] if eval_examples is not None else []
     for i, task in enumerate(tasks):
         rm = SpanRewardModel(models, tok, card.for_head(task.name), device=str(dev), batch_size=cfg.score_batch_size, bf16=cfg.bf16)
-        calibration, training = _fit_threshold(cfg, rm, datas[i], val_datas[i], log)
+        calibration, training = fit_threshold(cfg, rm, datas[i], val_datas[i], log)
         metrics, data = {}, {}
         if eval_datas and eval_datas[i].items:
             metrics = to_record(evaluate_span(rm, eval_datas[i], training["threshold"]))
@@ -433,18 +440,18 @@ def train_span_rm(
     return card
 
 
-def _count(data: SpanData) -> tuple[int, int]:
+def count_segments(data: SpanData) -> tuple[int, int]:
     """(segments, error segments)."""
     return sum(len(it.labels) for it in data.items), sum(sum(it.labels) for it in data.items)
 
 
-def _data_counts(data: SpanData) -> dict[str, int]:
-    segments, errors = _count(data)
+def span_data_counts(data: SpanData) -> dict[str, int]:
+    segments, errors = count_segments(data)
     return {"train_responses": len(data.items), "train_segments": segments, "train_error_segments": errors,
             "empty_skipped": data.empty_skipped}
 
 
-def _fit_threshold(cfg: "RMTrainConfig", rm: SpanRewardModel, data: SpanData, val_data: SpanData,
+def fit_threshold(cfg: "RMTrainConfig", rm: SpanRewardModel, data: SpanData, val_data: SpanData,
                    log: Callable[[str], None]) -> tuple[Any, dict[str, float]]:
     """One head's calibration over its training segments and its threshold: the config's, or the best on
     the validation split (else the training data); both candidates are recorded either way."""

@@ -18,11 +18,12 @@ Judged without them (a policy trained on an RM can learn to fool it):
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from finegrain.words import content_words, jaccard, passage_words, repeated_ngram_share, words  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,47 +32,15 @@ if TYPE_CHECKING:
 
 NEAR_DUPLICATE = 0.8  # word-set Jaccard at or above which a sentence repeats an earlier one
 SUPPORTED = 0.8  # share of a sentence's content words found in the passages for it to count as supported
-STOP_WORDS = frozenset(
-    "the and for are was were with that this from his her its their they them has have had not but you your "
-    "who whom which what when where why how also than then there these those been being into onto over under "
-    "about after before such can could would should may might will shall one all any some most more other "
-    "our out off only own same very just does did doing".split()
-)
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 
 # --- pure metrics ---------------------------------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text)]
-
-
-def repeated_ngram_share(text: str, n: int = 3) -> tuple[int, int]:
-    """(repeated, total) word n-grams of one text: an n-gram is repeated when it occurred earlier in the text."""
-    w = words(text)
-    seen: set[tuple[str, ...]] = set()
-    repeated = total = 0
-    for i in range(len(w) - n + 1):
-        gram = tuple(w[i : i + n])
-        total += 1
-        repeated += gram in seen
-        seen.add(gram)
-    return repeated, total
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a | b else 0.0
 
 
 def duplicate_sentences(sentences: Sequence[str], threshold: float = NEAR_DUPLICATE) -> int:
     """How many sentences nearly duplicate an earlier one of the same answer (word-set Jaccard >= threshold)."""
     sets = [set(words(s)) for s in sentences]
     return sum(1 for j in range(len(sets)) if sets[j] and any(jaccard(sets[j], sets[i]) >= threshold for i in range(j)))
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in words(text) if (len(w) >= 3 or w.isdigit()) and w not in STOP_WORDS]
 
 
 def supported_sentences(sentences: Sequence[str], passage_words: set[str], threshold: float = SUPPORTED) -> tuple[int, int]:
@@ -225,8 +194,7 @@ def judge_answers(examples: Sequence["Example"], texts: Sequence[str], token_len
         sentences = [x.text(t) for x in split_sentences(t)] if t.strip() else []
         r, g = repeated_ngram_share(t)
         d = duplicate_sentences(sentences)
-        passage_words = {w for p in e.passages for w in words(p.title + " " + p.text)}
-        a, b = supported_sentences(sentences, passage_words)
+        a, b = supported_sentences(sentences, passage_words(e.passages))
         rep, tot, dup, sents, sup, judged = rep + r, tot + g, dup + d, sents + len(sentences), sup + a, judged + b
         s.update(sentences=len(sentences), supported=a, duplicate_sentences=d)
     m.repeated_3grams = ratio(rep, tot) or 0.0
