@@ -22,8 +22,10 @@ def row(report: dict, category: str | None = None) -> str:
     cfg = report["config"]
     category = category or report["category"]
     s = report["tasks"][category]["summary"] if category != report["category"] else report["summary"]
+    trained = (f"lexical, logistic regression, l2 {cfg.get('l2', 1.0):g}" if cfg["backbone"] == "lexical" else
+               f"{cfg['backbone']}, {cfg['finetune']}, {cfg['epochs']:g} epochs, lr {cfg['lr']:g}")
     choice = ("none trained (`--baselines-only`)" if report["baselines_only"] else
-              f"{cfg['backbone']}, {cfg['finetune']}, {cfg['epochs']:g} epochs, lr {cfg['lr']:g}"
+              trained + (", threshold tuned on the training folds" if cfg.get("tune_threshold") else "")
               + (f", multi-task ({' + '.join(cfg['tasks'])})" if cfg.get("tasks") else "")
               + (f", mean of {cfg['ensemble']} seeds" if cfg.get("ensemble", 1) > 1 else ""))
     folds = f"{report['folds_done']} of {report['folds']}"

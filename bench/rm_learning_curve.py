@@ -1,6 +1,7 @@
-"""A span RM's learning curve from `finegrain rm cv` reports (cv.json) made with different
-`--train-examples` on the same folds: held-out error F1 (at the config's threshold and at the one tuned
-on the training folds) against the number of training examples, beside flagging every segment.
+"""An RM's learning curve from `finegrain rm cv` reports (cv.json) made with different `--train-examples`
+on the same folds: for a span RM, held-out error F1 (at the config's threshold and at the one tuned on the
+training folds) beside flagging every segment; for a pairwise RM, pairwise accuracy beside longer-wins and
+the majority rule; against the number of training examples.
 
     python bench/rm_learning_curve.py runs/cv/relevance-n60 runs/cv/relevance-n120 runs/cv/relevance-n180 runs/cv/relevance \\
         --out docs/rm-learning-curve-relevance.png
@@ -21,12 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def point(folder: Path) -> dict:
     report = json.loads((folder / "cv.json").read_text(encoding="utf-8"))
-    if report["kind"] != "span":
-        raise SystemExit(f"{folder / 'cv.json'}: field kind: {report['kind']!r}; a learning curve here is for span RMs")
     n = report.get("train_examples") or round(report["examples"] * (report["folds"] - 1) / report["folds"])
     s = report["summary"]
-    return {"n": n, "folds": f"{report['folds_done']} of {report['folds']}", "category": report["category"],
-            **{k: (s[k]["mean"], s[k]["spread"]) for k in ("f1", "f1_tuned_threshold", "flag_all_f1")}}
+    return {"n": n, "folds": f"{report['folds_done']} of {report['folds']}", "category": report["category"], "kind": report["kind"],
+            **{k: (s[k]["mean"], s[k]["spread"]) for k, _, _ in CURVES[report["kind"]]}}
+
+
+# per kind: (summary key, label, plot style)
+CURVES = {
+    "span": (("f1", "RM, threshold of the config", "o-"), ("f1_tuned_threshold", "RM, threshold tuned on training folds", "s-"),
+             ("flag_all_f1", "flag every segment", "k--")),
+    "pairwise": (("accuracy", "RM", "o-"), ("longer_wins_accuracy", "longer wins", "k--"), ("majority_accuracy", "majority", "k:")),
+}
 
 
 def main() -> int:
@@ -37,10 +44,11 @@ def main() -> int:
     points = sorted((point(f) for f in args.reports), key=lambda p: p["n"])
     if len({p["category"] for p in points}) > 1:
         raise SystemExit("reports of different categories: " + ", ".join(sorted({p["category"] for p in points})))
-    print("| training examples | folds | error F1 | F1, tuned threshold | flag all F1 |")
-    print("|---:|---|---|---|---|")
+    curves = CURVES[points[0]["kind"]]
+    print("| training examples | folds | " + " | ".join(label for _, label, _ in curves) + " |")
+    print("|---:|---|" + "---|" * len(curves))
     for p in points:
-        cells = [f"{p[k][0]:.3f} ± {p[k][1]:.3f}" for k in ("f1", "f1_tuned_threshold", "flag_all_f1")]
+        cells = [f"{p[k][0]:.3f} ± {p[k][1]:.3f}" for k, _, _ in curves]
         print(f"| {p['n']} | {p['folds']} | " + " | ".join(cells) + " |")
     if args.out:
         import matplotlib
@@ -52,11 +60,10 @@ def main() -> int:
 
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         ns = [p["n"] for p in points]
-        for key, label, style in (("f1", "RM, threshold of the config", "o-"), ("f1_tuned_threshold", "RM, threshold tuned on training folds", "s-"),
-                                  ("flag_all_f1", "flag every segment", "k--")):
+        for key, label, style in curves:
             ax.errorbar(ns, [p[key][0] for p in points], yerr=[p[key][1] for p in points], fmt=style, capsize=3, label=label)
         ax.set_xlabel("training examples")
-        ax.set_ylabel("held-out error F1 (5-fold mean ± std)")
+        ax.set_ylabel(f"held-out {'error F1' if points[0]['kind'] == 'span' else 'pairwise accuracy'} (fold mean ± std)")
         ax.set_title(f"{points[0]['category']} RM learning curve")
         ax.legend(fontsize=8)
         fig.tight_layout()
