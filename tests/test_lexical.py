@@ -138,3 +138,21 @@ def test_lexical_rms_as_ppo_sources_with_their_card_defaults(tmp_path):
     assert sources[0].term.mapping(rel.scores)[0].tolist() == pytest.approx([0.3, -0.3])
     comp = sources[1].source.score([ex], [ex.responses[1].text])
     assert comp.mask.tolist() == [[True]]
+
+
+def test_cli_trains_a_lexical_rm_and_never_overwrites_one_silently(tmp_path, capsys):
+    from finegrain.cli import main
+    from finegrain.data.jsonl import write_jsonl
+    from finegrain.rewards.card import RMCard
+
+    data = tmp_path / "fb.jsonl"
+    write_jsonl(data, examples())
+    out = tmp_path / "rm"
+    args = ["rm", "train", "--kind", "span", "--category", "relevance", "--train-file", str(data), "--out", str(out), "backbone=lexical"]
+    assert main(args) == 0 and RMCard.load(out).training["l2"] == 1.0
+    assert main([*args, "l2=2"]) == 2
+    assert "already holds a reward model" in capsys.readouterr().err
+    assert RMCard.load(out).training["l2"] == 1.0  # untouched
+    (out / "stale.bin").write_text("x")
+    assert main([*args, "l2=2", "--force"]) == 0
+    assert RMCard.load(out).training["l2"] == 2.0 and not (out / "stale.bin").exists()

@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", required=True, help="QA-Feedback .json or finegrain .jsonl with span annotations / preferences")
     p.add_argument("--eval-file", help="held-out file: its metrics go into the card")
     p.add_argument("--out", required=True, help="folder to save the model and its card in")
+    p.add_argument("--force", action="store_true", help="replace --out when it already holds a reward model (default: refuse)")
     add_config_arguments(p)
     p.set_defaults(func=_train)
 
@@ -183,10 +184,20 @@ def _cv(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from finegrain.data.load import load_examples
 
+    from finegrain.config import ConfigError
+    from finegrain.rewards.card import CARD_FILE
+
     cfg = _config(args)
+    out = Path(args.out)
+    if (out / CARD_FILE).is_file() and not args.force:
+        raise ConfigError(f"--out: {args.out} already holds a reward model ({CARD_FILE}); choose another folder or add --force to replace it")
     taxonomy = _taxonomy(args.categories_file)
     train = load_examples(args.train_file, taxonomy)
     held = load_examples(args.eval_file, taxonomy) if args.eval_file else None
+    if out.is_dir() and args.force:
+        import shutil
+
+        shutil.rmtree(out)  # no weights of the replaced model left beside the new one
     _quiet_transformers()
     common = dict(eval_examples=held, train_file=args.train_file, eval_file=args.eval_file, device=args.device)
     if cfg.kind == "span":
