@@ -313,19 +313,12 @@ def train_lexical_pairwise(cfg: "RMTrainConfig", train_examples: Sequence[Exampl
                            eval_examples: Sequence[Example] | None, train_file: str | Path | None, eval_file: str | Path | None,
                            log: Callable[[str], None]) -> RMCard:
     """Fit a linear Bradley-Terry model on the pairs' feature differences; save it with its card."""
-    from finegrain.errors import TrainingError
     from finegrain.rewards import rm_common
-    from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data, pairs_section
+    from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data, pairs_section, training_pairs
     from finegrain.rewards.rm_eval import first_listed_share, to_record
 
     fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
-    data = pair_data(cfg, fit_examples, training=True)
-    n_pairs = sum(len(g.pairs) for g in data.groups)
-    if not n_pairs:
-        raise TrainingError(f"no pairs to train the {cfg.category} RM on (need pairwise judgements"
-                            + (" or corrected responses" if cfg.category == "completeness" else "") + ")")
-    log(f"{cfg.category}: {len(data.groups)} prompts, {n_pairs} pairs ({data.ties_dropped} "
-        f"{'ties' if cfg.category == 'preference' else 'near-ties'} and {data.empty_dropped} pairs with an empty response dropped)")
+    data, n_pairs = training_pairs(cfg, fit_examples, log)
     names = response_feature_names(cfg.with_passages)
     import sklearn.linear_model  # noqa: F401  (imported before the clock starts: the fit is what is timed)
 

@@ -228,6 +228,20 @@ def evaluate_pairwise(rm: PairwiseRewardModel, data: PairData, first_wins: bool 
 # --- training ---------------------------------------------------------------------------------
 
 
+def training_pairs(cfg: "RMTrainConfig", examples: Sequence[Example], log: Callable[[str], None]) -> tuple[PairData, int]:
+    """The pairs to train on (with `cfg.extra_pairs`) and their number, logged; none is a TrainingError."""
+    from finegrain.errors import TrainingError
+
+    data = pair_data(cfg, examples, training=True)
+    n_pairs = sum(len(g.pairs) for g in data.groups)
+    if not n_pairs:
+        raise TrainingError(f"no pairs to train the {cfg.category} RM on (need pairwise judgements"
+                            + (" or corrected responses" if cfg.category == "completeness" else "") + ")")
+    log(f"{cfg.category}: {len(data.groups)} prompts, {n_pairs} pairs ({data.ties_dropped} "
+        f"{'ties' if cfg.category == 'preference' else 'near-ties'} and {data.empty_dropped} pairs with an empty response dropped)")
+    return data, n_pairs
+
+
 def pairs_section(cfg: "RMTrainConfig", data: PairData, fit_examples: Sequence[Example], n_pairs: int, responses_cut: int) -> dict[str, Any]:
     """The card's record of a pairwise RM's training pairs."""
     from finegrain.rewards.rm_eval import first_listed_share
@@ -264,20 +278,13 @@ def train_pairwise_rm(
     import torch
 
     from finegrain.config import to_dict
-    from finegrain.errors import TrainingError
     from finegrain.rewards import rm_common
     from finegrain.rewards.rm_eval import to_record
 
     # 1. data: (better, worse) pairs per prompt
     fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
-    data = pair_data(cfg, fit_examples, training=True)
+    data, n_pairs = training_pairs(cfg, fit_examples, log)
     val_data = pair_data(cfg, val_examples)
-    n_pairs = sum(len(g.pairs) for g in data.groups)
-    if not n_pairs:
-        raise TrainingError(f"no pairs to train the {cfg.category} RM on (need pairwise judgements"
-                            + (" or corrected responses" if cfg.category == "completeness" else "") + ")")
-    log(f"{cfg.category}: {len(data.groups)} prompts, {n_pairs} pairs ({data.ties_dropped} "
-        f"{'ties' if cfg.category == 'preference' else 'near-ties'} and {data.empty_dropped} pairs with an empty response dropped)")
 
     # 2. backbone and inputs; 3. train with the HF Trainer and the Bradley-Terry loss: once per ensemble member
     dev = rm_common.pick_device(device)
