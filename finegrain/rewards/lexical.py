@@ -315,7 +315,7 @@ def train_lexical_pairwise(cfg: "RMTrainConfig", train_examples: Sequence[Exampl
     """Fit a linear Bradley-Terry model on the pairs' feature differences; save it with its card."""
     from finegrain.rewards import rm_common
     from finegrain.rewards.pairwise_rm import evaluate_pairwise, pair_data, pairs_section, training_pairs
-    from finegrain.rewards.rm_eval import first_listed_share, to_record
+    from finegrain.rewards.rm_eval import to_record
 
     fit_examples, val_examples = rm_common.validation_examples(train_examples, cfg.validation, cfg.seed)
     data, n_pairs = training_pairs(cfg, fit_examples, log)
@@ -342,7 +342,7 @@ def train_lexical_pairwise(cfg: "RMTrainConfig", train_examples: Sequence[Exampl
     if eval_examples is not None:
         eval_data = pair_data(cfg, eval_examples)
         if eval_data.groups:
-            card.metrics = to_record(evaluate_pairwise(rm, eval_data, first_listed_share([g.pairs for g in pair_data(cfg, fit_examples).groups]) >= 0.5))
+            card.metrics = to_record(evaluate_pairwise(rm, eval_data, card.data["first_listed_wins"] >= 0.5))  # the side of the training pairs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir)
