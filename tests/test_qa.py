@@ -214,11 +214,13 @@ def tiny_bert(tmp_path_factory):
     return folder
 
 
-def tiny_settings(bert: Path) -> list[str]:
+def tiny_settings(bert: Path | None) -> list[str]:
+    """Tiny stage settings; the RMs on `bert` (fine-tuned, without a tuned threshold), or with None the
+    configs' own lexical RMs."""
+    rm = [f"rm.backbone={bert}", "rm.max_length=128", "rm.epochs=1", "rm.bf16=false", "rm.threads=1", "rm.tune_threshold=false"] if bert else []
     return [
         "sft.run.steps=2", "sft.run.eval_every=2", "sft.data.eval_examples=2", "sft.prompt.max_prompt_tokens=96", "sft.prompt.max_response_tokens=12",
-        "sft.optim.lr=1e-3", "sft.model.precision=fp32",
-        f"rm.backbone={bert}", "rm.max_length=128", "rm.epochs=1", "rm.bf16=false", "rm.threads=1",
+        "sft.optim.lr=1e-3", "sft.model.precision=fp32", *rm,
         "ppo.run.steps=2", "ppo.run.save_every=1", "ppo.data.max_prompt_tokens=96", "ppo.sampling.max_new_tokens=10", "ppo.sampling.samples_per_prompt=2",
         "ppo.ppo.prompts_per_step=2", "ppo.ppo.minibatch_size=4", "ppo.run.progress=false", "ppo.model.precision=fp32",
         "pref.run.steps=2", "pref.run.eval_every=2", "pref.data.eval_examples=2", "pref.prompt.max_prompt_tokens=96", "pref.prompt.max_response_tokens=12",
@@ -226,13 +228,14 @@ def tiny_settings(bert: Path) -> list[str]:
     ]
 
 
-def test_demo_qa_every_stage_resumes_and_never_trains_on_held_out_questions(tmp_path, tiny, tiny_bert, one_thread, monkeypatch, capsys):
+def test_demo_qa_every_stage_resumes_and_never_trains_on_held_out_questions(tmp_path, tiny, one_thread, monkeypatch, capsys):
+    """Every stage on a tiny policy and the configs' own (lexical) RMs; test_demo_qa_workers... runs fine-tuned ones."""
     import finegrain.data.load as load
     from finegrain.experiments.qa.demo import QADemoConfig, all_stages, run_demo
     from finegrain.experiments.qa.task import heldout_questions
 
     data = write_qa(tmp_path / "qa.jsonl", 10)
-    base = dict(out=str(tmp_path / "demo"), data=str(data), heldout=2, policy=str(tiny), overrides=tiny_settings(tiny_bert),
+    base = dict(out=str(tmp_path / "demo"), data=str(data), heldout=2, policy=str(tiny), overrides=tiny_settings(None),
                 eval_max_new_tokens=8, eval_max_prompt_tokens=96, threads=1)
     run_demo(QADemoConfig(**base, stages=["split"]))
     held = heldout_questions(tmp_path / "demo" / "data")
@@ -266,6 +269,7 @@ def test_demo_qa_every_stage_resumes_and_never_trains_on_held_out_questions(tmp_
     for key in ("relevance_error_rate", "factuality_error_rate", "completeness", "rouge_l", "passage_support", "length_tokens"):
         assert fg[key] is not None
     assert set(json.loads((out / "rm" / "heldout.json").read_text())) == {"relevance", "factuality", "completeness", "preference"}
+    assert json.loads((out / "rm" / "factuality" / "finegrain_rm.json").read_text())["backbone"] == "lexical"
     # 3. resume: a finished demo keeps every stage; a lost evaluation and an interrupted run are redone
     (out / "ppo-holistic" / "final").rename(out / "ppo-holistic" / "final-old")
     import shutil
