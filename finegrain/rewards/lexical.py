@@ -48,7 +48,7 @@ from finegrain.words import content_words, jaccard, passage_words, repeated_ngra
 if TYPE_CHECKING:
     import numpy as np
 
-    from finegrain.data.taxonomy import Taxonomy
+    from finegrain.data.categories import Taxonomy
     from finegrain.rewards.rm_config import RMTrainConfig
     from finegrain.segment import Segment
 
