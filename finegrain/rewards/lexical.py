@@ -323,10 +323,11 @@ def train_lexical_pairwise(cfg: "RMTrainConfig", train_examples: Sequence[Exampl
     import sklearn.linear_model  # noqa: F401  (imported before the clock starts: the fit is what is timed)
 
     start, cpu = time.perf_counter(), time.process_time()
-    diffs = []
+    diffs, seen = [], []  # seen: the non-empty training responses' rows, for the calibration
     for g in data.groups:
         rows = [response_features(g.example, r, cfg.with_passages) for r in g.responses]
         diffs += [[b - w for b, w in zip(rows[i], rows[j])] for i, j in g.pairs]
+        seen += [row for row, r in zip(rows, g.responses) if r.strip()]
     model = fit_linear(diffs, [1] * len(diffs), names, l2=cfg.l2, intercept=False, pair_differences=True)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     log(f"fitted on {len(diffs)} pairs x {len(names)} features in {seconds:.2f} s; weights: "
@@ -335,9 +336,7 @@ def train_lexical_pairwise(cfg: "RMTrainConfig", train_examples: Sequence[Exampl
                  label_map={"score": "higher is better (Bradley-Terry logit)"}, score="raw", passages=cfg.with_passages, features=names,
                  data=rm_common.data_section(train_file, eval_file, **pairs_section(cfg, data, fit_examples, n_pairs, responses_cut=0)),
                  training=_training(cfg, seconds, cpu, len(val_examples), cfg.with_passages))
-    rm = LexicalPairwiseRM(model, card)
-    seen = [(g.example, r) for g in data.groups for r in g.responses if r.strip()]
-    card.calibration = calibration_of(rm.raw_scores([e for e, _ in seen], [r for _, r in seen]))
+    card.calibration = calibration_of([float(z) for z in model.decision(seen)])
     rm = LexicalPairwiseRM(model, card)
     if eval_examples is not None:
         eval_data = pair_data(cfg, eval_examples)
