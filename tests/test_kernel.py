@@ -197,8 +197,8 @@ def test_generator_records_the_sampled_tokens_logprobs_of_the_models_own_logits(
         if settings.do_sample:
             assert (lengths < settings.max_new_tokens).any()  # some ended at EOS
             seen.update(lengths.tolist())
-        with torch.no_grad():
-            want = response_logprobs(model, out)
+        with torch.no_grad():  # under the distribution sampled from: softmax(logits / temperature)
+            want = response_logprobs(model, out, temperature=settings.temperature)
         assert out.sampled_logprobs.shape == want.shape and torch.allclose(out.sampled_logprobs, want, atol=1e-5)
         assert (out.sampled_logprobs[~out.response_mask] == 0).all()
         assert torch.equal(out.select(torch.tensor([1])).sampled_logprobs, out.sampled_logprobs[1:2])

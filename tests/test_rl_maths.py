@@ -154,6 +154,24 @@ def test_k1_and_k3_estimate_the_true_kl():
         assert maths.kl_penalty(lp, ref, est).mean().item() == pytest.approx(true_kl, abs=0.01)
 
 
+def test_tempered_logprobs_estimate_the_kl_of_the_distribution_sampled_from():
+    """Samples drawn at temperature T: the k1 estimate with both log-probs at T is KL(pi_T || ref_T) >= 0;
+    with both at temperature 1 it estimates no KL and here falls below 0 (a penalty that pays for drifting)."""
+    g = torch.Generator().manual_seed(0)
+    policy, ref, T = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([3.0, 0.0, 0.0]), 0.3  # the policy is flatter than the reference
+    assert torch.allclose(maths.token_logprobs(policy[None, None], torch.tensor([[2]]), T), torch.log_softmax(policy / T, -1)[2:3][None])
+    sampled = torch.softmax(policy / T, -1)
+    true_kl = float((sampled * (sampled.log() - torch.log_softmax(ref / T, -1))).sum())
+    tokens = torch.multinomial(sampled, 100_000, replacement=True, generator=g)[None]  # (1, N)
+    logits_p, logits_r = policy.expand(1, tokens.shape[1], 3), ref.expand(1, tokens.shape[1], 3)
+    at_t = maths.kl_penalty(maths.token_logprobs(logits_p, tokens, T), maths.token_logprobs(logits_r, tokens, T), "k1").mean().item()
+    at_one = maths.kl_penalty(maths.token_logprobs(logits_p, tokens), maths.token_logprobs(logits_r, tokens), "k1").mean().item()
+    assert at_t == pytest.approx(true_kl, abs=0.01) and true_kl > 0
+    assert at_one < -0.25
+    # the entropy at T is that of softmax(logits / T)
+    assert maths.entropy(policy[None, None], T).item() == pytest.approx(float(-(sampled * sampled.log()).sum()), rel=1e-5)
+
+
 def test_penalised_rewards_and_sums():
     scores = torch.tensor([[0.0, 1.0, 5.0]])
     kl = torch.tensor([[0.5, -0.5, 9.0]])

@@ -64,6 +64,7 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
     assert not mask[:, -1].logical_not().any() and mask.sum(-1).min() < mask.shape[1]  # left-padded
     samples = HFGenerator(model.policy, tok).sample(ids, mask, GenerationSettings(max_new_tokens=8, samples_per_prompt=2))
     fwd = forward(model, ref, samples, batch_size=4)
+    tempered = forward(model, ref, samples, batch_size=4, temperature=0.7)  # samples drawn at 0.7: scored under softmax(logits / 0.7)
     assert fwd.logprobs.shape == samples.response_ids.shape == fwd.values.shape
     for b in range(samples.response_ids.shape[0]):
         prompt = samples.query_ids[b][samples.query_mask[b]]
@@ -71,6 +72,10 @@ def test_rollout_logprobs_match_an_unpadded_forward_and_ratio_starts_at_one(tiny
         logits = model.policy(torch.cat([prompt, resp])[None]).logits[0, len(prompt) - 1 : -1]
         expected = maths.token_logprobs(logits[None], resp[None])[0]
         assert torch.allclose(fwd.logprobs[b][: len(resp)], expected, atol=1e-4)
+        at_t = torch.log_softmax(logits / 0.7, -1).gather(-1, resp[:, None])[:, 0]
+        assert torch.allclose(tempered.logprobs[b][: len(resp)], at_t, atol=1e-4)
+        assert torch.allclose(tempered.ref_logprobs[b][: len(resp)], at_t, atol=1e-4)
+        assert torch.allclose(tempered.entropy[b][: len(resp)], maths.entropy(logits[None] / 0.7)[0], atol=1e-4)
     # same weights in the reference: KL is 0; values start at 0 (zero-initialised head)
     assert torch.allclose(fwd.logprobs, fwd.ref_logprobs, atol=1e-5)
     assert torch.all(fwd.values == 0)
@@ -102,16 +107,16 @@ def test_the_first_step_reusing_the_rollout_forward_equals_a_fresh_forward(tiny,
     ids, mask = PromptRenderer(tok).encode(PROMPTS[:2])
     samples = HFGenerator(model.policy, tok).sample(ids, mask, GenerationSettings(max_new_tokens=6, samples_per_prompt=2))
     ppo = PPOConfig(minibatch_size=4, entropy_coef=0.01)
-    kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True)
+    kept = forward(model, ref, samples, batch_size=4, keep_graph=True, entropy_grad=True, temperature=0.7)
     T = samples.response_ids.shape[1]
     scores = Scores(["x"] * 4, ("s",), [], torch.zeros(1, 4, T), torch.randn(4, T) * samples.response_mask, samples.response_mask.clone(), samples.response_mask[None].clone())
     rollout = build_rollout(samples, scores, kept, kl_coef=0.3, ppo=ppo)
 
-    reused = ppo_losses(model, rollout, ppo, kept.policy_pass)
+    reused = ppo_losses(model, rollout, ppo, kept.policy_pass, temperature=0.7)
     reused.total.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    fresh = ppo_losses(model, rollout, ppo)
+    fresh = ppo_losses(model, rollout, ppo, temperature=0.7)  # the sampling temperature, as the rollout's
     fresh.total.backward()
     assert torch.allclose(reused.total, fresh.total, atol=1e-6)
     assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}

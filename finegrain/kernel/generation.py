@@ -41,8 +41,8 @@ class GenerationSettings:
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0
     do_sample: bool = True  # False: greedy
-    # record log p(y_t) of each sampled token under the model, from the logits it was sampled from
-    # (Sequences.sampled_logprobs): a critic-free recipe's pi_old without a forward pass of its own
+    # record log p(y_t) of each sampled token under softmax(logits / temperature), from the logits it
+    # was sampled from (Sequences.sampled_logprobs): a critic-free recipe's pi_old without a forward pass of its own
     logprobs: bool = False
 
 
@@ -126,13 +126,16 @@ def scores_are_the_models(lm: "PreTrainedModel") -> bool:
 
 
 class SampledLogProbs:
-    """A logits processor that changes nothing and records log softmax(logits)[y_t] of each token
-    `generate` appends: at each step the log-probs of the previous step's scores at the token just
-    appended; `finish` adds the last one. Put first, it reads the model's own logits (before
-    temperature, top-k, top-p), the numbers a forward pass over the finished sequences gives, up to
-    float rounding (the KV cache, the batch's shapes). Holds one step's (B, V) log-probs at a time."""
+    """A logits processor that changes nothing and records log softmax(logits / temperature)[y_t] of
+    each token `generate` appends: at each step the log-probs of the previous step's scores at the
+    token just appended; `finish` adds the last one. Put first, it reads the model's own logits
+    (before top-k, top-p and the temperature warper, whose division it makes itself), the numbers a
+    forward pass over the finished sequences gives (`kernel.logprobs.response_logprobs` at the same
+    temperature), up to float rounding (the KV cache, the batch's shapes). Holds one step's (B, V)
+    log-probs at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
         self.previous: torch.Tensor | None = None  # (B, V) float32
         self.columns: list[torch.Tensor] = []  # (B,) each
 
@@ -140,7 +143,7 @@ class SampledLogProbs:
         """Shape: input_ids (B, P + t), scores (B, V) -> scores, unchanged."""
         if self.previous is not None:
             self.columns.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
 
     def finish(self, responses: torch.Tensor) -> torch.Tensor:
@@ -353,7 +356,7 @@ class HFGenerator:
             from transformers import LogitsProcessorList
 
             processors, min_new_tokens = LogitsProcessorList(), settings.min_new_tokens
-            recorder = SampledLogProbs() if settings.logprobs and scores_are_the_models(lm) else None
+            recorder = SampledLogProbs(settings.temperature) if settings.logprobs and scores_are_the_models(lm) else None
             if recorder is not None:  # first, so that it reads the model's logits: the minimum length after it
                 from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
 

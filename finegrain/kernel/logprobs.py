@@ -21,15 +21,21 @@ if TYPE_CHECKING:
     from finegrain.kernel.sequences import Sequences
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token], computed in float32 whatever the logits' dtype. The normaliser is
-    taken one row at a time (the same numbers): its float32 temporaries are (T, V), not (B, T, V),
-    which is most of a log-prob pass's peak memory with a 49k vocabulary.
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[token], computed in float32 whatever the logits' dtype. The
+    normaliser is taken one row at a time (the same numbers): its float32 temporaries are (T, V), not
+    (B, T, V), which is most of a log-prob pass's peak memory with a 49k vocabulary.
+
+    `temperature`: the RL recipes score tokens under the distribution they were sampled from
+    (softmax(logits / T)), so that log pi - log pi_ref on those samples estimates a KL that is >= 0
+    and the importance ratios compare like with like (`sampling.temperature`; 1 elsewhere).
 
     Shape: logits (B, T, V), tokens (B, T) -> (B, T).
     """
     picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1).float()
-    return picked - torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    if temperature == 1.0:
+        return picked - torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+    return picked / temperature - torch.stack([torch.logsumexp(row.float() / temperature, dim=-1) for row in logits])
 
 
 def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -119,13 +125,14 @@ def response_logits(model: "PreTrainedModel", input_ids: torch.Tensor, attention
     return response_forward(model, input_ids, attention_mask, num_response, share_prompts).logits[:, :-1]
 
 
-def response_logprobs(model: "PreTrainedModel", batch: "Sequences", share_prompts: bool = False) -> torch.Tensor:
-    """log p(y_t | x, y_<t) of every response token (0 on padding), with autograd when enabled.
+def response_logprobs(model: "PreTrainedModel", batch: "Sequences", share_prompts: bool = False, temperature: float = 1.0) -> torch.Tensor:
+    """log p(y_t | x, y_<t) of every response token (0 on padding), with autograd when enabled;
+    `temperature`: under softmax(logits / temperature) (`token_logprobs`).
 
     Shape: batch of B rows -> (B, T).
     """
     logits = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1], share_prompts)
-    return token_logprobs(logits, batch.response_ids) * batch.response_mask
+    return token_logprobs(logits, batch.response_ids, temperature) * batch.response_mask
 
 
 def pair_logprobs(model: "PreTrainedModel", batch: "Sequences", average: bool, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,9 +317,11 @@ def sample_and_score(run: Run, examples: list["Example"], g: int, times: dict[st
     return sequences, scored
 
 
-def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, precision: str, share_prompts: bool = False) -> "torch.Tensor":
-    """log p(y_t) of every response token, in chunks of `batch_size` rows (`share_prompts`: a
-    group's samples in one chunk run their prompt's forward once). Shape: -> (B, T)."""
+def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, precision: str, share_prompts: bool = False,
+                              temperature: float = 1.0) -> "torch.Tensor":
+    """log p(y_t) of every response token under softmax(logits / temperature), in chunks of
+    `batch_size` rows (`share_prompts`: a group's samples in one chunk run their prompt's forward
+    once). Shape: -> (B, T)."""
     import torch
 
     from finegrain.kernel.logprobs import response_logprobs
@@ -327,7 +329,7 @@ def response_logprobs_no_grad(model, sequences: "Sequences", batch_size: int, pr
 
     rows = torch.arange(len(sequences), device=sequences.response_ids.device)
     with torch.no_grad(), autocast(sequences.response_ids.device, precision):
-        return torch.cat([response_logprobs(model, sequences.select(c), share_prompts) for c in rows.split(batch_size)])
+        return torch.cat([response_logprobs(model, sequences.select(c), share_prompts, temperature) for c in rows.split(batch_size)])
 
 
 def old_logprobs_pending(cfg: CriticFreeConfig, orders: list[list[int]]) -> list[int]:
@@ -351,6 +353,7 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     from finegrain.rl.critic_free import group_advantages, kl_as_source
 
     cfg, c = run.cfg, run.cfg.critic_free
+    temp = cfg.sampling.temperature  # every log-prob of the recipe is under the distribution sampled from (rl.rollout.forward)
     t0 = time.perf_counter()
     mask = sequences.response_mask
     policy = run.accelerator.unwrap_model(run.policy.model)
@@ -362,8 +365,8 @@ def build_rollout(run: Run, sequences: "Sequences", scored: "Scores", times: dic
     if sequences.sampled_logprobs is not None:  # pi_old as it sampled them: no pass of its own
         logprobs = sequences.sampled_logprobs.to(mask.device).float() * mask
     elif len(rows):
-        logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision, share)
-    ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision, share) if run.ref is not None else logprobs
+        logprobs[rows] = response_logprobs_no_grad(policy, sequences.select(rows), c.forward_batch_size, cfg.model.precision, share, temp)
+    ref_logprobs = response_logprobs_no_grad(run.ref, sequences, c.forward_batch_size, cfg.model.precision, share, temp) if run.ref is not None else logprobs
     times["time/forward"] = time.perf_counter() - t0
     kl = None if pending else maths.kl_penalty(logprobs, ref_logprobs, c.kl_estimator) * mask
     device = logprobs.device
@@ -408,7 +411,7 @@ def update(run: Run, rollout: GroupRollout, orders: list[list[int]]) -> tuple[Lo
 
             def loss_of(part: list[int]):
                 idx = torch.tensor(part, device=mask.device)
-                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx), share_prompts=shares_prompts(acc))
+                logprobs = response_logprobs(run.policy.model, rollout.sequences.select(idx), shares_prompts(acc), cfg.sampling.temperature)
                 if rollout.pending is not None and bool(rollout.pending[idx].any()):  # nothing has changed the policy yet
                     rollout.logprobs[idx] = torch.where(rollout.pending[idx, None], logprobs.detach().float() * mask[idx], rollout.logprobs[idx])
                     rollout.pending[idx] = False  # filled: later passes over these rows use it as pi_old

@@ -142,12 +142,12 @@ def value_loss(
 # --- per-token quantities --------------------------------------------------------------------
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the softmax distribution at each position, in nats: logsumexp(l) - sum p * l.
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position, in nats: logsumexp(l) - sum p * l.
 
     Shape: logits (B, T, V) -> (B, T).
     """
-    logits = logits.float()
+    logits = logits.float() / temperature if temperature != 1.0 else logits.float()
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 

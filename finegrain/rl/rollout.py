@@ -132,32 +132,37 @@ def forward(
     keep_graph: bool = False,
     entropy_grad: bool = False,
     share_prompts: bool = False,
+    temperature: float = 1.0,
 ) -> Forward:
     """The sampling policy's log-probs, values and entropy, and the reference's log-probs, of the
     sampled tokens: one forward per model per rollout. The reference runs in chunks of `batch_size`
     (bounding the logits' memory); with `keep_graph` the policy runs once over the whole batch with
     autograd on, and the graph is handed to the first PPO step (`model` is then the wrapped, trained module).
     `share_prompts`: the samples of one prompt (in one chunk) run its forward once
-    (kernel.logprobs.response_forward).
+    (kernel.logprobs.response_forward). `temperature`: the one the samples were drawn at; both
+    models' log-probs and the entropy are those of softmax(logits / temperature), the distribution
+    sampled from, so that the KL penalty's estimate on these samples is of KL(pi_T || pi_ref_T)
+    (at temperature 1 on samples drawn at 0.7 its k1 estimate has no floor at 0 and can pay the
+    policy for drifting). Top-k and top-p are not undone (as TRL and OpenRLHF do).
 
     Shape: -> Forward of (B, T) tensors.
     """
     ids, attn, tokens, T = samples.input_ids, samples.attention_mask, samples.response_ids, samples.response_ids.shape[1]
     chunks = [slice(i, i + batch_size) for i in range(0, ids.shape[0], batch_size)]
     with torch.no_grad():
-        ref_logprobs = torch.cat([maths.token_logprobs(response_logits(ref, ids[c], attn[c], T, share_prompts), tokens[c]) for c in chunks])
+        ref_logprobs = torch.cat([maths.token_logprobs(response_logits(ref, ids[c], attn[c], T, share_prompts), tokens[c], temperature) for c in chunks])
     if keep_graph:
         out = model(ids, attn, T, share_prompts=share_prompts)
-        logprobs = maths.token_logprobs(out.logits, tokens)
-        ent = maths.entropy(out.logits) if entropy_grad else None
+        logprobs = maths.token_logprobs(out.logits, tokens, temperature)
+        ent = maths.entropy(out.logits, temperature) if entropy_grad else None
         with torch.no_grad():  # a few rows at a time: the float32 softmax of (B, T, V) would add to the step's peak memory
-            ent_now = ent.detach() if ent is not None else torch.cat([maths.entropy(x) for x in out.logits.detach().split(8)])
+            ent_now = ent.detach() if ent is not None else torch.cat([maths.entropy(x, temperature) for x in out.logits.detach().split(8)])
         return Forward(logprobs.detach(), ref_logprobs, out.values.detach(), ent_now, PolicyPass(logprobs, out.values, ent))
     parts = []
     with torch.no_grad():
         for c in chunks:
             out = model(ids[c], attn[c], T, share_prompts=share_prompts)
-            parts.append((maths.token_logprobs(out.logits, tokens[c]), out.values, maths.entropy(out.logits)))
+            parts.append((maths.token_logprobs(out.logits, tokens[c], temperature), out.values, maths.entropy(out.logits, temperature)))
     logprobs, values, ent = (torch.cat(p) for p in zip(*parts))
     return Forward(logprobs, ref_logprobs, values, ent, None)
 

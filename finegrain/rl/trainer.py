@@ -206,7 +206,7 @@ def ppo_step(run: Run, state: TrainerState) -> dict[str, float]:
     t0 = time.perf_counter()
     run.model.train(False)  # dropout stays off during the update too
     stats = ppo_update(acc, run.model, run.optimizer, rollout, cfg.ppo, ptx_iterator(run, state.step), cfg.model.precision, fwd.policy_pass,
-                       share_prompts=shares_prompts(acc, run.model))
+                       share_prompts=shares_prompts(acc, run.model), temperature=cfg.sampling.temperature)
     run.scheduler.step()
     run.generator.sync_weights()
     times["time/update"] = time.perf_counter() - t0
@@ -276,7 +276,7 @@ def collect(run: Run, examples: list["Example"], samples_per_prompt: int, times:
     t2 = time.perf_counter()
     with autocast(acc.device, cfg.model.precision):
         fwd = forward(run.model if keep_graph else actor, run.ref, samples, cfg.ppo.forward_batch_size, keep_graph, cfg.ppo.entropy_coef > 0,
-                      share_prompts=shares_prompts(acc, run.model))
+                      share_prompts=shares_prompts(acc, run.model), temperature=s.temperature)
     t3 = time.perf_counter()
     times.update({"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2})
     device = fwd.logprobs.device

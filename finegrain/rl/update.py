@@ -38,15 +38,16 @@ class Losses:
 
 
 def ppo_losses(model: "ActorCritic", batch: "Rollout", ppo: "PPOConfig", reuse: "PolicyPass | None" = None,
-               share_prompts: bool = False) -> Losses:
+               share_prompts: bool = False, temperature: float = 1.0) -> Losses:
     """PPO's losses on a minibatch, from a fresh forward of the trained module or from `reuse`,
     the rollout's own forward (same weights, so the same numbers: no need to run it twice).
-    `share_prompts`: the minibatch's rows that repeat a prompt run its forward once (ActorCritic.forward)."""
+    `share_prompts`: the minibatch's rows that repeat a prompt run its forward once (ActorCritic.forward).
+    `temperature`: the sampling temperature, at which the rollout's log-probs were taken (rollout.forward)."""
     mask = batch.response_mask
     if reuse is None:
         out = model(batch.input_ids, batch.attention_mask, batch.response_ids.shape[1], share_prompts=share_prompts)
-        logprobs, values = maths.token_logprobs(out.logits, batch.response_ids), out.values  # (b, T) each
-        entropy = maths.entropy(out.logits) if ppo.entropy_coef > 0 else None
+        logprobs, values = maths.token_logprobs(out.logits, batch.response_ids, temperature), out.values  # (b, T) each
+        entropy = maths.entropy(out.logits, temperature) if ppo.entropy_coef > 0 else None
     else:
         logprobs, values, entropy = reuse.logprobs, reuse.values, reuse.entropy
     pg = maths.policy_loss(logprobs, batch.logprobs, batch.advantages, mask, ppo.clip)
@@ -114,11 +115,12 @@ def ppo_update(
     precision: str = "fp32",
     first_pass: "PolicyPass | None" = None,
     share_prompts: bool = False,
+    temperature: float = 1.0,
 ) -> UpdateStats:
     """PPO epochs over `rollout`. The minibatch order comes from torch's global RNG, which the
     checkpoints save, so a resumed run draws the same orders. `first_pass` (the rollout's forward,
     graph kept; only when a minibatch is the whole rollout in one micro-batch) serves as the first
-    step's forward. `share_prompts`: see `ppo_losses`."""
+    step's forward. `share_prompts`, `temperature`: see `ppo_losses`."""
     if first_pass is not None and not reuses_rollout_forward(ppo, len(rollout)):
         raise ValueError("first_pass needs minibatch_size == the rollout's size and grad_accum == 1")
     B, mb = len(rollout), ppo.minibatch_size
@@ -145,7 +147,7 @@ def ppo_update(
                 with micro_batch(accelerator, model, last):
                     reuse = first_pass if epoch == 0 and i == 0 else None
                     with autocast(accelerator.device, precision):
-                        losses = ppo_losses(model, rollout if reuse is not None else rollout.select(idx), ppo, reuse, share_prompts)
+                        losses = ppo_losses(model, rollout if reuse is not None else rollout.select(idx), ppo, reuse, share_prompts, temperature)
                     if j == 0 and ppo.early_stop_kl is not None:
                         kl_now = accelerator.reduce(losses.approx_kl.to(accelerator.device), reduction="mean")
                         if float(kl_now) > ppo.early_stop_kl:
