@@ -34,8 +34,9 @@ def test_mappings_on_hand_values():
     s = torch.tensor([0.2, 0.5, 0.9])
     assert torch.allclose(Affine(2.0, -1.0)(s), torch.tensor([-0.6, 0.0, 0.8]))
     assert torch.allclose(Standardize(mean=0.5, std=0.2, scale=0.3, bias=0.1)(s), torch.tensor([-0.35, 0.1, 0.7]))
-    # P(error) > threshold -> reward_error; exactly at the threshold counts as no error
-    assert torch.equal(BinaryError(0.3, -0.3)(s), torch.tensor([0.3, 0.3, -0.3]))
+    # P(error) >= threshold -> reward_error (rm eval's rule): exactly at the threshold is an error
+    assert torch.equal(BinaryError(0.3, -0.3)(s), torch.tensor([0.3, -0.3, -0.3]))
+    assert torch.equal(BinaryError(0.3, -0.3, threshold=0.6)(s), torch.tensor([0.3, 0.3, -0.3]))
     assert torch.equal(BinaryError(0.5, -0.5, threshold=0.1)(s), torch.tensor([-0.5, -0.5, -0.5]))
 
 

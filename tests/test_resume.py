@@ -141,6 +141,40 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000002"]
 
 
+def test_a_full_disk_during_a_save_is_one_clear_error_and_frees_the_half_written_folder(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from finegrain.errors import TrainingError
+
+    acc = Accelerator()
+    model = acc.prepare(torch.nn.Linear(3, 2))
+    first = save_checkpoint(acc, tmp_path, TrainerState(step=1, kl_coef=0.3), keep=2)
+
+    def disk_full(output_dir, **kwargs):  # torch's own words when the disk fills during torch.save
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.bin").write_bytes(b"part of a file")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(acc, "save_state", disk_full)
+    with pytest.raises(TrainingError, match=r"could not write checkpoint step-000002 to .*checkpoints: RuntimeError: .*unexpected pos.*GiB free"):
+        save_checkpoint(acc, tmp_path, TrainerState(step=2, kl_coef=0.3), keep=2)
+    assert latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000001"]  # no .tmp-* left
+
+    from finegrain.kernel.checkpoint import save_policy
+
+    class FullDiskPolicy:
+        def save_pretrained(self, folder, state_dict=None):
+            Path(folder).mkdir(parents=True)
+            raise OSError(28, "No space left on device")
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "config.json").write_text("{}")  # an earlier save of the policy
+    with pytest.raises(TrainingError, match=r"could not write the policy final/ .*No space left on device.*GiB free"):
+        save_policy(FullDiskPolicy(), None, tmp_path / "final")
+    assert (tmp_path / "final" / "config.json").read_text() == "{}" and not list(tmp_path.glob(".tmp-*"))
+
+
 @pytest.mark.slow
 @pytest.mark.embedded  # the SmolLM2 tokenizer
 @pytest.mark.parametrize("recipe", ["sft", "dpo", "simpo"])

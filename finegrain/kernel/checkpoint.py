@@ -16,9 +16,11 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,6 +68,28 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
+@contextlib.contextmanager
+def written_or_explained(tmp: Path, what: str) -> Iterator[None]:
+    """Turn a failed write into one clear `TrainingError`: which folder, the library's own message, and
+    the free space on its disk (a full disk surfaces from torch as "unexpected pos ..." or "file write
+    failed"). The half-written `tmp` folder is removed, so the space it took is given back; what was
+    saved before (the previous checkpoint, the policy folder) is untouched."""
+    from finegrain.errors import TrainingError
+
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, TrainingError):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        existing = next(p for p in (tmp, *tmp.parents) if p.exists())
+        free = shutil.disk_usage(existing).free / 2**30
+        raise TrainingError(
+            f"could not write {what} to {tmp.parent}: {type(err).__name__}: {err} ({free:.1f} GiB free on that disk; "
+            f"a full disk is the usual cause; the previous save is intact, and `--resume` continues from it once there is room)"
+        ) from err
+
+
 def save_checkpoint(accelerator: "Accelerator", out: Path, state: RunState, keep: int, name: str | None = None) -> Path:
     """Write a checkpoint atomically; every process must call it. `name` (default `step-NNNNNN`)
     other than the default is not made `latest` (used for the state saved when a run stops on NaN)."""
@@ -78,11 +102,13 @@ def save_checkpoint(accelerator: "Accelerator", out: Path, state: RunState, keep
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     # pickle rather than safetensors: tied embeddings (SmolLM2) survive a round trip unchanged
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    with written_or_explained(tmp, f"checkpoint {final_name}"):
+        accelerator.save_state(str(tmp), safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, asdict(state))
-        _fsync_tree(tmp)
+        with written_or_explained(tmp, f"checkpoint {final_name}"):
+            atomic_write_json(tmp / STATE_FILE, asdict(state))
+            _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -122,11 +148,12 @@ def save_policy(
     tmp = folder.parent / f".tmp-{folder.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    if info is not None:
-        atomic_write_json(tmp / "finegrain_policy.json", info)
-    _fsync_tree(tmp)
+    with written_or_explained(tmp, f"the policy {folder.name}/"):
+        policy.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        if info is not None:
+            atomic_write_json(tmp / "finegrain_policy.json", info)
+        _fsync_tree(tmp)
     old = folder.parent / f".old-{folder.name}"
     if folder.exists():
         os.replace(folder, old)

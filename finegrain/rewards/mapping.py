@@ -62,8 +62,9 @@ class Standardize:
 
 @dataclass(frozen=True)
 class BinaryError:
-    """A span RM's P(error) -> a fixed reward: `reward_error` when P(error) > threshold, else
-    `reward_ok` (the paper: +/-0.3 for relevance, +/-0.5 for factuality)."""
+    """A span RM's P(error) -> a fixed reward: `reward_error` when P(error) >= threshold, else
+    `reward_ok` (the paper: +/-0.3 for relevance, +/-0.5 for factuality). The same rule as
+    `finegrain rm eval` and the card's tuned threshold use, so the rewards are the evaluated classifier's."""
 
     reward_ok: float = 0.3
     reward_error: float = -0.3
@@ -79,7 +80,7 @@ class BinaryError:
         import torch
 
         ok = torch.full_like(scores, self.reward_ok)
-        return torch.where(scores > self.threshold, torch.full_like(scores, self.reward_error), ok)
+        return torch.where(scores >= self.threshold, torch.full_like(scores, self.reward_error), ok)
 
 
 Mapping = Union[Affine, Standardize, BinaryError]
