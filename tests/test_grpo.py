@@ -149,8 +149,8 @@ def test_old_logprobs_recorded_while_sampling_match_a_forward_pass(tmp_path, tin
     from finegrain.kernel.run import without_timings
 
     cfg = critic_free_config(tiny, tmp_path / "sampled", "dense", run={"steps": 2}, critic_free={"epochs": 2},
-                             optim={"batch_size": 2}, sampling={"min_new_tokens": 3})
-    path = write_config(cfg, tmp_path / "c.yaml")
+                             optim={"batch_size": 2}, sampling={"min_new_tokens": 3, "temperature": 0.7})
+    path = write_config(cfg, tmp_path / "c.yaml")  # tempered: pi_old, pi and pi_ref alike under softmax(logits / 0.7)
     passes = []
     real = grpo.response_logprobs_no_grad
     monkeypatch.setattr(grpo, "response_logprobs_no_grad", lambda model, seq, *a: passes.append(model) or real(model, seq, *a))
