@@ -223,6 +223,21 @@ def test_train_smoke_dense_with_evaluation_and_ptx(tmp_path, tiny, capsys, one_t
 
 
 @pytest.mark.embedded  # the SmolLM2 tokenizer
+def test_tempered_sampling_is_scored_at_its_temperature_through_the_trainer(tmp_path, tiny, one_thread):
+    """Samples drawn at temperature 0.7 with top-k: the rollout's log-probs and the update's are both
+    under softmax(logits / 0.7), so the first minibatch's ratio is 1 (an update at temperature 1 would
+    find the policy already moved and stop at once), and the first step's KL is 0 (policy = reference)."""
+    from finegrain.rl.trainer import run_training
+
+    # two micro-batches: the update runs a forward of its own instead of reusing the rollout's
+    cfg = _cfg(tiny, tmp_path / "run", sampling={"temperature": 0.7, "top_k": 20},
+               ppo={"early_stop_kl": 1e-4, "epochs": 2, "minibatch_size": 4, "grad_accum": 2})
+    rows = _check_run(run_training(cfg), 3)
+    assert abs(rows[0]["kl"]) < 1e-4
+    assert all(r["epochs"] >= 1 for r in rows)  # never stopped before the first optimiser step
+
+
+@pytest.mark.embedded  # the SmolLM2 tokenizer
 def test_train_smoke_holistic_separate_value_model(tmp_path, tiny, one_thread):
     from finegrain.rl.trainer import run_training
 
